@@ -1,0 +1,195 @@
+"""Typed TrainingJob spec, parsed once at the boundary.
+
+Defaults here equal the CRD's (a test checks it), so a spec that never went
+through an API server (the local runner) means the same thing as one that did.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    # Unknown fields are an error, never silently dropped: a typo such as
+    # `maxReplica` must fail loudly (the API server prunes; the local runner must not).
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Action(StrEnum):
+    RESTART_POD = "RestartPod"
+    RESTART_JOB = "RestartJob"
+    FAIL_JOB = "FailJob"
+    IGNORE = "Ignore"
+
+
+class Reason(StrEnum):
+    """Why a worker pod stopped. Matches failurePolicy.rules[].reasons."""
+
+    ERROR = "Error"  # the trainer exited non-zero
+    OOM_KILLED = "OOMKilled"
+    EVICTED = "Evicted"  # kubelet pressure eviction
+    PREEMPTED = "Preempted"  # DisruptionTarget: scheduler preemption, API eviction, taint manager
+    NODE_LOST = "NodeLost"
+    DELETED = "Deleted"  # the pod vanished without a recorded failure
+
+
+class CleanPodPolicy(StrEnum):
+    NONE = "None"
+    RUNNING = "Running"
+    ALL = "All"
+
+
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+SCRIPT_PATTERN = r"^[A-Za-z0-9_./][A-Za-z0-9_./-]*\.py$"
+ArgStr = Annotated[str, Field(max_length=4096)]
+
+
+class Entrypoint(_Model):
+    module: Annotated[str, Field(max_length=256, pattern=MODULE_PATTERN)] | None = None
+    script: Annotated[str, Field(max_length=1024, pattern=SCRIPT_PATTERN)] | None = None
+    command: Annotated[list[ArgStr], Field(max_length=64, min_length=1)] | None = None
+    args: Annotated[list[ArgStr], Field(max_length=256)] = []
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Entrypoint:
+        chosen = [self.module is not None, self.script is not None, self.command is not None]
+        if sum(chosen) != 1:
+            raise ValueError(
+                "set exactly one of spec.entrypoint.module, spec.entrypoint.script "
+                "or spec.entrypoint.command"
+            )
+        return self
+
+
+class EnvVar(BaseModel):
+    # valueFrom and friends pass through untouched: the API server validates them on the pod.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Annotated[str, Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
+    value: str | None = None
+
+
+class Resources(_Model):
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    gpu_resource_name: str = "nvidia.com/gpu"
+    cpu: int | str | None = None
+    memory: int | str | None = None
+
+
+class Rendezvous(_Model):
+    port: Annotated[int, Field(ge=1024, le=65535)] = 29400
+    join_timeout_seconds: Annotated[int, Field(ge=1)] = 600
+    last_call_timeout_seconds: Annotated[int, Field(ge=0)] = 5
+    max_restarts_per_agent: Annotated[int, Field(ge=0)] | None = None
+
+
+class FailureRule(_Model):
+    action: Action
+    exit_codes: (
+        Annotated[list[Annotated[int, Field(ge=1, le=255)]], Field(max_length=255)] | None
+    ) = None
+    reasons: list[Reason] | None = None
+
+    @model_validator(mode="after")
+    def _has_matcher(self) -> FailureRule:
+        if self.exit_codes is None and self.reasons is None:
+            raise ValueError("a failure rule needs exitCodes or reasons to match on")
+        return self
+
+
+class FailurePolicy(_Model):
+    backoff_limit: Annotated[int, Field(ge=0)] = 6
+    backoff_seconds: Annotated[int, Field(ge=0)] = 10
+    max_backoff_seconds: Annotated[int, Field(ge=0)] = 300
+    rules: Annotated[list[FailureRule], Field(max_length=32)] = []
+
+
+class RunPolicy(_Model):
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
+
+
+class Checkpoint(_Model):
+    volume: dict[str, Any] | None = None
+    mount_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] = "/checkpoints"
+    every_steps: Annotated[int, Field(ge=1)] | None = None
+    every_seconds: Annotated[int, Field(ge=1)] | None = None
+
+
+class Scheduling(_Model):
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    scheduler_name: str | None = None
+
+
+class PodTemplateMeta(_Model):
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class PodTemplate(_Model):
+    metadata: PodTemplateMeta = PodTemplateMeta()
+    spec: dict[str, Any] = {}
+
+
+class Metrics(_Model):
+    enabled: bool = True
+    port: Annotated[int, Field(ge=1024, le=65535)] = 9400
+    image: str | None = None
+
+
+class TrainingJobSpec(_Model):
+    image: Annotated[str, Field(min_length=1)]
+    image_pull_policy: str | None = None
+    entrypoint: Entrypoint
+    env: list[EnvVar] = []
+    resources: Resources = Resources()
+    nproc_per_node: Annotated[int, Field(ge=1, le=64)] | None = None
+    replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    min_replicas: Annotated[int, Field(ge=1, le=1024)] | None = None
+    max_replicas: Annotated[int, Field(ge=1, le=1024)] | None = None
+    rendezvous: Rendezvous = Rendezvous()
+    failure_policy: FailurePolicy = FailurePolicy()
+    run_policy: RunPolicy = RunPolicy()
+    suspend: bool = False
+    checkpoint: Checkpoint = Checkpoint()
+    termination_grace_period_seconds: Annotated[int, Field(ge=0)] = 60
+    scheduling: Scheduling = Scheduling()
+    pod_template: PodTemplate = PodTemplate()
+    metrics: Metrics = Metrics()
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TrainingJobSpec:
+        if self.min_replicas is not None and self.min_replicas > self.replicas:
+            raise ValueError("spec.minReplicas must be <= spec.replicas")
+        if self.max_replicas is not None and self.replicas > self.max_replicas:
+            raise ValueError("spec.replicas must be <= spec.maxReplicas")
+        return self
+
+    # Derived values live here, once, so the builders and the runner agree.
+    @property
+    def min_nodes(self) -> int:
+        return self.min_replicas if self.min_replicas is not None else self.replicas
+
+    @property
+    def max_nodes(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+    @property
+    def procs_per_node(self) -> int:
+        if self.nproc_per_node is not None:
+            return self.nproc_per_node
+        return self.resources.gpus or 1
+
+    @property
+    def agent_max_restarts(self) -> int:
+        per_agent = self.rendezvous.max_restarts_per_agent
+        return per_agent if per_agent is not None else self.failure_policy.backoff_limit

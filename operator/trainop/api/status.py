@@ -1,0 +1,88 @@
+"""Typed TrainingJob status. The operator computes it whole, once per reconcile."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class _Status(BaseModel):
+    # Status is ours, but an older or newer operator may have written fields we do
+    # not know: ignore them rather than fail the reconcile.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(_Status):
+    type: str
+    status: str
+    reason: str
+    message: str
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+class LastFailure(_Status):
+    pod: str
+    pod_uid: str
+    exit_code: int | None = None
+    reason: str
+    message: str = ""
+    action: str
+    counted: bool
+    time: datetime
+
+
+class Progress(_Status):
+    step: int | None = None
+    total_steps: int | None = None
+    samples: int | None = None
+    loss: float | None = None
+    samples_per_second: float | None = None
+    checkpoint_step: int | None = None
+    checkpoint_time: datetime | None = None
+    update_time: datetime | None = None
+    summary: str | None = None
+
+
+class TrainingJobStatus(_Status):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    reason: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = []
+    replicas: int = 0
+    ready_replicas: int = 0
+    desired_replicas: int = 0
+    workers: str | None = None
+    selector: str | None = None
+    restarts: int = 0
+    restarts_summary: str | None = None
+    restarts_by_reason: dict[str, int] = Field(default_factory=dict)
+    job_generation: int = 0
+    last_failure: LastFailure | None = None
+    handled_failures: list[str] = []
+    retry_after: datetime | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    progress: Progress | None = None
+
+    def to_api(self) -> dict[str, object]:
+        """The JSON the API server stores: camelCase, RFC 3339 times, no nulls."""
+        data: dict[str, object] = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return data

@@ -1,0 +1,15 @@
+"""Operator-wide settings that shape the objects the core builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    # Image of the metrics sidecar when a job does not name one.
+    exporter_image: str = "ghcr.io/trainop/trainop:0.1.0"
+    # A node NotReady this long has lost its pods: they are force-deleted and replaced.
+    node_lost_seconds: float = 60.0
+    # How often a job is looked at again without any event (safety net).
+    resync_seconds: float = 60.0

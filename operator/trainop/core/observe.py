@@ -1,0 +1,151 @@
+"""Parse API objects (plain dicts) into the small typed views the core decides on."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from trainop.api import constants as c
+
+
+def parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Termination:
+    exit_code: int
+    reason: str  # kubelet's: Error, OOMKilled, Completed, ContainerStatusUnknown...
+    message: str
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    name: str
+    uid: str
+    role: str
+    slot: int | None
+    job_generation: int
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    ready: bool = False
+    deleting: bool = False
+    deletion_time: datetime | None = None
+    node_name: str | None = None
+    status_reason: str | None = None  # pod.status.reason, e.g. Evicted
+    status_message: str | None = None
+    disruption_reason: str | None = None  # DisruptionTarget condition reason, when True
+    unschedulable: str | None = None  # scheduler's message while PodScheduled=False
+    trainer: Termination | None = None  # the trainer container's last termination
+    progress: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def active(self) -> bool:
+        """Holds (or will hold) node resources: not finished and not being deleted."""
+        return not self.finished and not self.deleting
+
+
+def parse_pod(obj: dict[str, Any]) -> ObservedPod:
+    meta = obj.get("metadata", {})
+    labels = meta.get("labels") or {}
+    status = obj.get("status") or {}
+    conditions = {cond.get("type"): cond for cond in status.get("conditions") or []}
+
+    slot_label = labels.get(c.LABEL_SLOT)
+    slot = int(slot_label) if slot_label is not None and slot_label.isdigit() else None
+    gen_label = labels.get(c.LABEL_JOB_GENERATION, "0")
+
+    disruption = conditions.get("DisruptionTarget")
+    scheduled = conditions.get("PodScheduled")
+    unschedulable = None
+    if scheduled and scheduled.get("status") == "False":
+        unschedulable = (
+            f"{scheduled.get('reason', 'Unschedulable')}: {scheduled.get('message', '')}"
+        )
+
+    trainer = None
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != c.TRAINER_CONTAINER:
+            continue
+        state = cs.get("state") or {}
+        term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            trainer = Termination(
+                exit_code=int(term.get("exitCode", 0)),
+                reason=str(term.get("reason") or ""),
+                message=str(term.get("message") or "").strip(),
+            )
+
+    progress: dict[str, Any] = {}
+    raw = (meta.get("annotations") or {}).get(c.ANNOTATION_PROGRESS)
+    if raw:
+        try:
+            loaded = json.loads(raw)
+        except ValueError:
+            loaded = None  # a torn or foreign annotation is ignored, never fatal
+        if isinstance(loaded, dict):
+            progress = loaded
+
+    return ObservedPod(
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        role=labels.get(c.LABEL_ROLE, ""),
+        slot=slot,
+        job_generation=int(gen_label) if gen_label.isdigit() else 0,
+        phase=status.get("phase") or "Pending",
+        ready=(conditions.get("Ready") or {}).get("status") == "True",
+        deleting=meta.get("deletionTimestamp") is not None,
+        deletion_time=parse_time(meta.get("deletionTimestamp")),
+        node_name=(obj.get("spec") or {}).get("nodeName"),
+        status_reason=status.get("reason"),
+        status_message=status.get("message"),
+        disruption_reason=(
+            disruption.get("reason") if disruption and disruption.get("status") == "True" else None
+        ),
+        unschedulable=unschedulable,
+        trainer=trainer,
+        progress=progress,
+    )
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    ready: bool
+    not_ready_since: datetime | None
+    allocatable: dict[str, str]
+    unschedulable: bool = False
+
+
+def parse_node(obj: dict[str, Any]) -> NodeInfo:
+    status = obj.get("status") or {}
+    ready_cond = next(
+        (cd for cd in status.get("conditions") or [] if cd.get("type") == "Ready"), None
+    )
+    ready = ready_cond is not None and ready_cond.get("status") == "True"
+    return NodeInfo(
+        name=obj.get("metadata", {}).get("name", ""),
+        ready=ready,
+        not_ready_since=None
+        if ready or ready_cond is None
+        else parse_time(ready_cond.get("lastTransitionTime")),
+        allocatable=dict(status.get("allocatable") or {}),
+        unschedulable=bool((obj.get("spec") or {}).get("unschedulable")),
+    )
+
+
+def quantity_to_int(value: str | None) -> int:
+    """Extended resources such as nvidia.com/gpu are whole numbers."""
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        return 0

@@ -1,0 +1,615 @@
+"""compute_plan: observed state + now -> what to create, delete, say and record.
+
+Purely computational. Called once per reconcile with a fresh observation; it
+converges from any starting point (operator restarted half-way, pods deleted
+by hand), so running it twice on the same observation asks for the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from trainop.api import constants as c
+from trainop.api.spec import Action, CleanPodPolicy, TrainingJobSpec
+from trainop.api.status import LastFailure, Phase, Progress, TrainingJobStatus
+from trainop.core import build
+from trainop.core.conditions import set_condition
+from trainop.core.config import OperatorConfig
+from trainop.core.failures import backoff_seconds, classify, counts, decide_action
+from trainop.core.observe import NodeInfo, ObservedPod, quantity_to_int
+from trainop_runtime import contract as rc
+
+# Condition types. The phase conditions mirror status.phase for tools that only read conditions.
+COND_SPEC_VALID = "SpecValid"
+COND_PODS_SCHEDULED = "PodsScheduled"
+PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
+# handledFailures only needs the UIDs of failed pods not yet gone; this caps it regardless.
+MAX_HANDLED = 512
+
+
+@dataclass(frozen=True)
+class Observed:
+    job: build.JobRef
+    generation: int
+    spec: TrainingJobSpec | None
+    spec_error: str | None
+    status: TrainingJobStatus
+    pods: Sequence[ObservedPod]
+    service_exists: bool
+    # None when nodes cannot be observed (a namespaced install without node RBAC).
+    nodes: Mapping[str, NodeInfo] | None = None
+    missing_pvc: str | None = None
+
+
+@dataclass(frozen=True)
+class PodDelete:
+    name: str
+    uid: str
+    # 0 for pods that are already dead or on a lost node; None keeps the pod's own grace
+    # period so a live trainer can checkpoint.
+    grace_seconds: int | None
+    why: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: TrainingJobStatus
+    creates: tuple[dict[str, Any], ...] = ()
+    deletes: tuple[PodDelete, ...] = ()
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    suspend_job: bool = False  # patch spec.suspend=true (Kueue queue label on a new job)
+    delete_job: bool = False  # ttlSecondsAfterFinished elapsed
+
+
+@dataclass
+class _Draft:
+    """The plan while it is being built; frozen into a Plan at the end."""
+
+    status: TrainingJobStatus
+    creates: list[dict[str, Any]] = field(default_factory=list)
+    deletes: dict[str, PodDelete] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)
+    suspend_job: bool = False
+    delete_job: bool = False
+
+    def delete(self, pod: ObservedPod, grace: int | None, why: str) -> None:
+        if pod.name not in self.deletes:
+            self.deletes[pod.name] = PodDelete(pod.name, pod.uid, grace, why)
+
+    def warn(self, reason: str, message: str) -> None:
+        self.events.append(Event("Warning", reason, message))
+
+    def note(self, reason: str, message: str) -> None:
+        self.events.append(Event("Normal", reason, message))
+
+    def freeze(self) -> Plan:
+        positive = [w for w in self.waits if w >= 0]
+        return Plan(
+            status=self.status,
+            creates=tuple(self.creates),
+            deletes=tuple(self.deletes.values()),
+            events=tuple(self.events),
+            requeue_after=min(positive) if positive else None,
+            suspend_job=self.suspend_job,
+            delete_job=self.delete_job,
+        )
+
+
+def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
+    """The reconcile pipeline. Each stage may settle the job and end the pipeline."""
+    draft = _Draft(status=obs.status.model_copy(deep=True))
+    draft.status.observed_generation = obs.generation
+    draft.status.selector = build.worker_selector(obs.job.name)
+    if obs.spec is None:
+        problem = obs.spec_error or "invalid spec"
+        _set_phase(draft, obs, now, Phase.PENDING, "InvalidSpec", problem)
+        _spec_valid(draft, obs, now, "InvalidSpec", problem)
+        return _finish(draft, obs)
+    ctx = _Ctx(draft, obs, obs.spec, now, config)
+    ctx.draft.status.restarts_summary = (
+        f"{ctx.draft.status.restarts}/{ctx.spec.failure_policy.backoff_limit}"
+    )
+    for stage in (
+        _stage_finished,
+        _stage_suspended,
+        _stage_validate,
+        _stage_deadline,
+        _stage_failures,
+        _stage_succeeded,
+    ):
+        if stage(ctx):
+            return _finish(draft, obs)
+    _stage_converge(ctx)
+    return _finish(draft, obs)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    draft: _Draft
+    obs: Observed
+    spec: TrainingJobSpec
+    now: datetime
+    config: OperatorConfig
+
+    @property
+    def workers(self) -> list[ObservedPod]:
+        return [p for p in self.obs.pods if p.role == c.ROLE_WORKER]
+
+    @property
+    def current(self) -> list[ObservedPod]:
+        gen = self.draft.status.job_generation
+        return [p for p in self.workers if p.job_generation == gen]
+
+
+def _stage_finished(ctx: _Ctx) -> bool:
+    phase = ctx.obs.status.phase
+    if phase is None or not phase.finished:
+        return False
+    _clean_up(ctx.draft, ctx.obs, ctx.spec)
+    _ttl(ctx.draft, ctx.spec, ctx.now)
+    return True
+
+
+def _stage_suspended(ctx: _Ctx) -> bool:
+    draft, obs, spec = ctx.draft, ctx.obs, ctx.spec
+    suspended = spec.suspend
+    if obs.status.phase is None and obs.job.labels.get(c.LABEL_KUEUE_QUEUE) and not suspended:
+        # Kueue's own integrations suspend a queued job at creation and unsuspend it on
+        # admission; trainop does the suspending half so Kueue can do the rest.
+        draft.suspend_job = suspended = True
+    if not suspended:
+        return False
+    for pod in obs.pods:
+        if not pod.deleting:
+            draft.delete(pod, None, "job suspended")
+    draft.status.start_time = None
+    draft.status.retry_after = None
+    _set_phase(draft, obs, ctx.now, Phase.SUSPENDED, "Suspended", "the job is suspended")
+    _counts(draft, obs, spec, desired=0)
+    return True
+
+
+def _stage_validate(ctx: _Ctx) -> bool:
+    if any(p.active for p in ctx.workers):
+        # Already running: a node or PVC that went away later is not a spec problem.
+        _spec_valid(ctx.draft, ctx.obs, ctx.now, "Valid", None)
+        return False
+    problem = _validate(ctx.spec, ctx.obs)
+    if problem is None:
+        _spec_valid(ctx.draft, ctx.obs, ctx.now, "Valid", None)
+        return False
+    _set_phase(ctx.draft, ctx.obs, ctx.now, Phase.PENDING, *problem)
+    _spec_valid(ctx.draft, ctx.obs, ctx.now, *problem)
+    _counts(ctx.draft, ctx.obs, ctx.spec, desired=ctx.spec.replicas)
+    return True
+
+
+def _stage_deadline(ctx: _Ctx) -> bool:
+    deadline = ctx.spec.run_policy.active_deadline_seconds
+    start = ctx.draft.status.start_time
+    if deadline is None or start is None:
+        return False
+    left = (start + timedelta(seconds=deadline) - ctx.now).total_seconds()
+    if left > 0:
+        ctx.draft.waits.append(left)
+        return False
+    _fail(
+        ctx.draft,
+        ctx.obs,
+        ctx.spec,
+        ctx.now,
+        "DeadlineExceeded",
+        f"the job ran longer than activeDeadlineSeconds={deadline}",
+    )
+    return True
+
+
+def _stage_failures(ctx: _Ctx) -> bool:
+    return _account_failures(ctx.draft, ctx.obs, ctx.spec, ctx.workers, ctx.now, ctx.config)
+
+
+def _stage_succeeded(ctx: _Ctx) -> bool:
+    draft = ctx.draft
+    for pod in ctx.workers:
+        if pod.job_generation != draft.status.job_generation and not pod.deleting:
+            draft.delete(pod, 0 if pod.finished else None, "replaced by a job restart")
+    done = [p for p in ctx.current if p.phase == "Succeeded"]
+    if not done:
+        return False
+    # torchrun agents exit 0 only once the whole worker group finished training.
+    draft.status.completion_time = ctx.now
+    _set_phase(
+        draft,
+        ctx.obs,
+        ctx.now,
+        Phase.SUCCEEDED,
+        "Succeeded",
+        f"worker {done[0].name} completed: training finished",
+    )
+    _counts(draft, ctx.obs, ctx.spec, desired=0)
+    _clean_up(draft, ctx.obs, ctx.spec)
+    _ttl(draft, ctx.spec, ctx.now)
+    return True
+
+
+def _stage_converge(ctx: _Ctx) -> None:
+    draft, spec = ctx.draft, ctx.spec
+    current = ctx.current
+    scaled = [p for p in current if p.active and p.slot is not None and p.slot >= spec.replicas]
+    for pod in scaled:
+        draft.delete(pod, None, "scaled down")
+    if scaled:
+        draft.note("ScaledDown", f"removing {len(scaled)} worker(s) to reach {spec.replicas}")
+    _ensure_children(draft, ctx.obs, spec, ctx.now, ctx.config)
+    _counts(draft, ctx.obs, spec, desired=spec.replicas)
+    _progress(draft, current)
+    _running_phase(draft, ctx.obs, spec, current, ctx.now)
+
+
+def _validate(spec: TrainingJobSpec, obs: Observed) -> tuple[str, str] | None:
+    """What the schema cannot know. Checked before anything is created for the job."""
+    gpus = spec.resources.gpus
+    if gpus and obs.nodes is not None:
+        name = spec.resources.gpu_resource_name
+        best = max(
+            (
+                quantity_to_int(n.allocatable.get(name))
+                for n in obs.nodes.values()
+                if n.ready and not n.unschedulable
+            ),
+            default=0,
+        )
+        if best < gpus:
+            return (
+                "InsufficientGPUCapacity",
+                f"spec.resources.gpus={gpus} but the largest ready node offers {best} {name}; "
+                f"lower spec.resources.gpus or add nodes with at least {gpus} GPUs",
+            )
+    if obs.missing_pvc is not None:
+        return (
+            "CheckpointVolumeNotFound",
+            f"PersistentVolumeClaim {obs.missing_pvc!r} of spec.checkpoint.volume does not exist "
+            f"in namespace {obs.job.namespace}; create it or change spec.checkpoint.volume",
+        )
+    return None
+
+
+def _node_lost(pod: ObservedPod, obs: Observed, now: datetime, config: OperatorConfig) -> bool:
+    if obs.nodes is None or not pod.node_name or pod.finished:
+        return False
+    node = obs.nodes.get(pod.node_name)
+    if node is None:
+        return True
+    if node.ready or node.not_ready_since is None:
+        return False
+    return (now - node.not_ready_since).total_seconds() >= config.node_lost_seconds
+
+
+def _account_failures(
+    draft: _Draft,
+    obs: Observed,
+    spec: TrainingJobSpec,
+    workers: list[ObservedPod],
+    now: datetime,
+    config: OperatorConfig,
+) -> bool:
+    """Count each failed pod once, apply the policy. True when the job has failed."""
+    st = draft.status
+    policy = spec.failure_policy
+    handled = [u for u in st.handled_failures if any(p.uid == u for p in workers)]
+    for pod in sorted(workers, key=lambda p: (p.slot is None, p.slot, p.name)):
+        lost = _node_lost(pod, obs, now, config)
+        if obs.nodes is not None and pod.node_name and not lost and not pod.finished:
+            node = obs.nodes.get(pod.node_name)
+            if node is not None and node.not_ready_since is not None:
+                left = config.node_lost_seconds - (now - node.not_ready_since).total_seconds()
+                draft.waits.append(max(left, 0.5))
+        if not (pod.phase == "Failed" or lost):
+            continue
+        if pod.uid in handled:
+            draft.delete(pod, 0, "failure already handled")
+            continue
+        stale = pod.job_generation != st.job_generation
+        if stale or (pod.deleting and not lost) or (pod.slot or 0) >= spec.replicas:
+            # Pods we replaced or scaled away end as they end; not a new failure.
+            draft.delete(pod, 0, "finished after being replaced")
+            continue
+        handled.append(pod.uid)
+        failure = classify(pod, node_lost=lost)
+        action = decide_action(policy, failure)
+        counted = counts(action)
+        over_budget = counted and st.restarts + 1 > policy.backoff_limit
+        code = f" with exit code {failure.exit_code}" if failure.exit_code is not None else ""
+        detail = f"worker {pod.name} failed ({failure.reason.value}{code})"
+        if failure.message:
+            detail += f": {failure.message[:512]}"
+        st.last_failure = LastFailure(
+            pod=pod.name,
+            pod_uid=pod.uid,
+            exit_code=failure.exit_code,
+            reason=failure.reason.value,
+            message=failure.message[:1024],
+            action=Action.FAIL_JOB.value if over_budget else action.value,
+            counted=counted and not over_budget,
+            time=now,
+        )
+        draft.warn("WorkerFailed", f"{detail}; action {st.last_failure.action}")
+        if over_budget:
+            st.handled_failures = handled[-MAX_HANDLED:]
+            _fail(
+                draft,
+                obs,
+                spec,
+                now,
+                "BackoffLimitExceeded",
+                f"{detail}; the restart budget of {policy.backoff_limit} is used up",
+            )
+            return True
+        if action is Action.FAIL_JOB:
+            st.handled_failures = handled[-MAX_HANDLED:]
+            _fail(
+                draft,
+                obs,
+                spec,
+                now,
+                "FailedByRule",
+                f"{detail}; a failurePolicy rule says FailJob",
+            )
+            return True
+        if counted:
+            st.restarts += 1
+            key = failure.reason.value
+            st.restarts_by_reason[key] = st.restarts_by_reason.get(key, 0) + 1
+            delay = backoff_seconds(policy, st.restarts)
+            st.retry_after = now + timedelta(seconds=delay) if delay else None
+        if action is Action.RESTART_JOB:
+            st.job_generation += 1
+            draft.note("RestartingJob", f"recreating every worker after {pod.name} failed")
+        draft.delete(pod, 0, f"replacing failed worker ({action.value})")
+        st.restarts_summary = f"{st.restarts}/{policy.backoff_limit}"
+    st.handled_failures = handled[-MAX_HANDLED:]
+    return False
+
+
+def _ensure_children(
+    draft: _Draft, obs: Observed, spec: TrainingJobSpec, now: datetime, config: OperatorConfig
+) -> None:
+    st = draft.status
+    if not obs.service_exists:
+        draft.creates.append(build.build_service(obs.job, spec))
+    store = next((p for p in obs.pods if p.role == c.ROLE_STORE), None)
+    if store is None:
+        draft.creates.append(build.build_store_pod(obs.job, spec))
+    elif store.finished and not store.deleting:
+        draft.delete(store, 0, "rendezvous store ended")
+
+    if st.retry_after is not None and st.retry_after > now:
+        draft.waits.append((st.retry_after - now).total_seconds())
+        return
+    st.retry_after = None
+    taken = {p.name for p in obs.pods if p.name not in draft.deletes or p.deleting}
+    # Pods we delete with grace 0 in this same plan are gone by the time we create.
+    taken |= {d.name for d in draft.deletes.values() if d.grace_seconds is None}
+    missing = [
+        slot for slot in range(spec.replicas) if build.worker_name(obs.job.name, slot) not in taken
+    ]
+    for slot in missing:
+        draft.creates.append(build.build_worker_pod(obs.job, spec, slot, st.job_generation, config))
+    if missing:
+        draft.note(
+            "CreatedWorkers", f"created {len(missing)} worker pod(s): slots " + _ranges(missing)
+        )
+
+
+def _ranges(slots: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = slots[0]
+    for s in [*slots[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if s is not None:
+            start = prev = s
+    return ",".join(parts)
+
+
+def _counts(draft: _Draft, obs: Observed, spec: TrainingJobSpec, desired: int) -> None:
+    st = draft.status
+    current = [
+        p
+        for p in obs.pods
+        if p.role == c.ROLE_WORKER
+        and p.job_generation == st.job_generation
+        and p.active
+        and p.name not in draft.deletes
+    ]
+    st.replicas = len(current)
+    st.ready_replicas = sum(1 for p in current if p.ready and p.phase == "Running")
+    st.desired_replicas = desired
+    st.workers = f"{st.ready_replicas}/{desired}"
+    st.restarts_summary = f"{st.restarts}/{spec.failure_policy.backoff_limit}"
+
+
+def _running_phase(
+    draft: _Draft, obs: Observed, spec: TrainingJobSpec, current: list[ObservedPod], now: datetime
+) -> None:
+    st = draft.status
+    live = [p for p in current if p.active and p.name not in draft.deletes]
+    running = sum(1 for p in live if p.phase == "Running")
+    waiting = [p for p in live if p.unschedulable]
+    if waiting:
+        msg = f"{len(waiting)} worker(s) cannot be scheduled: {waiting[0].unschedulable}"
+        st.conditions = set_condition(
+            st.conditions, COND_PODS_SCHEDULED, False, "Unschedulable", msg, now, obs.generation
+        )
+    elif live:
+        st.conditions = set_condition(
+            st.conditions,
+            COND_PODS_SCHEDULED,
+            True,
+            "Scheduled",
+            "every worker pod is scheduled",
+            now,
+            obs.generation,
+        )
+    if running >= spec.min_nodes:
+        if st.start_time is None:
+            st.start_time = now
+        _set_phase(
+            draft,
+            obs,
+            now,
+            Phase.RUNNING,
+            "Running",
+            f"{running} worker(s) running (min {spec.min_nodes}, max {spec.max_nodes})",
+        )
+    elif st.start_time is not None or st.restarts or st.job_generation:
+        why = f"{running} of at least {spec.min_nodes} worker(s) running"
+        if st.retry_after is not None:
+            why += f"; next replacement after {st.retry_after.isoformat()}"
+        _set_phase(draft, obs, now, Phase.RESTARTING, "Restarting", why)
+    elif waiting:
+        _set_phase(
+            draft,
+            obs,
+            now,
+            Phase.PENDING,
+            "Unschedulable",
+            f"{len(waiting)} worker(s) cannot be scheduled: {waiting[0].unschedulable}",
+        )
+    else:
+        _set_phase(
+            draft,
+            obs,
+            now,
+            Phase.PENDING,
+            "Starting",
+            f"{running} of at least {spec.min_nodes} worker(s) running",
+        )
+
+
+def _progress(draft: _Draft, current: list[ObservedPod]) -> None:
+    reports = [p.progress for p in current if isinstance(p.progress.get(rc.P_STEP), int)]
+    if not reports:
+        return
+    best = max(reports, key=lambda r: (r[rc.P_STEP], _num(r.get(rc.P_TIME)) or 0.0))
+    step = int(best[rc.P_STEP])
+    total = best.get(rc.P_TOTAL_STEPS)
+    total = int(total) if isinstance(total, int) and total > 0 else None
+    summary = f"{step}/{total} ({100 * step // total}%)" if total else f"step {step}"
+    ckpt_step = best.get(rc.P_CHECKPOINT_STEP)
+    draft.status.progress = Progress(
+        step=step,
+        total_steps=total,
+        samples=best.get(rc.P_SAMPLES) if isinstance(best.get(rc.P_SAMPLES), int) else None,
+        loss=_num(best.get(rc.P_LOSS)),
+        samples_per_second=_num(best.get(rc.P_SAMPLES_PER_SECOND)),
+        checkpoint_step=ckpt_step if isinstance(ckpt_step, int) else None,
+        checkpoint_time=_unix(best.get(rc.P_CHECKPOINT_TIME)),
+        update_time=_unix(best.get(rc.P_TIME)),
+        summary=summary,
+    )
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _unix(value: object) -> datetime | None:
+    seconds = _num(value)
+    return None if seconds is None else datetime.fromtimestamp(int(seconds), tz=UTC)
+
+
+def _fail(
+    draft: _Draft, obs: Observed, spec: TrainingJobSpec, now: datetime, reason: str, message: str
+) -> None:
+    draft.status.completion_time = now
+    draft.status.retry_after = None
+    _set_phase(draft, obs, now, Phase.FAILED, reason, message)
+    _counts(draft, obs, spec, desired=0)
+    _clean_up(draft, obs, spec)
+    _ttl(draft, spec, now)
+
+
+def _clean_up(draft: _Draft, obs: Observed, spec: TrainingJobSpec) -> None:
+    """A finished job leaves no pod holding a GPU (unless cleanPodPolicy None says so)."""
+    policy = spec.run_policy.clean_pod_policy
+    if policy is CleanPodPolicy.NONE:
+        return
+    for pod in obs.pods:
+        if pod.deleting:
+            continue
+        if policy is CleanPodPolicy.ALL or not pod.finished:
+            draft.delete(pod, None, "job finished")
+
+
+def _ttl(draft: _Draft, spec: TrainingJobSpec, now: datetime) -> None:
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    done = draft.status.completion_time
+    if ttl is None or done is None:
+        return
+    left = (done + timedelta(seconds=ttl) - now).total_seconds()
+    if left <= 0:
+        draft.delete_job = True
+    else:
+        draft.waits.append(left)
+
+
+def _spec_valid(
+    draft: _Draft, obs: Observed, now: datetime, reason: str, problem: str | None
+) -> None:
+    st = draft.status
+    if problem is not None:
+        st.conditions = set_condition(
+            st.conditions, COND_SPEC_VALID, False, reason, problem, now, obs.generation
+        )
+    else:
+        st.conditions = set_condition(
+            st.conditions, COND_SPEC_VALID, True, reason, "the spec is valid", now, obs.generation
+        )
+
+
+def _set_phase(
+    draft: _Draft, obs: Observed, now: datetime, phase: Phase, reason: str, message: str
+) -> None:
+    st = draft.status
+    st.phase, st.reason, st.message = phase, reason, message
+    for type_ in PHASE_CONDITIONS:
+        on = type_ == phase.value
+        if on or any(cd.type == type_ for cd in st.conditions):
+            st.conditions = set_condition(
+                st.conditions,
+                type_,
+                on,
+                reason if on else "",
+                message if on else "",
+                now,
+                obs.generation,
+            )
+
+
+def _finish(draft: _Draft, obs: Observed) -> Plan:
+    st, before = draft.status, obs.status
+    if st.phase != before.phase and st.phase is not None:
+        kind = "Warning" if st.phase in (Phase.FAILED, Phase.RESTARTING) else "Normal"
+        if st.phase is Phase.PENDING and st.reason not in ("Starting", None):
+            kind = "Warning"
+        draft.events.append(Event(kind, f"Job{st.phase.value}", st.message or ""))
+    elif st.phase is Phase.PENDING and st.reason not in (before.reason, "Starting"):
+        draft.warn(st.reason or "Pending", st.message or "")
+    return draft.freeze()
