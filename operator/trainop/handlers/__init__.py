@@ -1,0 +1,1 @@
+"""Kopf glue only: every handler enqueues a reconcile of the TrainingJob it concerns."""

@@ -1,0 +1,96 @@
+"""Kopf handlers. Short on purpose: each one maps an event to the job it concerns
+and enqueues it; the single idempotent reconcile does the rest.
+
+Only `on.event` handlers are used: Kopf then keeps no per-object state (no
+annotations, no status.kopf), and every event, including the initial listing
+after an operator restart, converges through the same reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from trainop.api import constants as c
+from trainop.core.config import OperatorConfig
+from trainop.kube.client import Kube
+from trainop.reconcile import Key, Reconciler
+from trainop.workqueue import WorkQueue
+
+log = logging.getLogger("trainop.operator")
+
+
+def config_from_env() -> OperatorConfig:
+    defaults = OperatorConfig()
+    return OperatorConfig(
+        exporter_image=os.environ.get("TRAINOP_EXPORTER_IMAGE", defaults.exporter_image),
+        node_lost_seconds=float(
+            os.environ.get("TRAINOP_NODE_LOST_SECONDS", defaults.node_lost_seconds)
+        ),
+        resync_seconds=float(os.environ.get("TRAINOP_RESYNC_SECONDS", defaults.resync_seconds)),
+    )
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.level = logging.WARNING  # our own Events say what matters
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    config = config_from_env()
+    kube = await Kube.connect(os.environ.get("KUBECONFIG"))
+    reconciler = Reconciler(kube, config)
+    memo.kube = kube
+    memo.reconciler = reconciler
+    memo.queue = WorkQueue[Key](reconciler.reconcile)
+    memo.resync = asyncio.create_task(_resync(memo.queue, reconciler, config.resync_seconds))
+    port = int(os.environ.get("TRAINOP_METRICS_PORT", "8080"))
+    if port:
+        start_http_server(port, addr=os.environ.get("TRAINOP_METRICS_ADDR", "0.0.0.0"))  # noqa: S104 (a pod's metrics port)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync.cancel()
+    await memo.queue.close()
+    await memo.kube.close()
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
+async def job_event(type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if namespace is None:
+        return
+    if type == "DELETED":
+        memo.queue.forget((namespace, name))
+        return
+    memo.queue.add((namespace, name))
+
+
+@kopf.on.event("v1", "pods", labels={c.LABEL_JOB: kopf.PRESENT})
+async def pod_event(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if namespace is None:
+        return
+    memo.queue.add((namespace, labels[c.LABEL_JOB]))
+
+
+@kopf.on.event("v1", "nodes")
+async def node_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler = memo.reconciler
+    before = reconciler.nodes.update(type or "ADDED", dict(body))
+    name = body.get("metadata", {}).get("name", "")
+    after = reconciler.nodes.nodes.get(name)
+    if before is None or after is None or before.ready != after.ready:
+        for key in list(reconciler.jobs_on_node.get(name, ())):
+            memo.queue.add(key)
+
+
+async def _resync(queue: WorkQueue[Key], reconciler: Reconciler, every: float) -> None:
+    """Level-triggered safety net: look at every known job now and then, events or not."""
+    while True:
+        await asyncio.sleep(every)
+        for key in list(reconciler.phases):
+            queue.add(key)

@@ -1,0 +1,217 @@
+"""Kubernetes REST calls on plain dicts, over kubernetes_asyncio's authenticated session.
+
+Every request is counted by verb and resource (the API-requests benchmark reads
+these counters), and API errors become KubeError with the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from trainop import operator_metrics as m
+from trainop.api import constants as c
+
+ObjDict = dict[str, Any]
+_JSON = "application/json"
+_MERGE = "application/merge-patch+json"
+_PATHS = {
+    "Pod": ("v1", "pods"),
+    "Service": ("v1", "services"),
+    "Event": ("v1", "events"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+}
+
+
+@dataclass
+class KubeError(Exception):
+    status: int
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}: {self.message}"
+
+
+def _ns_path(api_version: str, resource: str, namespace: str, name: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{resource}"
+    return f"{path}/{name}" if name else path
+
+
+def job_path(namespace: str, name: str | None = None) -> str:
+    return _ns_path(c.API_VERSION, c.PLURAL, namespace, name)
+
+
+class Kube:
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None, *, pool: int = 64) -> Self:
+        """In-cluster service account when there is one, else the kubeconfig."""
+        cfg = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        # No client-side rate limit: client-go's QPS 5 default is what makes other
+        # controllers crawl. Concurrency is bounded by the connection pool instead.
+        cfg.connection_pool_maxsize = pool
+        return cls(client.ApiClient(configuration=cfg))
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def request(
+        self,
+        verb: str,
+        path: str,
+        *,
+        resource: str,
+        body: object = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = _JSON,
+    ) -> ObjDict:
+        method = {
+            "create": "POST",
+            "list": "GET",
+            "get": "GET",
+            "update": "PUT",
+            "patch": "PATCH",
+            "delete": "DELETE",
+        }[verb]
+        m.API_REQUESTS.labels(verb, resource).inc()
+        try:
+            resp = await self._api.call_api(
+                path,
+                method,
+                query_params=list((query or {}).items()),
+                header_params={"Accept": _JSON, "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            )
+            raw = await resp.read()
+        except ApiException as exc:
+            m.API_ERRORS.labels(verb, resource, str(exc.status)).inc()
+            raise _error(exc) from None
+        data: ObjDict = json.loads(raw) if raw else {}
+        return data
+
+    # --- TrainingJobs
+    async def get_job(self, namespace: str, name: str) -> ObjDict | None:
+        return await self._get_or_none(job_path(namespace, name), "trainingjobs")
+
+    async def list_jobs(self, namespace: str | None = None) -> list[ObjDict]:
+        path = job_path(namespace) if namespace else f"/apis/{c.API_VERSION}/{c.PLURAL}"
+        return list((await self.request("list", path, resource="trainingjobs"))["items"])
+
+    async def replace_job_status(self, job: ObjDict, status: ObjDict) -> ObjDict:
+        """PUT the whole status with the job's resourceVersion: a concurrent writer
+        makes this fail with 409 instead of being silently overwritten."""
+        meta = job["metadata"]
+        body = {**job, "status": status}
+        return await self.request(
+            "update",
+            job_path(meta["namespace"], meta["name"]) + "/status",
+            resource="trainingjobs/status",
+            body=body,
+        )
+
+    async def patch_job(self, namespace: str, name: str, patch: ObjDict) -> ObjDict:
+        return await self.request(
+            "patch",
+            job_path(namespace, name),
+            resource="trainingjobs",
+            body=patch,
+            content_type=_MERGE,
+        )
+
+    async def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
+        await self._delete_tolerant(job_path(namespace, name), "trainingjobs", body)
+
+    # --- children
+    async def list_pods(self, namespace: str, selector: str) -> list[ObjDict]:
+        data = await self.request(
+            "list",
+            _ns_path("v1", "pods", namespace),
+            resource="pods",
+            query={"labelSelector": selector},
+        )
+        return list(data["items"])
+
+    async def create(self, obj: ObjDict) -> ObjDict | None:
+        """Create; None when it already exists (a retried reconcile is not an error)."""
+        api_version, resource = _PATHS[obj["kind"]]
+        path = _ns_path(api_version, resource, obj["metadata"]["namespace"])
+        try:
+            return await self.request("create", path, resource=resource, body=obj)
+        except KubeError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    async def delete_pod(
+        self, namespace: str, name: str, uid: str, grace_seconds: int | None
+    ) -> None:
+        body: ObjDict = {"preconditions": {"uid": uid}}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        await self._delete_tolerant(_ns_path("v1", "pods", namespace, name), "pods", body)
+
+    async def patch_pod_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> None:
+        await self.request(
+            "patch",
+            _ns_path("v1", "pods", namespace, name),
+            resource="pods",
+            body={"metadata": {"annotations": dict(annotations)}},
+            content_type=_MERGE,
+        )
+
+    async def get_service(self, namespace: str, name: str) -> ObjDict | None:
+        return await self._get_or_none(_ns_path("v1", "services", namespace, name), "services")
+
+    async def get_pvc(self, namespace: str, name: str) -> ObjDict | None:
+        path = _ns_path("v1", "persistentvolumeclaims", namespace, name)
+        return await self._get_or_none(path, "persistentvolumeclaims")
+
+    async def create_event(self, obj: ObjDict) -> None:
+        await self.create(obj)
+
+    async def _get_or_none(self, path: str, resource: str) -> ObjDict | None:
+        try:
+            return await self.request("get", path, resource=resource)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _delete_tolerant(self, path: str, resource: str, body: ObjDict) -> None:
+        try:
+            await self.request("delete", path, resource=resource, body=body)
+        except KubeError as exc:
+            # 404: already gone. 409: the UID precondition failed, i.e. a newer object
+            # with this name exists and must not be touched.
+            if exc.status not in (404, 409):
+                raise
+
+
+def _error(exc: ApiException) -> KubeError:
+    message = str(exc.reason or "")
+    try:
+        status = json.loads(exc.body or "{}")
+        message = status.get("message") or message
+        reason = status.get("reason") or str(exc.reason)
+    except (ValueError, AttributeError):
+        reason = str(exc.reason)
+    return KubeError(int(exc.status or 0), reason, message)

@@ -1,0 +1,1 @@
+"""The local runner: a TrainingJob on this machine, no cluster."""

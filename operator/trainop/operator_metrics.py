@@ -1,0 +1,37 @@
+"""The operator's own Prometheus metrics (names are the single source for dashboards)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS: Final = Gauge(
+    "trainop_operator_jobs",
+    "TrainingJobs known to this operator, by phase.",
+    ["phase"],
+)
+RECONCILE_SECONDS: Final = Histogram(
+    "trainop_operator_reconcile_duration_seconds",
+    "Time of one reconcile of one TrainingJob, API calls included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RESTARTS: Final = Counter(
+    "trainop_operator_restarts_total",
+    "Worker restarts decided by the operator, by failure reason and whether they were counted.",
+    ["reason", "counted"],
+)
+API_REQUESTS: Final = Counter(
+    "trainop_operator_api_requests_total",
+    "Kubernetes API requests made by the operator, by verb and resource.",
+    ["verb", "resource"],
+)
+API_ERRORS: Final = Counter(
+    "trainop_operator_api_errors_total",
+    "Kubernetes API requests that failed, by verb, resource and HTTP status code.",
+    ["verb", "resource", "code"],
+)
+RECONCILE_ERRORS: Final = Counter(
+    "trainop_operator_reconcile_errors_total",
+    "Reconciles that ended in an error and were retried.",
+)
