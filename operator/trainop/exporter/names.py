@@ -107,6 +107,10 @@ EXPORTER_COLLECT_DURATION: Final = "trainop_exporter_collect_duration_seconds"
 PROCESS_NAMESPACE: Final = "trainop_exporter"
 EXPORTER_PROCESS_CPU: Final = "trainop_exporter_process_cpu_seconds_total"
 EXPORTER_PROCESS_RSS: Final = "trainop_exporter_process_resident_memory_bytes"
+EXPORTER_PROCESS_VMS: Final = "trainop_exporter_process_virtual_memory_bytes"
+EXPORTER_PROCESS_START: Final = "trainop_exporter_process_start_time_seconds"
+EXPORTER_PROCESS_OPEN_FDS: Final = "trainop_exporter_process_open_fds"
+EXPORTER_PROCESS_MAX_FDS: Final = "trainop_exporter_process_max_fds"
 
 Kind = Literal["gauge", "counter"]
 
@@ -222,5 +226,15 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
 
 SPEC_BY_NAME: Final = {spec.name: spec for spec in SPECS}
 
-# Emitted by prometheus_client's ProcessCollector, not built from SPECS.
-PROCESS_METRICS: Final = (EXPORTER_PROCESS_CPU, EXPORTER_PROCESS_RSS)
+# Emitted by prometheus_client's ProcessCollector (without identity labels:
+# the target labels say which pod), not built from SPECS.
+PROCESS_METRICS: Final = (
+    EXPORTER_PROCESS_CPU,
+    EXPORTER_PROCESS_RSS,
+    EXPORTER_PROCESS_VMS,
+    EXPORTER_PROCESS_START,
+    EXPORTER_PROCESS_OPEN_FDS,
+    EXPORTER_PROCESS_MAX_FDS,
+)
+
+ALL_METRIC_NAMES: Final = frozenset({spec.name for spec in SPECS} | set(PROCESS_METRICS))

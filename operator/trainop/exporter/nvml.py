@@ -11,6 +11,7 @@ exporter runs as on a node without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -195,10 +196,9 @@ class Nvml:
         return xids
 
     def close_events(self, event_set: EventSet) -> None:
-        try:
+        # Failing to free is harmless: the set dies with the library state anyway.
+        with contextlib.suppress(NvmlError):
             self._call("nvmlEventSetFree", event_set)
-        except NvmlError:
-            pass  # the set dies with the library state anyway
 
 
 def _const(name: str) -> int:

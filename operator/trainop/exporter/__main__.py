@@ -1,0 +1,7 @@
+"""``python -m trainop.exporter``."""
+
+import sys
+
+from trainop.exporter.app import main
+
+sys.exit(main())

@@ -1,0 +1,261 @@
+"""The exporter process: configuration, the HTTP server, signal handling.
+
+``main(argv)`` is what ``python -m trainop.exporter`` and the ``trainop``
+CLI run. Every flag has an env var, so the operator configures the sidecar
+through env alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from types import FrameType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+
+from trainop import __version__
+from trainop.exporter import names
+from trainop.exporter.collector import TrainopCollector
+from trainop.exporter.gpu import GpuReader
+from trainop.exporter.nvml import Nvml, load_real
+from trainop.exporter.rapl import DEFAULT_POWERCAP_ROOT, RaplReader
+from trainop_runtime import contract
+
+log = logging.getLogger("trainop.exporter")
+
+# The sidecar's own env (the operator sets these; defaults suit a pod).
+ENV_ADDRESS = "TRAINOP_EXPORTER_ADDRESS"
+ENV_PORT = "TRAINOP_EXPORTER_PORT"
+ENV_ALL_GPUS = "TRAINOP_EXPORTER_ALL_GPUS"
+ENV_STALE_SECONDS = "TRAINOP_EXPORTER_STALE_SECONDS"
+ENV_POWERCAP_ROOT = "TRAINOP_EXPORTER_POWERCAP_ROOT"
+ENV_LOG_LEVEL = "TRAINOP_EXPORTER_LOG_LEVEL"
+# dcgm-exporter's port: what PodMonitors and firewall rules already expect.
+DEFAULT_PORT = 9400
+# Prometheus scrapes the pod IP, so a pod must listen on every interface.
+DEFAULT_ADDRESS = "0.0.0.0"  # noqa: S104
+DEFAULT_STALE_SECONDS = 300.0
+METRICS_PATH = "/metrics"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    address: str = DEFAULT_ADDRESS
+    port: int = DEFAULT_PORT
+    run_dir: Path = Path(contract.DEFAULT_RUN_DIR)
+    all_gpus: bool = False
+    stale_after_seconds: float = DEFAULT_STALE_SECONDS
+    powercap_root: Path | None = DEFAULT_POWERCAP_ROOT
+    log_level: str = "INFO"
+    identity: Mapping[str, str] = field(default_factory=dict)
+    fake_nvml_gpus: int | None = None
+
+
+def identity_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Job identity labels from the pod's env; unset ones are left out."""
+    pairs = (
+        (names.L_TRAININGJOB, environ.get(contract.ENV_JOB_NAME, "")),
+        (names.L_TRAININGJOB_NAMESPACE, environ.get(contract.ENV_JOB_NAMESPACE, "")),
+        (names.L_TRAININGJOB_POD, environ.get(contract.ENV_POD_NAME, "")),
+    )
+    return {label: value for label, value in pairs if value}
+
+
+def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ExporterConfig:
+    env = environ.get
+    parser = argparse.ArgumentParser(
+        prog="python -m trainop.exporter",
+        description="Serve GPU, energy and training-progress metrics of one training pod "
+        "for Prometheus.",
+    )
+    parser.add_argument(
+        "--address", default=env(ENV_ADDRESS, DEFAULT_ADDRESS), help=f"env {ENV_ADDRESS}"
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(env(ENV_PORT, DEFAULT_PORT)), help=f"env {ENV_PORT}"
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(env(contract.ENV_RUN_DIR, contract.DEFAULT_RUN_DIR)),
+        help=f"where the trainer writes {contract.PROGRESS_FILE} and {contract.GPUS_FILE} "
+        f"(env {contract.ENV_RUN_DIR})",
+    )
+    parser.add_argument(
+        "--all-gpus",
+        action="store_true",
+        default=env(ENV_ALL_GPUS, "").lower() in _TRUE,
+        help=f"export every GPU of the node, not only those in {contract.GPUS_FILE}: "
+        f"for a node owned by one job (env {ENV_ALL_GPUS}=1)",
+    )
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=float(env(ENV_STALE_SECONDS, DEFAULT_STALE_SECONDS)),
+        metavar="SECONDS",
+        help=f"a progress report older than this sets trainop_training_up 0 "
+        f"(env {ENV_STALE_SECONDS})",
+    )
+    parser.add_argument(
+        "--powercap-root",
+        default=env(ENV_POWERCAP_ROOT, str(DEFAULT_POWERCAP_ROOT)),
+        help=f"sysfs powercap dir for RAPL CPU energy; empty disables (env {ENV_POWERCAP_ROOT})",
+    )
+    parser.add_argument(
+        "--log-level", default=env(ENV_LOG_LEVEL, "INFO"), help=f"env {ENV_LOG_LEVEL}"
+    )
+    parser.add_argument(
+        "--fake-nvml-gpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="TESTING ONLY: read N simulated GPUs (FakeNVML) instead of NVML",
+    )
+    args = parser.parse_args(argv)
+    return ExporterConfig(
+        address=args.address,
+        port=args.port,
+        run_dir=args.run_dir,
+        all_gpus=args.all_gpus,
+        stale_after_seconds=args.stale_after,
+        powercap_root=Path(args.powercap_root) if args.powercap_root else None,
+        log_level=args.log_level.upper(),
+        identity=identity_from_env(environ),
+        fake_nvml_gpus=args.fake_nvml_gpus,
+    )
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """One line per scrape would drown the lines that matter."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    # A slow client must not hold up Prometheus' next scrape.
+    daemon_threads = True
+
+
+class _ThreadingServerV6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+def build_wsgi_app(registry: CollectorRegistry) -> WSGIApplication:
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == METRICS_PATH:
+            body: Iterable[bytes] = metrics_app(environ, start_response)
+            return body
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [f"trainop exporter: metrics are at {METRICS_PATH}\n".encode()]
+
+    return app
+
+
+def _open_nvml_for(config: ExporterConfig) -> Callable[[], Nvml]:
+    if config.fake_nvml_gpus is None:
+        return load_real
+    # Imported here so that production never loads the fake (nor needs it to import).
+    from trainop.exporter import fake_nvml  # noqa: PLC0415
+
+    fake = Nvml(fake_nvml.demo(config.fake_nvml_gpus))
+    return lambda: fake
+
+
+def build_collector(config: ExporterConfig) -> TrainopCollector:
+    return TrainopCollector(
+        run_dir=config.run_dir,
+        gpu_reader=GpuReader(_open_nvml_for(config), monotonic=time.monotonic),
+        rapl_reader=RaplReader(config.powercap_root),
+        identity=config.identity,
+        all_gpus=config.all_gpus,
+        stale_after_seconds=config.stale_after_seconds,
+    )
+
+
+class RunningExporter:
+    """An exporter serving on a background thread (for main() and in-process tests)."""
+
+    def __init__(self, config: ExporterConfig, collector: TrainopCollector) -> None:
+        self.collector = collector
+        self.registry = CollectorRegistry()
+        self.registry.register(collector)
+        ProcessCollector(namespace=names.PROCESS_NAMESPACE, registry=self.registry)
+        server_class = _ThreadingServerV6 if ":" in config.address else _ThreadingServer
+        self._server = make_server(
+            config.address,
+            config.port,
+            build_wsgi_app(self.registry),
+            server_class=server_class,
+            handler_class=_QuietHandler,
+        )
+        self.port: int = self._server.server_port
+        self.url = f"http://{config.address}:{self.port}{METRICS_PATH}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="trainop-exporter-http", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self.collector.close()
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the exporter until SIGTERM or SIGINT; returns the exit code."""
+    config = parse_config(argv, os.environ if environ is None else environ)
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    collector = build_collector(config)
+    # One read before serving, so "no GPU here" and friends are in the log at
+    # start-up, not only after the first scrape.
+    collector.collect()
+    try:
+        exporter = RunningExporter(config, collector)
+    except OSError as err:
+        log.error("cannot listen on %s:%d: %s", config.address, config.port, err)
+        collector.close()
+        return 1
+    log.info(
+        "trainop exporter %s serving %s; run dir %s; GPUs: %s; labels %s",
+        __version__,
+        exporter.url,
+        config.run_dir,
+        "all on the node" if config.all_gpus else f"those in {contract.GPUS_FILE}",
+        dict(config.identity) or "(no TRAINOP_* identity env)",
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    exporter.stop()
+    return 0

@@ -1,0 +1,277 @@
+"""The Prometheus collector: read every source, then build the metrics fresh.
+
+Nothing is kept between scrapes except what a counter needs (running totals)
+and NVML's handles, so a GPU that disappears or a trainer that stops
+reporting leaves no stale series behind. ``build_metrics`` is the pure half:
+a snapshot in, metric families out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from trainop import __version__
+from trainop.exporter import names as n
+from trainop.exporter import visibility
+from trainop.exporter.gpu import GpuReader, GpuSnapshot
+from trainop.exporter.progress import TrainingView, assess_progress, parse_progress
+from trainop.exporter.rapl import RaplReader, RaplSnapshot
+from trainop.exporter.statelog import StateLog
+from trainop_runtime import contract
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SOURCES = (n.SOURCE_NVML, n.SOURCE_PROGRESS, n.SOURCE_GPUS_FILE, n.SOURCE_RAPL)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one scrape read, ready to be turned into metrics."""
+
+    now: float
+    gpu: GpuSnapshot
+    training: TrainingView
+    rapl: RaplSnapshot
+    read_errors: Mapping[str, int]
+    last_collect_seconds: float | None = None
+
+
+class _Families:
+    """Metric families keyed by name, created on first sample from ``names.SPECS``."""
+
+    def __init__(self, identity: Mapping[str, str]) -> None:
+        self._id_names = tuple(identity)
+        self._id_values = tuple(identity.values())
+        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+
+    def add(self, name: str, value: float, *labels: str) -> None:
+        spec = n.SPEC_BY_NAME[name]
+        if len(labels) != len(spec.labels):
+            raise ValueError(f"{name} takes labels {spec.labels}, got {labels}")
+        family = self._families.get(name)
+        if family is None:
+            label_names = [*self._id_names, *spec.labels]
+            if spec.kind == "counter":
+                family = CounterMetricFamily(name, spec.help, labels=label_names)
+            else:
+                family = GaugeMetricFamily(name, spec.help, labels=label_names)
+            self._families[name] = family
+        family.add_metric([*self._id_values, *labels], value)
+
+    def metrics(self) -> list[Metric]:
+        families: list[Metric] = list(self._families.values())
+        return families
+
+
+def _add_gpus(f: _Families, snap: GpuSnapshot) -> None:
+    f.add(n.GPU_UP, 1.0 if snap.up else 0.0)
+    f.add(n.GPU_DEVICES, float(len(snap.gpus)))
+    if snap.driver_version:
+        f.add(n.GPU_DRIVER_INFO, 1.0, snap.driver_version)
+    for g in snap.gpus:
+        ids = (str(g.index), g.uuid, g.model)
+        optional: tuple[tuple[str, float | None], ...] = (
+            (n.GPU_UTILIZATION, g.utilization_ratio),
+            (n.GPU_MEMORY_UTILIZATION, g.memory_utilization_ratio),
+            (n.GPU_MEMORY_USED, g.memory_used_bytes),
+            (n.GPU_MEMORY_TOTAL, g.memory_total_bytes),
+            (n.GPU_POWER, g.power_watts),
+            (n.GPU_POWER_LIMIT, g.power_limit_watts),
+            (n.GPU_ENERGY, g.energy_joules),
+            (n.GPU_TEMPERATURE, g.temperature_celsius),
+            (n.GPU_SM_CLOCK, g.sm_clock_hertz),
+            (n.GPU_XID_ERRORS, g.xid_errors),
+            (n.GPU_LAST_XID, g.last_xid),
+        )
+        for name, value in optional:
+            if value is not None:
+                f.add(name, float(value), *ids)
+        if g.clock_event_reasons is not None:
+            for bit, reason in n.CLOCK_EVENT_REASONS:
+                f.add(
+                    n.GPU_CLOCK_EVENT_ACTIVE, float(bool(g.clock_event_reasons & bit)), *ids, reason
+                )
+        if g.ecc_corrected is not None:
+            f.add(n.GPU_ECC_ERRORS, float(g.ecc_corrected), *ids, n.ECC_CORRECTED)
+        if g.ecc_uncorrected is not None:
+            f.add(n.GPU_ECC_ERRORS, float(g.ecc_uncorrected), *ids, n.ECC_UNCORRECTED)
+
+
+def _add_training(f: _Families, view: TrainingView, now: float) -> None:
+    f.add(n.TRAINING_UP, 1.0 if view.up else 0.0)
+    if view.report_time is not None:
+        # Exported even when stale: "how long has it been silent" is the question then.
+        f.add(n.TRAINING_REPORT_TIMESTAMP, view.report_time)
+        f.add(n.TRAINING_REPORT_AGE, max(0.0, now - view.report_time))
+    p = view.progress
+    if p is None:
+        return
+    values: tuple[tuple[str, float | None], ...] = (
+        (n.TRAINING_STEP, p.step),
+        (n.TRAINING_STEP_TARGET, p.total_steps),
+        (n.TRAINING_SAMPLES, p.samples),
+        (n.TRAINING_SAMPLES_PER_SECOND, p.samples_per_second),
+        (n.TRAINING_LOSS, p.loss),
+        (n.TRAINING_STEP_DURATION, p.step_seconds),
+        (n.TRAINING_WORLD_SIZE, p.world_size),
+        (n.TRAINING_RESTARTS, p.restarts),
+        (n.TRAINING_CHECKPOINT_STEP, p.checkpoint_step),
+        (n.TRAINING_CHECKPOINT_TIMESTAMP, p.checkpoint_time),
+    )
+    for name, value in values:
+        if value is not None:
+            f.add(name, float(value))
+    if p.step is not None and p.total_steps:
+        f.add(n.TRAINING_PROGRESS, min(1.0, max(0.0, p.step / p.total_steps)))
+    if p.checkpoint_time is not None:
+        f.add(n.TRAINING_CHECKPOINT_AGE, max(0.0, now - p.checkpoint_time))
+
+
+def _add_rapl(f: _Families, snap: RaplSnapshot) -> None:
+    f.add(n.CPU_ENERGY_UP, 1.0 if snap.up else 0.0)
+    for zone in snap.zones:
+        f.add(n.CPU_ENERGY, zone.joules, zone.zone, zone.name)
+
+
+def build_metrics(
+    snapshot: Snapshot, identity: Mapping[str, str], version: str = __version__
+) -> list[Metric]:
+    """Turn one scrape's readings into metric families. Purely computational."""
+    reserved = n.RESERVED_TARGET_LABELS.intersection(identity)
+    if reserved:
+        raise ValueError(f"identity labels {sorted(reserved)} collide with target labels")
+    f = _Families(identity)
+    _add_gpus(f, snapshot.gpu)
+    _add_training(f, snapshot.training, snapshot.now)
+    _add_rapl(f, snapshot.rapl)
+    f.add(n.EXPORTER_BUILD_INFO, 1.0, version)
+    for source in SOURCES:
+        # Every source from 0 on, so increase() sees the first error too.
+        f.add(n.EXPORTER_READ_ERRORS, float(snapshot.read_errors.get(source, 0)), source)
+    if snapshot.last_collect_seconds is not None:
+        f.add(n.EXPORTER_COLLECT_DURATION, snapshot.last_collect_seconds)
+    return f.metrics()
+
+
+class TrainopCollector:
+    """A prometheus_client collector over the run dir, NVML and RAPL."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        gpu_reader: GpuReader,
+        rapl_reader: RaplReader,
+        identity: Mapping[str, str],
+        all_gpus: bool = False,
+        stale_after_seconds: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._progress_path = run_dir / contract.PROGRESS_FILE
+        self._gpus_path = run_dir / contract.GPUS_FILE
+        self._gpu_reader = gpu_reader
+        self._rapl_reader = rapl_reader
+        self._identity = dict(identity)
+        self._all_gpus = all_gpus
+        self._stale_after = stale_after_seconds
+        self._clock = clock
+        self._timer = timer
+        self._file_errors: Counter[str] = Counter()
+        self._last_collect: float | None = None
+        self._states = StateLog(log)
+        # Concurrent scrapes (two Prometheus replicas) must not interleave NVML re-inits.
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            started = self._timer()
+            metrics = build_metrics(self._snapshot(), self._identity)
+            self._last_collect = self._timer() - started
+        return metrics
+
+    def close(self) -> None:
+        with self._lock:
+            self._gpu_reader.close()
+
+    def _snapshot(self) -> Snapshot:
+        now = self._clock()
+        wanted = self._read_gpus_file()
+        gpu = self._guard("gpu", lambda: self._gpu_reader.read(wanted, all_gpus=self._all_gpus))
+        rapl = self._guard("rapl", self._rapl_reader.read)
+        training = self._read_training(now)
+        errors = Counter(self._file_errors)
+        errors[n.SOURCE_NVML] += gpu.read_errors if gpu else 0
+        errors[n.SOURCE_RAPL] += rapl.read_errors if rapl else 0
+        return Snapshot(
+            now=now,
+            gpu=gpu or GpuSnapshot(up=False),
+            training=training,
+            rapl=rapl or RaplSnapshot(up=False),
+            read_errors=errors,
+            last_collect_seconds=self._last_collect,
+        )
+
+    def _guard(self, source: str, read: Callable[[], T]) -> T | None:
+        try:
+            value = read()
+        except Exception:
+            # A bug in one source must cost its own series, not the whole scrape
+            # (a 500 would drop training metrics too) nor the process.
+            self._states.set(f"crash/{source}", f"reading {source} failed", logging.ERROR)
+            log.debug("reading %s failed", source, exc_info=True)
+            source_name = n.SOURCE_NVML if source == "gpu" else n.SOURCE_RAPL
+            self._file_errors[source_name] += 1
+            return None
+        self._states.clear(f"crash/{source}", f"reading {source} works again")
+        return value
+
+    def _read_gpus_file(self) -> tuple[str, ...] | None:
+        try:
+            uuids = visibility.parse_gpus_file(self._gpus_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            self._file_errors[n.SOURCE_GPUS_FILE] += 1
+            self._states.set("gpus_file", f"cannot use {self._gpus_path}: {err}")
+            return None
+        self._states.clear("gpus_file", f"{self._gpus_path} is readable again")
+        return uuids
+
+    def _read_training(self, now: float) -> TrainingView:
+        path = self._progress_path
+        progress = None
+        mtime = None
+        try:
+            mtime = path.stat().st_mtime
+            progress, rejected = parse_progress(path.read_text())
+        except FileNotFoundError:
+            self._states.set(
+                "training", f"waiting for the trainer's first report in {path}", logging.INFO
+            )
+        except (OSError, ValueError) as err:
+            # ValueError covers torn JSON and undecodable bytes.
+            self._file_errors[n.SOURCE_PROGRESS] += 1
+            self._states.set("training", f"cannot parse {path} ({err}): training_up 0")
+        else:
+            if rejected:
+                self._states.set("rejected", f"ignoring {path} keys of the wrong type: {rejected}")
+            else:
+                self._states.clear("rejected", f"{path} keys all valid again")
+        view = assess_progress(progress, file_mtime=mtime, now=now, stale_after=self._stale_after)
+        if view.up:
+            self._states.clear("training", "trainer progress is being reported")
+        elif progress is not None:
+            self._states.set("training", f"{path}: {view.reason}: training_up 0")
+        return view

@@ -1,0 +1,291 @@
+"""FakeNVML: a test double for the ``pynvml`` module, with no GPU behind it.
+
+It is NOT a GPU reader. It exposes the same module-level functions the
+exporter calls (``nvmlInit``, ``nvmlDeviceGetPowerUsage``...), in NVML's units,
+and fails the way real NVML fails, raising pynvml's own exception classes:
+
+- calls before ``nvmlInit`` or after ``nvmlShutdown`` raise ``Uninitialized``;
+- ``init_error="LibraryNotFound"`` models a node without the driver;
+- ``FakeGpu.errors`` makes chosen calls raise, e.g. ``NotSupported``;
+- ``lose(uuid)`` makes every call on that device raise ``GpuIsLost``, and the
+  device is missing from enumeration after the next init, as when a GPU falls
+  off the bus; ``recover(uuid)`` brings it back;
+- XID events queue only on event sets registered before they happen.
+
+Used by the tests, the benchmark and ``--fake-nvml-gpus`` (demos without a GPU).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pynvml
+
+NVMLError = pynvml.NVMLError
+NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+
+GIB = 1024**3
+
+
+def nvml_error(name: str) -> Exception:
+    """pynvml's real exception for ``name``, e.g. ``nvml_error("GpuIsLost")``."""
+    cls: type[Exception] = getattr(pynvml, f"NVMLError_{name}")
+    return cls()
+
+
+@dataclass
+class FakeGpu:
+    """One device as NVML would report it (NVML units: mW, mJ, MHz, percent)."""
+
+    uuid: str
+    name: str = "NVIDIA H100 80GB HBM3"
+    gpu_util_percent: int = 0
+    mem_util_percent: int = 0
+    memory_used_bytes: int = 0
+    memory_total_bytes: int = 80 * GIB
+    power_mw: int = 70_000
+    power_limit_mw: int = 700_000
+    energy_mj: int = 0
+    temperature_c: int = 35
+    sm_clock_mhz: int = 1980
+    clock_event_reasons: int = 0
+    ecc_corrected: int = 0
+    ecc_uncorrected: int = 0
+    # pynvml function -> error it raises, e.g. {"nvmlDeviceGetPowerUsage": "NoPermission"}
+    errors: dict[str, str] = field(default_factory=dict)
+    lost: bool = False
+
+
+@dataclass(eq=False)
+class _Handle:
+    gpu: FakeGpu
+
+
+@dataclass(eq=False)
+class _EventSet:
+    gpus: list[FakeGpu] = field(default_factory=list)
+    queue: list[tuple[FakeGpu, int]] = field(default_factory=list)
+    freed: bool = False
+
+
+@dataclass(frozen=True)
+class _Rates:
+    gpu: int
+    memory: int
+
+
+@dataclass(frozen=True)
+class _MemInfo:
+    total: int
+    free: int
+    used: int
+
+
+@dataclass(frozen=True)
+class _EventData:
+    device: _Handle
+    eventType: int  # noqa: N815  # pynvml's field name
+    eventData: int  # noqa: N815  # pynvml's field name
+
+
+class FakeNVML:
+    """Stands in for the ``pynvml`` module; see the module docstring."""
+
+    NVMLError = pynvml.NVMLError
+
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        *,
+        init_error: str | None = None,
+        driver_version: str = "550.54.15",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.gpus = list(gpus)
+        self.init_error = init_error
+        self.driver_version = driver_version
+        # With a clock, each GPU's energy counter advances at its power draw,
+        # like a device under a steady load; without one it moves only by hand.
+        self._clock = clock
+        self._clock_start = clock() if clock else 0.0
+        self.calls: Counter[str] = Counter()
+        self._initialised = False
+        self._enumerated: list[FakeGpu] = []
+        self._event_sets: list[_EventSet] = []
+
+    # --- test controls -----------------------------------------------------
+    def gpu(self, uuid: str) -> FakeGpu:
+        return next(g for g in self.gpus if g.uuid == uuid)
+
+    def lose(self, uuid: str) -> None:
+        self.gpu(uuid).lost = True
+
+    def recover(self, uuid: str) -> None:
+        self.gpu(uuid).lost = False
+
+    def inject_xid(self, uuid: str, xid: int) -> None:
+        gpu = self.gpu(uuid)
+        for event_set in self._event_sets:
+            if gpu in event_set.gpus and not event_set.freed:
+                event_set.queue.append((gpu, xid))
+
+    # --- helpers -------------------------------------------------------------
+    def _enter(self, fn: str) -> None:
+        self.calls[fn] += 1
+        if not self._initialised:
+            raise nvml_error("Uninitialized")
+
+    def _device(self, fn: str, handle: object) -> FakeGpu:
+        self._enter(fn)
+        if not isinstance(handle, _Handle) or handle.gpu not in self._enumerated:
+            raise nvml_error("InvalidArgument")
+        gpu = handle.gpu
+        if gpu.lost:
+            raise nvml_error("GpuIsLost")
+        if fn in gpu.errors:
+            raise nvml_error(gpu.errors[fn])
+        return gpu
+
+    # --- the pynvml surface ------------------------------------------------
+    def nvmlInit(self) -> None:  # noqa: N802  # pynvml's names
+        self.calls["nvmlInit"] += 1
+        if self.init_error:
+            raise nvml_error(self.init_error)
+        self._initialised = True
+        self._enumerated = [g for g in self.gpus if not g.lost]
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        self._enter("nvmlShutdown")
+        self._initialised = False
+        for event_set in self._event_sets:
+            event_set.freed = True
+
+    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+        self._enter("nvmlSystemGetDriverVersion")
+        return self.driver_version
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetCount")
+        return len(self._enumerated)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:  # noqa: N802
+        self._enter("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self._enumerated):
+            raise nvml_error("InvalidArgument")
+        return _Handle(self._enumerated[index])
+
+    def nvmlDeviceGetIndex(self, handle: object) -> int:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetIndex", handle)
+        return self._enumerated.index(gpu)
+
+    def nvmlDeviceGetUUID(self, handle: object) -> str:  # noqa: N802
+        return self._device("nvmlDeviceGetUUID", handle).uuid
+
+    def nvmlDeviceGetName(self, handle: object) -> str:  # noqa: N802
+        return self._device("nvmlDeviceGetName", handle).name
+
+    def nvmlDeviceGetUtilizationRates(self, handle: object) -> _Rates:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetUtilizationRates", handle)
+        return _Rates(gpu=gpu.gpu_util_percent, memory=gpu.mem_util_percent)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: object) -> _MemInfo:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetMemoryInfo", handle)
+        free = gpu.memory_total_bytes - gpu.memory_used_bytes
+        return _MemInfo(total=gpu.memory_total_bytes, free=free, used=gpu.memory_used_bytes)
+
+    def nvmlDeviceGetPowerUsage(self, handle: object) -> int:  # noqa: N802
+        return self._device("nvmlDeviceGetPowerUsage", handle).power_mw
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: object) -> int:  # noqa: N802
+        return self._device("nvmlDeviceGetEnforcedPowerLimit", handle).power_limit_mw
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> int:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetTotalEnergyConsumption", handle)
+        if self._clock is None:
+            return gpu.energy_mj
+        elapsed = self._clock() - self._clock_start
+        return gpu.energy_mj + int(gpu.power_mw * elapsed)
+
+    def nvmlDeviceGetTemperature(self, handle: object, sensor: int) -> int:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetTemperature", handle)
+        if sensor != NVML_TEMPERATURE_GPU:
+            raise nvml_error("InvalidArgument")
+        return gpu.temperature_c
+
+    def nvmlDeviceGetClockInfo(self, handle: object, clock_type: int) -> int:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetClockInfo", handle)
+        if clock_type != NVML_CLOCK_SM:
+            raise nvml_error("InvalidArgument")
+        return gpu.sm_clock_mhz
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: object) -> int:  # noqa: N802
+        return self._device("nvmlDeviceGetCurrentClocksEventReasons", handle).clock_event_reasons
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: object) -> int:  # noqa: N802
+        return self._device("nvmlDeviceGetCurrentClocksThrottleReasons", handle).clock_event_reasons
+
+    def nvmlDeviceGetTotalEccErrors(  # noqa: N802
+        self, handle: object, error_type: int, counter_type: int
+    ) -> int:
+        gpu = self._device("nvmlDeviceGetTotalEccErrors", handle)
+        if counter_type != pynvml.NVML_VOLATILE_ECC:
+            raise nvml_error("InvalidArgument")
+        if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED:
+            return gpu.ecc_corrected
+        if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
+            return gpu.ecc_uncorrected
+        raise nvml_error("InvalidArgument")
+
+    def nvmlEventSetCreate(self) -> _EventSet:  # noqa: N802
+        self._enter("nvmlEventSetCreate")
+        event_set = _EventSet()
+        self._event_sets.append(event_set)
+        return event_set
+
+    def nvmlDeviceRegisterEvents(  # noqa: N802
+        self, handle: object, event_types: int, event_set: _EventSet
+    ) -> None:
+        gpu = self._device("nvmlDeviceRegisterEvents", handle)
+        if not event_types & pynvml.nvmlEventTypeXidCriticalError:
+            raise nvml_error("InvalidArgument")
+        event_set.gpus.append(gpu)
+
+    def nvmlEventSetWait(self, event_set: _EventSet, timeout_ms: int) -> _EventData:  # noqa: N802
+        self._enter("nvmlEventSetWait")
+        del timeout_ms  # the fake never blocks
+        if event_set.freed:
+            raise nvml_error("InvalidArgument")
+        if not event_set.queue:
+            raise nvml_error("Timeout")
+        gpu, xid = event_set.queue.pop(0)
+        return _EventData(_Handle(gpu), pynvml.nvmlEventTypeXidCriticalError, xid)
+
+    def nvmlEventSetFree(self, event_set: _EventSet) -> None:  # noqa: N802
+        self._enter("nvmlEventSetFree")
+        event_set.freed = True
+
+
+def demo_gpus(count: int) -> list[FakeGpu]:
+    """Busy H100-like devices with distinct, plausible readings."""
+    return [
+        FakeGpu(
+            uuid=f"GPU-fa4e0000-0000-4000-8000-{i:012d}",
+            gpu_util_percent=90 + i % 10,
+            mem_util_percent=40 + i % 20,
+            memory_used_bytes=(60 + i) * GIB,
+            power_mw=550_000 + 1_000 * i,
+            energy_mj=1_000_000_000 + 10_000_000 * i,
+            temperature_c=60 + i,
+            clock_event_reasons=0x004 if i % 2 else 0,  # half of them power-capped
+        )
+        for i in range(count)
+    ]
+
+
+def demo(count: int) -> FakeNVML:
+    """A FakeNVML whose energy counters advance in real time (for demos, benchmarks)."""
+    return FakeNVML(demo_gpus(count), clock=time.monotonic)

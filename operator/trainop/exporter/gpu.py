@@ -1,0 +1,288 @@
+"""GPU readings from NVML, with NVML's lifecycle handled once, here.
+
+NVML is initialised once and device handles are cached; a read that says the
+GPU is lost triggers a shutdown + init before the next scrape. When NVML
+cannot start (no driver, no library, no nvidia-ml-py) the reader says why once
+and retries now and then, so the sidecar keeps serving training metrics and
+never crash-loops on a node without a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from trainop.exporter import visibility
+from trainop.exporter.nvml import EventSet, Handle, Nvml, NvmlError
+from trainop.exporter.statelog import StateLog
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MW_PER_W = 1000.0
+MJ_PER_J = 1000.0
+HZ_PER_MHZ = 1_000_000.0
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU on one scrape, in base units; None where the device cannot say."""
+
+    index: int
+    uuid: str
+    model: str
+    utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    power_watts: float | None = None
+    power_limit_watts: float | None = None
+    energy_joules: float | None = None
+    temperature_celsius: float | None = None
+    sm_clock_hertz: float | None = None
+    clock_event_reasons: int | None = None
+    ecc_corrected: int | None = None
+    ecc_uncorrected: int | None = None
+    xid_errors: int | None = None
+    last_xid: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    up: bool
+    driver_version: str | None = None
+    gpus: tuple[GpuReading, ...] = ()
+    read_errors: int = 0
+
+
+@dataclass
+class _Device:
+    handle: Handle
+    index: int
+    uuid: str
+    model: str
+    unsupported: set[str] = field(default_factory=set)
+    xid_events: EventSet | None = None
+
+
+class _GpuLostError(Exception):
+    pass
+
+
+@dataclass
+class _XidTally:
+    count: int = 0
+    last: int = 0
+
+
+class GpuReader:
+    """Reads the selected GPUs; every public call is safe on a machine without GPUs."""
+
+    def __init__(
+        self,
+        open_nvml: Callable[[], Nvml],
+        *,
+        monotonic: Callable[[], float],
+        retry_seconds: float = 30.0,
+    ) -> None:
+        self._open_nvml = open_nvml
+        self._monotonic = monotonic
+        self._retry_seconds = retry_seconds
+        self._nvml: Nvml | None = None
+        self._driver_version: str | None = None
+        self._devices: dict[str, _Device] = {}
+        self._next_init_at = 0.0
+        self._reinit = False
+        self._errors = 0
+        # Kept across re-inits: a counter must not reset because NVML did.
+        self._xids: dict[str, _XidTally] = {}
+        self._states = StateLog(log)
+
+    # --- lifecycle -----------------------------------------------------------
+    def _start(self) -> Nvml | None:
+        if self._reinit:
+            self._stop()
+            self._reinit = False
+        if self._nvml is not None:
+            return self._nvml
+        now = self._monotonic()
+        if now < self._next_init_at:
+            return None
+        try:
+            nvml = self._open_nvml()
+            nvml.init()
+        except NvmlError as err:
+            self._next_init_at = now + self._retry_seconds
+            if err.absent:
+                self._states.set(
+                    "init",
+                    f"No usable NVIDIA GPU here ({err}): exporting trainop_gpu_up 0 and "
+                    f"training metrics only; retrying every {self._retry_seconds:.0f} s",
+                )
+            else:
+                self._states.set("init", f"NVML failed to start ({err}); retrying")
+            return None
+        self._nvml = nvml
+        try:
+            self._driver_version = nvml.driver_version()
+        except NvmlError:
+            self._driver_version = None
+        self._devices = self._enumerate(nvml)
+        self._states.clear("init", f"NVML started: {len(self._devices)} GPU(s) on this node")
+        return nvml
+
+    def _enumerate(self, nvml: Nvml) -> dict[str, _Device]:
+        devices: dict[str, _Device] = {}
+        try:
+            count = nvml.device_count()
+        except NvmlError as err:
+            self._states.set("enumerate", f"NVML cannot count GPUs: {err}")
+            return devices
+        for i in range(count):
+            try:
+                handle = nvml.handle(i)
+                uuid = nvml.uuid(handle)
+                model = nvml.name(handle)
+                index = nvml.index(handle)
+            except NvmlError as err:
+                # One broken GPU on the node must not hide this pod's healthy ones.
+                self._states.set(f"enumerate/{i}", f"skipping GPU {i}: {err}")
+                continue
+            devices[uuid] = _Device(handle=handle, index=index, uuid=uuid, model=model)
+        return devices
+
+    def _stop(self) -> None:
+        nvml, self._nvml = self._nvml, None
+        if nvml is None:
+            return
+        for device in self._devices.values():
+            if device.xid_events is not None:
+                nvml.close_events(device.xid_events)
+        self._devices = {}
+        try:
+            nvml.shutdown()
+        except NvmlError as err:
+            log.debug("nvmlShutdown failed (ignored): %s", err)
+
+    def close(self) -> None:
+        self._stop()
+
+    # --- reads ---------------------------------------------------------------
+    def read(self, wanted: tuple[str, ...] | None, *, all_gpus: bool) -> GpuSnapshot:
+        """Read the GPUs chosen by ``visibility.select_gpus``."""
+        nvml = self._start()
+        if nvml is None:
+            return GpuSnapshot(up=False, read_errors=self._errors)
+        selection = visibility.select_gpus(list(self._devices), wanted, all_gpus=all_gpus)
+        if wanted is None and not all_gpus:
+            self._states.set(
+                "selection",
+                "gpus.json is absent or unreadable: exporting no GPU metrics until the "
+                "trainer writes it (--all-gpus exports every GPU of the node)",
+            )
+        elif selection.missing:
+            self._states.set(
+                "selection",
+                f"GPUs in gpus.json not visible to NVML here: {', '.join(selection.missing)} "
+                "(is NVIDIA_VISIBLE_DEVICES=all set on the sidecar? MIG devices are not "
+                "supported yet)",
+            )
+        else:
+            self._states.clear(
+                "selection", f"exporting {len(selection.exported)} GPU(s) of this pod"
+            )
+
+        readings: list[GpuReading] = []
+        lost = False
+        for uuid in selection.exported:
+            device = self._devices[uuid]
+            try:
+                readings.append(self._read_device(nvml, device))
+            except _GpuLostError:
+                lost = True
+        if lost:
+            self._reinit = True
+        readings.sort(key=lambda r: r.index)
+        up = bool(readings) and not lost and not selection.missing
+        return GpuSnapshot(
+            up=up,
+            driver_version=self._driver_version,
+            gpus=tuple(readings),
+            read_errors=self._errors,
+        )
+
+    def _field(self, device: _Device, name: str, fn: Callable[[], T]) -> T | None:
+        if name in device.unsupported:
+            return None
+        try:
+            return fn()
+        except NvmlError as err:
+            if err.lost:
+                self._states.set(
+                    f"lost/{device.uuid}",
+                    f"GPU {device.index} ({device.uuid}) is lost ({err}); re-initialising NVML",
+                    logging.ERROR,
+                )
+                raise _GpuLostError from err
+            if err.unsupported:
+                # Asked once: not supported stays not supported for a device.
+                device.unsupported.add(name)
+                log.info("GPU %d does not report %s (%s)", device.index, name, err.name)
+                return None
+            self._errors += 1
+            self._states.set(f"field/{device.uuid}/{name}", f"GPU {device.index} {name}: {err}")
+            return None
+
+    def _read_device(self, nvml: Nvml, d: _Device) -> GpuReading:
+        h = d.handle
+        util = self._field(d, "utilization", lambda: nvml.utilization(h))
+        memory = self._field(d, "memory", lambda: nvml.memory(h))
+        power = self._field(d, "power", lambda: nvml.power_mw(h))
+        limit = self._field(d, "power_limit", lambda: nvml.power_limit_mw(h))
+        energy = self._field(d, "energy", lambda: nvml.energy_mj(h))
+        temperature = self._field(d, "temperature", lambda: nvml.temperature_c(h))
+        clock = self._field(d, "sm_clock", lambda: nvml.sm_clock_mhz(h))
+        reasons = self._field(d, "clock_event_reasons", lambda: nvml.clock_event_reasons(h))
+        ecc_c = self._field(d, "ecc", lambda: nvml.ecc_volatile_errors(h, uncorrected=False))
+        ecc_u = self._field(d, "ecc", lambda: nvml.ecc_volatile_errors(h, uncorrected=True))
+        xids = self._read_xids(nvml, d)
+        self._states.clear(f"lost/{d.uuid}", f"GPU {d.index} ({d.uuid}) is back")
+        return GpuReading(
+            index=d.index,
+            uuid=d.uuid,
+            model=d.model,
+            utilization_ratio=util.gpu_percent / 100.0 if util else None,
+            memory_utilization_ratio=util.memory_percent / 100.0 if util else None,
+            memory_used_bytes=memory.used_bytes if memory else None,
+            memory_total_bytes=memory.total_bytes if memory else None,
+            power_watts=power / MW_PER_W if power is not None else None,
+            power_limit_watts=limit / MW_PER_W if limit is not None else None,
+            energy_joules=energy / MJ_PER_J if energy is not None else None,
+            temperature_celsius=float(temperature) if temperature is not None else None,
+            sm_clock_hertz=clock * HZ_PER_MHZ if clock is not None else None,
+            clock_event_reasons=reasons,
+            ecc_corrected=ecc_c,
+            ecc_uncorrected=ecc_u,
+            xid_errors=xids.count if xids else None,
+            last_xid=xids.last if xids else None,
+        )
+
+    def _read_xids(self, nvml: Nvml, d: _Device) -> _XidTally | None:
+        if d.xid_events is None:
+            opened = self._field(d, "xid", lambda: nvml.open_xid_events(d.handle))
+            if opened is None:
+                return None
+            d.xid_events = opened
+        events = d.xid_events
+        codes = self._field(d, "xid", lambda: nvml.drain_xid_events(events))
+        if codes is None:
+            return None
+        tally = self._xids.setdefault(d.uuid, _XidTally())
+        for code in codes:
+            tally.count += 1
+            tally.last = code
+            log.error("GPU %d (%s) reported XID %d", d.index, d.uuid, code)
+        return tally
