@@ -64,6 +64,9 @@ class Entrypoint(_Model):
                 "set exactly one of spec.entrypoint.module, spec.entrypoint.script "
                 "or spec.entrypoint.command"
             )
+        if self.command is not None and self.command[0].startswith("-"):
+            # torchrun would read it as one of its own options (e.g. --rdzv-endpoint).
+            raise ValueError("spec.entrypoint.command[0] must not start with '-'")
         return self
 
 

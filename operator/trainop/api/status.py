@@ -39,7 +39,7 @@ class Condition(_Status):
 
 class LastFailure(_Status):
     pod: str
-    pod_uid: str
+    pod_uid: str = Field(alias="podUID")  # Kubernetes spells it UID, not Uid
     exit_code: int | None = None
     reason: str
     message: str = ""

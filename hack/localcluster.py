@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""A real local Kubernetes control plane with kwok GPU nodes, on 127.0.0.1 only.
+
+    python hack/localcluster.py up      # build tools if needed, start, print KUBECONFIG
+    python hack/localcluster.py down    # stop everything and delete its state
+    python hack/localcluster.py status
+
+etcd, kube-apiserver (RBAC on), kube-controller-manager (garbage collection,
+service accounts), kube-scheduler and kwok run as local processes. State, logs
+and the kubeconfig live under $TRAINOP_CLUSTER_DIR (default
+~/.cache/trainop/cluster). Binaries come from hack/build-tools.sh's cache.
+Only the standard library is used, so it runs before any pip install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+# The fake GPU nodes every test can rely on: name -> GPUs. One CPU-only node too.
+GPU_NODES = {"gpu-node-0": 8, "gpu-node-1": 8, "gpu-node-2": 4, "cpu-node-0": 0}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRAINOP_CACHE", Path.home() / ".cache" / "trainop"))
+
+
+def cluster_dir() -> Path:
+    return Path(os.environ.get("TRAINOP_CLUSTER_DIR", cache_dir() / "cluster"))
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for line in (HACK / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Bins:
+    kube: Path
+    etcd: Path
+    kwok: Path
+    helm: Path
+
+    @property
+    def kubectl(self) -> Path:
+        return self.kube / "kubectl"
+
+
+def bins(build: bool = True) -> Bins:
+    v = versions()
+    b = Bins(
+        kube=cache_dir() / "bin" / f"kube-{v['K8S_VERSION']}",
+        etcd=cache_dir() / "bin" / f"etcd-{v['ETCD_VERSION']}",
+        kwok=cache_dir() / "bin" / f"kwok-{v['KWOK_VERSION']}",
+        helm=cache_dir() / "bin" / f"helm-{v['HELM_VERSION']}",
+    )
+    missing = [p for p in (b.kube, b.etcd, b.kwok, b.helm) if not (p / ".done").exists()]
+    if missing:
+        if not build:
+            raise SystemExit(f"missing tool builds {missing}: run hack/build-tools.sh")
+        subprocess.run(["bash", str(HACK / "build-tools.sh")], check=True)
+    return b
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> None:
+    """A CA, the API server's serving cert, an admin client cert (system:masters) and
+    the service-account signing key. Every component authenticates as admin: this is
+    a test cluster; RBAC is still enforced for everyone else."""
+    d.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"), "-subj", "/CN=trainop-ca")
+    ext = d / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+                   "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\n")
+    for name, subj, extfile in (
+        ("server", "/CN=kube-apiserver", str(ext)),
+        ("admin", "/O=system:masters/CN=trainop-admin", None),
+    ):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"),
+                 "-out", str(d / f"{name}.csr"), "-subj", subj)
+        sign = ["x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
+                "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "3650",
+                "-out", str(d / f"{name}.crt")]
+        if extfile:
+            sign += ["-extfile", extfile]
+        _openssl(*sign)
+    _openssl("genrsa", "-out", str(d / "sa.key"), "2048")
+    _openssl("rsa", "-in", str(d / "sa.key"), "-pubout", "-out", str(d / "sa.pub"))
+
+
+def write_kubeconfig(path: Path, pki: Path, port: int) -> None:
+    path.write_text(json.dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "trainop", "cluster": {
+            "server": f"https://{HOST}:{port}", "certificate-authority": str(pki / "ca.crt")}}],
+        "users": [{"name": "admin", "user": {
+            "client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")}}],
+        "contexts": [{"name": "trainop", "context": {"cluster": "trainop", "user": "admin"}}],
+        "current-context": "trainop",
+    }, indent=2))
+
+
+def _start(d: Path, name: str, argv: list[str]) -> int:
+    log = (d / "logs" / f"{name}.log").open("ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    (d / "pids" / f"{name}.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def _wait(what: str, check, timeout: float, d: Path) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 (any failure means "not yet")
+            last = exc
+        time.sleep(0.2)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (d / "logs").glob("*.log"))
+    raise SystemExit(f"{what} not ready after {timeout}s ({last})\n{logs}")
+
+
+def _healthy(port: int, pki: Path) -> bool:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    with urllib.request.urlopen(f"https://{HOST}:{port}/readyz", context=ctx, timeout=2) as r:
+        return r.status == 200
+
+
+def kubectl(b: Bins, kubeconfig: Path, *args: str, input: str | None = None) -> str:
+    res = subprocess.run([str(b.kubectl), "--kubeconfig", str(kubeconfig), *args],
+                         input=input, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def gpu_node(name: str, gpus: int) -> dict[str, object]:
+    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110"}
+    labels = {"kubernetes.io/hostname": name, "type": "kwok", "kubernetes.io/os": "linux"}
+    if gpus:
+        capacity["nvidia.com/gpu"] = str(gpus)
+        labels["nvidia.com/gpu.product"] = "NVIDIA-H100-80GB-HBM3"
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels,
+                     "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def up() -> Path:
+    d = cluster_dir()
+    kubeconfig = d / "kubeconfig"
+    if (d / "pids").exists() and any(_alive(p) for p in _pids(d)):
+        return kubeconfig
+    b = bins()
+    t0 = time.monotonic()
+    shutil.rmtree(d, ignore_errors=True)
+    for sub in ("logs", "pids", "etcd"):
+        (d / sub).mkdir(parents=True)
+    pki = d / "pki"
+    make_pki(pki)
+    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+    write_kubeconfig(kubeconfig, pki, api_port)
+    _start(d, "etcd", [
+        str(b.etcd / "etcd"), "--data-dir", str(d / "etcd"),
+        "--listen-client-urls", f"http://{HOST}:{etcd_port}",
+        "--advertise-client-urls", f"http://{HOST}:{etcd_port}",
+        "--listen-peer-urls", f"http://{HOST}:{peer_port}",
+        "--initial-advertise-peer-urls", f"http://{HOST}:{peer_port}",
+        "--initial-cluster", f"default=http://{HOST}:{peer_port}",
+        # A throwaway test cluster: fsync buys nothing but latency here.
+        "--unsafe-no-fsync", "--quota-backend-bytes", str(2 * 1024**3),
+    ])
+    _start(d, "kube-apiserver", [
+        str(b.kube / "kube-apiserver"),
+        "--etcd-servers", f"http://{HOST}:{etcd_port}",
+        "--bind-address", HOST, "--advertise-address", HOST, "--secure-port", str(api_port),
+        "--tls-cert-file", str(pki / "server.crt"), "--tls-private-key-file", str(pki / "server.key"),
+        "--client-ca-file", str(pki / "ca.crt"),
+        "--service-account-issuer", "https://kubernetes.default.svc",
+        "--service-account-key-file", str(pki / "sa.pub"),
+        "--service-account-signing-key-file", str(pki / "sa.key"),
+        "--service-cluster-ip-range", "10.96.0.0/16",
+        "--authorization-mode", "Node,RBAC",
+        "--allow-privileged",
+        "--endpoint-reconciler-type", "none",
+    ])
+    _wait("kube-apiserver", lambda: _healthy(api_port, pki), 120, d)
+    common = ["--kubeconfig", str(kubeconfig), "--leader-elect=false", "--bind-address", HOST]
+    _start(d, "kube-controller-manager", [
+        str(b.kube / "kube-controller-manager"), *common, "--secure-port", str(free_port()),
+        "--service-account-private-key-file", str(pki / "sa.key"),
+        "--root-ca-file", str(pki / "ca.crt"),
+        "--use-service-account-credentials=false",
+        "--controllers", "*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+        # Faster than the defaults so node-loss tests run in seconds, not minutes.
+        "--node-monitor-grace-period", "20s", "--node-monitor-period", "2s",
+        "--concurrent-gc-syncs", "20",
+    ])
+    _start(d, "kube-scheduler", [
+        str(b.kube / "kube-scheduler"), *common, "--secure-port", str(free_port()),
+    ])
+    _start(d, "kwok", [
+        str(b.kwok / "kwok"), "--kubeconfig", str(kubeconfig),
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake",
+        "--config", str(HACK / "kwok-stages.yaml"),
+        "--server-address", f"{HOST}:{free_port()}",
+        "--node-ip", "10.0.1.1", "--cidr", "10.0.0.0/16",
+    ])
+    for name, gpus in GPU_NODES.items():
+        kubectl(b, kubeconfig, "apply", "-f", "-", input=json.dumps(gpu_node(name, gpus)))
+    _wait("kwok nodes Ready", lambda: _nodes_ready(b, kubeconfig), 60, d)
+    _wait("default ServiceAccount", lambda: bool(
+        kubectl(b, kubeconfig, "get", "sa", "default", "-o", "name")), 60, d)
+    (d / "started-in-seconds").write_text(f"{time.monotonic() - t0:.1f}\n")
+    return kubeconfig
+
+
+def _nodes_ready(b: Bins, kubeconfig: Path) -> bool:
+    out = kubectl(b, kubeconfig, "get", "nodes", "-o",
+                  "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status} {end}")
+    states = out.split()
+    return len(states) == len(GPU_NODES) and all(s == "True" for s in states)
+
+
+def _pids(d: Path) -> list[int]:
+    return [int(p.read_text()) for p in (d / "pids").glob("*.pid")] if (d / "pids").exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def down() -> None:
+    d = cluster_dir()
+    pids = _pids(d)
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args()
+    if args.command == "up":
+        kubeconfig = up()
+        took = (cluster_dir() / "started-in-seconds").read_text().strip()
+        print(f"cluster up in {took}s; use it with:\n  export KUBECONFIG={kubeconfig}")
+    elif args.command == "down":
+        down()
+        print("cluster stopped")
+    else:
+        alive = [p for p in _pids(cluster_dir()) if _alive(p)]
+        print(f"{len(alive)} control-plane processes running; KUBECONFIG={cluster_dir() / 'kubeconfig'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
