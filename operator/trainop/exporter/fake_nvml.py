@@ -113,6 +113,7 @@ class FakeNVML:
         self._clock = clock
         self._clock_start = clock() if clock else 0.0
         self.calls: Counter[str] = Counter()
+        self.device_calls: Counter[tuple[str, str]] = Counter()  # (function, uuid)
         self._initialised = False
         self._enumerated: list[FakeGpu] = []
         self._event_sets: list[_EventSet] = []
@@ -144,6 +145,7 @@ class FakeNVML:
         if not isinstance(handle, _Handle) or handle.gpu not in self._enumerated:
             raise nvml_error("InvalidArgument")
         gpu = handle.gpu
+        self.device_calls[fn, gpu.uuid] += 1
         if gpu.lost:
             raise nvml_error("GpuIsLost")
         if fn in gpu.errors:

@@ -95,6 +95,7 @@ class GpuReader:
         self._driver_version: str | None = None
         self._devices: dict[str, _Device] = {}
         self._next_init_at = 0.0
+        self._next_rescan_at = 0.0
         self._reinit = False
         self._errors = 0
         # Kept across re-inits: a counter must not reset because NVML did.
@@ -195,6 +196,9 @@ class GpuReader:
                 "selection", f"exporting {len(selection.exported)} GPU(s) of this pod"
             )
 
+        if any(not u.upper().startswith("MIG-") for u in selection.missing):
+            self._schedule_rescan()
+
         readings: list[GpuReading] = []
         lost = False
         for uuid in selection.exported:
@@ -213,6 +217,14 @@ class GpuReader:
             gpus=tuple(readings),
             read_errors=self._errors,
         )
+
+    def _schedule_rescan(self) -> None:
+        # A GPU back from a reset only shows up in a fresh enumeration; re-init
+        # is slow on some nodes, so at most once per retry interval.
+        now = self._monotonic()
+        if now >= self._next_rescan_at:
+            self._next_rescan_at = now + self._retry_seconds
+            self._reinit = True
 
     def _field(self, device: _Device, name: str, fn: Callable[[], T]) -> T | None:
         if name in device.unsupported:
