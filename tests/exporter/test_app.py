@@ -1,0 +1,120 @@
+"""The exporter as a user runs it: flags and env, HTTP endpoints, life without a GPU."""
+
+from __future__ import annotations
+
+import signal
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from tests.exporter.helpers import exporter_process, http_get, write_progress
+from trainop.exporter import names as n
+from trainop.exporter.app import (
+    DEFAULT_PORT,
+    ExporterConfig,
+    RunningExporter,
+    build_collector,
+    identity_from_env,
+    parse_config,
+)
+from trainop.exporter.nvml import NvmlError, load_real
+from trainop_runtime import contract
+
+
+def test_defaults_suit_a_pod() -> None:
+    config = parse_config([], {})
+    assert config.port == DEFAULT_PORT == 9400
+    assert config.address == "0.0.0.0"  # noqa: S104  # reachable by Prometheus on the pod IP
+    assert config.run_dir == Path(contract.DEFAULT_RUN_DIR)
+    assert config.all_gpus is False
+    assert config.identity == {}
+
+
+def test_env_configures_everything_and_flags_win() -> None:
+    env = {
+        "TRAINOP_EXPORTER_PORT": "9500",
+        "TRAINOP_EXPORTER_ALL_GPUS": "true",
+        "TRAINOP_EXPORTER_STALE_SECONDS": "60",
+        "TRAINOP_EXPORTER_POWERCAP_ROOT": "",
+        contract.ENV_RUN_DIR: "/shared/run",
+        contract.ENV_JOB_NAME: "llama",
+        contract.ENV_JOB_NAMESPACE: "team-a",
+        contract.ENV_POD_NAME: "llama-worker-3",
+    }
+    config = parse_config(["--port", "9600"], env)
+    assert config.port == 9600
+    assert config.all_gpus is True
+    assert config.stale_after_seconds == 60
+    assert config.powercap_root is None
+    assert config.run_dir == Path("/shared/run")
+    assert config.identity == {
+        "trainingjob": "llama",
+        "trainingjob_namespace": "team-a",
+        "trainingjob_pod": "llama-worker-3",
+    }
+
+
+def test_identity_never_uses_prometheus_target_label_names() -> None:
+    everything = {
+        contract.ENV_JOB_NAME: "j",
+        contract.ENV_JOB_NAMESPACE: "ns",
+        contract.ENV_POD_NAME: "p",
+    }
+    assert not n.RESERVED_TARGET_LABELS & set(identity_from_env(everything))
+
+
+def test_http_endpoints(tmp_path: Path) -> None:
+    config = ExporterConfig(
+        address="127.0.0.1", port=0, run_dir=tmp_path, fake_nvml_gpus=2, all_gpus=True
+    )
+    exporter = RunningExporter(config, build_collector(config))
+    base = f"http://127.0.0.1:{exporter.port}"
+    try:
+        status, body = http_get(f"{base}/metrics")
+        assert status == 200
+        assert f"{n.GPU_UP} 1.0" in body
+        assert n.EXPORTER_PROCESS_CPU in body
+        assert http_get(f"{base}/healthz") == (200, "ok\n")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            http_get(f"{base}/")
+        assert err.value.code == 404
+    finally:
+        exporter.stop()
+
+
+def _real_nvml_works() -> bool:
+    try:
+        load_real().init()
+    except NvmlError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_real_nvml_works(), reason="needs a machine WITHOUT a usable NVIDIA driver")
+def test_without_a_gpu_it_serves_training_metrics_and_never_exits(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_progress(run_dir, time=None)  # no `time`: freshness from the file's mtime
+    with exporter_process(run_dir) as exporter:  # the real pynvml, no driver here
+        for _ in range(5):
+            expo = exporter.scrape()
+            assert expo.value(n.GPU_UP) == 0
+            assert expo.value(n.TRAINING_UP) == 1
+            assert expo.value(n.TRAINING_STEP) == 120
+        assert exporter.proc.poll() is None
+        # Said once, clearly, not once per scrape.
+        assert exporter.log().count("No usable NVIDIA GPU here") == 1
+        assert "LibraryNotFound" in exporter.log()
+        exporter.proc.send_signal(signal.SIGTERM)
+        assert exporter.proc.wait(timeout=10) == 0
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with exporter_process(tmp_path, "--fake-nvml-gpus", "1") as first:
+        with (
+            pytest.raises(AssertionError, match="cannot listen"),
+            exporter_process(tmp_path, "--port", str(first.port)),
+        ):
+            pass  # pragma: no cover
+        assert first.proc.poll() is None  # the one already serving is unharmed
