@@ -184,6 +184,13 @@ class GpuReader:
                 "gpus.json is absent or unreadable: exporting no GPU metrics until the "
                 "trainer writes it (--all-gpus exports every GPU of the node)",
             )
+        elif not wanted and not all_gpus:
+            self._states.set(
+                "selection",
+                "gpus.json lists no GPU (a CPU-only trainer, or one that could not name its "
+                "GPUs by UUID): exporting no GPU metrics",
+                logging.INFO,
+            )
         elif selection.missing:
             self._states.set(
                 "selection",
