@@ -25,6 +25,7 @@ _spec = importlib.util.spec_from_file_location("localcluster", ROOT / "hack" / "
 assert _spec is not None
 assert _spec.loader is not None
 localcluster = importlib.util.module_from_spec(_spec)
+sys.modules["localcluster"] = localcluster  # dataclasses look their module up there
 _spec.loader.exec_module(localcluster)
 
 

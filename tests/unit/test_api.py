@@ -49,6 +49,10 @@ def _walk(model: type[BaseModel], schema: dict[str, Any], path: str) -> list[str
         nested = _model_of(field.annotation)
         if nested is not None and "properties" in sub:
             problems += _walk(nested, sub, f"{path}.{name}")
+        # `default: {}` on an object lets the API server fill its nested defaults,
+        # which the recursion above already compares.
+        if props[name].get("default") == {} and nested is not None:
+            continue
         if "default" in props[name] and not field.is_required():
             default = field.get_default(call_default_factory=True)
             if default != props[name]["default"]:
