@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -26,6 +26,7 @@ from trainop.kube.client import Kube, KubeError
 log = logging.getLogger("trainop.reconcile")
 ObjDict = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -84,6 +85,7 @@ class Reconciler:
         self.config = config
         self.clock = clock
         self.nodes = nodes or NodeCache()
+        self._writes = asyncio.Semaphore(config.write_concurrency)
         self.phases: dict[Key, str] = {}
         # node name -> jobs with pods there, so a node going NotReady wakes exactly those jobs.
         self.jobs_on_node: dict[str, set[Key]] = {}
@@ -152,9 +154,10 @@ class Reconciler:
         if plan.suspend_job:
             await self.kube.patch_job(ns, obs.job.name, {"spec": {"suspend": True}})
         await _gather(
-            self.kube.delete_pod(ns, d.name, d.uid, d.grace_seconds) for d in plan.deletes
+            self._bounded(self.kube.delete_pod(ns, d.name, d.uid, d.grace_seconds))
+            for d in plan.deletes
         )
-        await _gather(self.kube.create(obj) for obj in plan.creates)
+        await _gather(self._bounded(self.kube.create(obj)) for obj in plan.creates)
         # Events only after the status they describe is stored.
         for ev in plan.events:
             await self._emit(job, ev)
@@ -166,6 +169,10 @@ class Reconciler:
             m.RESTARTS.labels(lf.reason, str(lf.counted).lower()).inc()
         if plan.delete_job:
             await self.kube.delete_job(ns, obs.job.name, obs.job.uid)
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        async with self._writes:
+            return await call
 
     async def _emit(self, job: ObjDict, ev: Event) -> None:
         meta = job["metadata"]

@@ -13,3 +13,5 @@ class OperatorConfig:
     node_lost_seconds: float = 60.0
     # How often a job is looked at again without any event (safety net).
     resync_seconds: float = 60.0
+    # Concurrent creates/deletes per reconcile: fast for big jobs, gentle on the API server.
+    write_concurrency: int = 32

@@ -99,9 +99,13 @@ class Kube:
                 _return_http_data_only=True,
             )
             raw = await resp.read()
-        except ApiException as exc:
+        except ApiException as exc:  # transport-level failures
             m.API_ERRORS.labels(verb, resource, str(exc.status)).inc()
-            raise _error(exc) from None
+            raise _error(exc.status, exc.reason, exc.body) from None
+        # Without preloading, kubernetes_asyncio hands back error responses as they are.
+        if not 200 <= resp.status <= 299:
+            m.API_ERRORS.labels(verb, resource, str(resp.status)).inc()
+            raise _error(resp.status, resp.reason, raw)
         data: ObjDict = json.loads(raw) if raw else {}
         return data
 
@@ -206,12 +210,14 @@ class Kube:
                 raise
 
 
-def _error(exc: ApiException) -> KubeError:
-    message = str(exc.reason or "")
+def _error(status: object, reason: object, body: object) -> KubeError:
+    """The API server's Status object says what is wrong better than the HTTP reason."""
+    message, why = str(reason or ""), str(reason or "")
     try:
-        status = json.loads(exc.body or "{}")
-        message = status.get("message") or message
-        reason = status.get("reason") or str(exc.reason)
-    except (ValueError, AttributeError):
-        reason = str(exc.reason)
-    return KubeError(int(exc.status or 0), reason, message)
+        parsed = json.loads(body or b"{}")  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        parsed = {}
+    if isinstance(parsed, dict):
+        message = str(parsed.get("message") or message)
+        why = str(parsed.get("reason") or why)
+    return KubeError(status if isinstance(status, int) else 0, why, message)
