@@ -67,3 +67,18 @@ STORE_MODULE: Final = "trainop_runtime.store"
 # signal), so the operator's failure rules see the real cause, not torchrun's 1.
 # It also writes a one-line reason to the termination log.
 TERMINATION_LOG: Final = "/dev/termination-log"
+
+# --- additions by the trainer runtime (issue 4).
+# Overrides TERMINATION_LOG, so the launcher can run outside a pod (tests, laptops).
+ENV_TERMINATION_LOG: Final = "TRAINOP_TERMINATION_LOG"
+# Set by the launcher for its workers, fresh for every rendezvous round and the same
+# on every agent of that round: the key prefix that keeps a new process group from
+# reading a dead incarnation's addresses in the long-lived store.
+ENV_ATTEMPT_ID: Final = "TRAINOP_ATTEMPT_ID"
+# One JSON object per line, appended by the launcher: rendezvous start/end times,
+# worker-group restarts and the final outcome (read by bench/recovery and by humans).
+AGENT_EVENTS_FILE: Final = "agent-events.jsonl"
+# A worker exits with this when a peer was told to stop (SIGTERM) and it was not:
+# the job checkpointed on purpose, and this agent should re-rendezvous. Below 128 so
+# nobody mistakes it for a signal; EX_TEMPFAIL from sysexits.h.
+EXIT_PEER_STOPPED: Final = 75

@@ -1,0 +1,274 @@
+"""Checkpoints: atomic, verifiable, resumable, saved on a schedule or on demand.
+
+Layout: one file per step, ``step_<9 digits>.ckpt``, in the (shared) checkpoint
+directory. A file is a small header (magic, payload length, SHA-256) followed by
+a ``torch.save`` payload, so a torn or corrupted file is detected on load and the
+next older one is used instead.
+
+Why not ``torch.distributed.checkpoint`` (DCP): the example trains with DDP, whose
+model and optimizer state is replicated, identical on every rank. DCP pays when
+state is *sharded* (FSDP, tensor parallel): each rank writes its own shard and
+loading reshards to a new world size. For replicated state DCP deduplicates down to
+what this module does anyway, one writer with the full state, and its per-rank
+metadata and collective planning only add latency, on the save that must finish
+inside a SIGTERM grace period too. World-size changes are free here because the
+state is not sharded. A sharded model should use DCP (``dcp.async_save``) with the
+same schedule and directory; this module's policy and progress parts still apply.
+
+What does pay is asynchrony: a periodic save only blocks for a copy of the state
+to host memory; serialising, writing and fsyncing happen on a background thread
+while training goes on. The final save (end of training, SIGTERM) is synchronous.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainop_runtime import contract
+from trainop_runtime._fs import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+_MAGIC = b"TRNOPCK1"
+# magic, header length (uint32, big endian), then the JSON header, then the payload.
+_PREFIX = struct.Struct(">8sI")
+_NAME = re.compile(r"^step_(\d{9})\.ckpt$")
+
+StateDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a periodic checkpoint is due. Purely computational, no side effects."""
+
+    every_steps: int | None = None
+    every_seconds: float | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CheckpointPolicy:
+        steps = env.get(contract.ENV_CHECKPOINT_EVERY_STEPS, "").strip()
+        seconds = env.get(contract.ENV_CHECKPOINT_EVERY_SECONDS, "").strip()
+        return cls(
+            every_steps=int(steps) if steps and int(steps) > 0 else None,
+            every_seconds=float(seconds) if seconds and float(seconds) > 0 else None,
+        )
+
+    def due(self, *, step: int, last_step: int, now: float, last_time: float) -> bool:
+        """Whether ``step`` (just completed) should be saved.
+
+        ``last_step``/``last_time`` describe the last save (or the resume point).
+        """
+        if step <= last_step:
+            return False
+        if self.every_steps is not None and step - last_step >= self.every_steps:
+            return True
+        return self.every_seconds is not None and now - last_time >= self.every_seconds
+
+
+@dataclass(frozen=True)
+class Loaded:
+    step: int
+    state: StateDict
+    path: Path
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:09d}.ckpt"
+
+
+def encode(state: Mapping[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    payload = buf.getvalue()
+    header = json.dumps(
+        {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    ).encode()
+    return _PREFIX.pack(_MAGIC, len(header)) + header + payload
+
+
+class CorruptCheckpointError(ValueError):
+    pass
+
+
+def decode(data: bytes, *, map_location: str | None = None) -> StateDict:
+    """Parse a checkpoint file's bytes; raise :class:`CorruptCheckpointError` if torn."""
+    if len(data) < _PREFIX.size:
+        raise CorruptCheckpointError("shorter than the header")
+    magic, header_len = _PREFIX.unpack_from(data)
+    if magic != _MAGIC:
+        raise CorruptCheckpointError("bad magic")
+    start = _PREFIX.size + header_len
+    try:
+        header = json.loads(data[_PREFIX.size : start])
+    except ValueError as e:
+        raise CorruptCheckpointError(f"unreadable header: {e}") from e
+    payload = data[start:]
+    if len(payload) != header["size"]:
+        raise CorruptCheckpointError(f"payload is {len(payload)} bytes, expected {header['size']}")
+    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+        raise CorruptCheckpointError("checksum mismatch")
+    # weights_only: a checkpoint directory may be shared; never run pickled code from it.
+    state: StateDict = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    return state
+
+
+class CheckpointDir:
+    """The files of one job's checkpoints. Safe with several writers of the same step."""
+
+    def __init__(self, directory: Path, *, keep: int = 3) -> None:
+        self.directory = directory
+        self.keep = keep
+
+    def steps(self) -> list[int]:
+        """Steps with a checkpoint file, newest first (validity not checked)."""
+        if not self.directory.is_dir():
+            return []
+        found = (_NAME.match(p.name) for p in self.directory.iterdir())
+        return sorted((int(m.group(1)) for m in found if m), reverse=True)
+
+    def write(self, step: int, data: bytes) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / checkpoint_name(step)
+        atomic_write_bytes(path, data, durable=True)
+        self._prune()
+        return path
+
+    def save(self, step: int, state: Mapping[str, Any]) -> Path:
+        return self.write(step, encode(state))
+
+    def load_latest(self, *, map_location: str | None = None) -> Loaded | None:
+        """The newest checkpoint that verifies; torn or corrupt ones are skipped (logged)."""
+        for step in self.steps():
+            path = self.directory / checkpoint_name(step)
+            try:
+                state = decode(path.read_bytes(), map_location=map_location)
+            except (OSError, CorruptCheckpointError) as e:
+                logger.warning("skipping checkpoint %s: %s", path, e)
+                continue
+            return Loaded(step=step, state=state, path=path)
+        return None
+
+    def _prune(self) -> None:
+        for step in self.steps()[self.keep :]:
+            # Another writer may prune the same file at the same time.
+            (self.directory / checkpoint_name(step)).unlink(missing_ok=True)
+
+
+def snapshot_to_cpu(obj: Any) -> Any:
+    """A deep copy of ``obj`` with its tensors in host memory, safe from in-place updates."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {k: snapshot_to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(snapshot_to_cpu(v) for v in obj)
+    return obj
+
+
+class Checkpointer:
+    """Schedule + directory + a background writer. Only the writer rank writes.
+
+    ``state_fn`` is called only when a save happens, so building the state dict
+    costs nothing on steps that are not saved.
+    """
+
+    def __init__(
+        self,
+        directory: CheckpointDir,
+        policy: CheckpointPolicy,
+        *,
+        is_writer: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = directory
+        self.policy = policy
+        self.is_writer = is_writer
+        self._clock = clock
+        self._last_step = 0
+        self._last_time = clock()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        # Step and wall time of the newest checkpoint known durable (progress reports).
+        self.durable_step: int | None = None
+        self.durable_time: float | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, *, is_writer: bool) -> Checkpointer:
+        directory = Path(env.get(contract.ENV_CHECKPOINT_DIR, contract.DEFAULT_CHECKPOINT_DIR))
+        return cls(CheckpointDir(directory), CheckpointPolicy.from_env(env), is_writer=is_writer)
+
+    def resume(self, *, map_location: str | None = None) -> Loaded | None:
+        """Load the newest valid checkpoint (every rank reads it) and restart the schedule."""
+        loaded = self.directory.load_latest(map_location=map_location)
+        if loaded is not None:
+            self._last_step = loaded.step
+            self.durable_step = loaded.step
+            self.durable_time = loaded.path.stat().st_mtime
+        self._last_time = self._clock()
+        return loaded
+
+    def maybe_save(self, step: int, state_fn: Callable[[], Mapping[str, Any]]) -> bool:
+        """Start an asynchronous save of ``step`` if the policy says it is due."""
+        if not self.policy.due(
+            step=step, last_step=self._last_step, now=self._clock(), last_time=self._last_time
+        ):
+            return False
+        self._mark(step)
+        if self.is_writer:
+            # One save in flight at most: a slow disk slows training instead of
+            # piling up snapshots in host memory.
+            self.wait()
+            snapshot = snapshot_to_cpu(dict(state_fn()))
+            self._thread = threading.Thread(
+                target=self._write, args=(step, snapshot), name="trainop-ckpt", daemon=True
+            )
+            self._thread.start()
+        return True
+
+    def save_now(self, step: int, state_fn: Callable[[], Mapping[str, Any]]) -> None:
+        """Save synchronously (end of training, SIGTERM): durable when this returns."""
+        self._mark(step)
+        if self.is_writer:
+            self.wait()
+            if self.durable_step == step:
+                return
+            self._write(step, dict(state_fn()))
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the in-flight save (if any) is durable; re-raise its failure."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError("checkpoint save failed") from error
+
+    def _mark(self, step: int) -> None:
+        self._last_step = step
+        self._last_time = self._clock()
+
+    def _write(self, step: int, state: Mapping[str, Any]) -> None:
+        started = time.monotonic()
+        try:
+            path = self.directory.save(step, state)
+        except BaseException as e:  # surfaced by wait() on the training thread
+            self._error = e
+            return
+        self.durable_step = step
+        self.durable_time = time.time()
+        logger.info("checkpoint %s saved in %.3f s", path, time.monotonic() - started)

@@ -1,0 +1,1 @@
+"""Example training programs that use the runtime."""

@@ -1,0 +1,252 @@
+"""The trainer container's entrypoint: elastic torchrun from the operator's env.
+
+``python -m trainop_runtime.launch [--module M | --script S] [--standalone] -- ARGS...``
+
+Differences from plain ``torchrun``, each for a user-visible reason:
+
+* c10d rendezvous against the job's store pod as a *client* (``is_host=false``),
+  so no worker pod's death takes the rendezvous store down.
+* Exit code of the first failed worker (128+N for a signal) instead of torchrun's 1,
+  and a one-line reason in the termination log: the operator's failure policy and
+  ``kubectl describe`` see the real cause (OOMKilled 137, a Python error 1, ...).
+* SIGTERM gives workers the pod's grace period to checkpoint, minus a margin for
+  the agent to exit, through torch's ``--shutdown-timeout`` (torch >= 2.8; before
+  that ``LocalElasticAgent._shutdown`` hard-coded 30 s, pytorch/pytorch#119856).
+* Workers get a per-round attempt id (:mod:`trainop_runtime.rendezvous`) that makes
+  in-place restarts reliable.
+* gpus.json for the metrics sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import launch_agent
+from torch.distributed.run import config_from_args, parse_args
+
+from trainop_runtime import contract, gpus, rendezvous
+
+logger = logging.getLogger("trainop_runtime.launch")
+
+_REASON_MAX = 400  # the kubelet keeps 4 KiB of the termination log; one line is plenty
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What each worker runs: ``python -m module`` or ``python script``, plus args."""
+
+    module: str | None
+    script: str | None
+    args: tuple[str, ...] = ()
+
+
+def shutdown_timeout_for_grace(grace_seconds: float) -> int:
+    """Seconds workers get between SIGTERM and SIGKILL. Purely computational.
+
+    The kubelet SIGKILLs the whole container at the grace period, so the agent
+    keeps a margin (10 %, at least 2 s) to reap workers and write the termination log.
+    """
+    margin = max(2.0, 0.1 * grace_seconds)
+    return max(1, int(grace_seconds - margin))
+
+
+def merge_rdzv_conf(conf: str, defaults: Mapping[str, str]) -> str:
+    """``k=v,k=v`` with ``defaults`` added where the user did not set the key. Pure."""
+    pairs = [p.strip() for p in conf.split(",") if p.strip()]
+    keys = {p.split("=", 1)[0].strip() for p in pairs}
+    pairs += [f"{k}={v}" for k, v in defaults.items() if k not in keys]
+    return ",".join(pairs)
+
+
+def build_torchrun_args(env: Mapping[str, str], entry: Entry, *, standalone: bool) -> list[str]:
+    """torchrun's argv from the operator's env. Purely computational.
+
+    Every knob is passed explicitly rather than left to torchrun's PET_* defaults,
+    so the launcher's log shows exactly what ran.
+    """
+    args = [
+        "--nnodes",
+        env.get(contract.PET_NNODES, "1"),
+        "--nproc-per-node",
+        env.get(contract.PET_NPROC_PER_NODE, "1"),
+    ]
+    run_id = env.get(contract.PET_RDZV_ID) or env.get(contract.ENV_JOB_NAME) or "trainop"
+    if standalone:
+        # The agent hosts its own store on a free port, like torchrun --standalone.
+        args += ["--rdzv-backend", rendezvous.BACKEND, "--rdzv-endpoint", "localhost:0"]
+        args += ["--rdzv-id", run_id]
+        conf = env.get(contract.PET_RDZV_CONF, "")
+    else:
+        endpoint = env.get(contract.PET_RDZV_ENDPOINT, "").strip()
+        if not endpoint:
+            raise ValueError(f"{contract.PET_RDZV_ENDPOINT} is not set (or use --standalone)")
+        backend = env.get(contract.PET_RDZV_BACKEND, contract.RDZV_BACKEND)
+        if backend == "c10d":
+            backend = rendezvous.BACKEND
+        args += ["--rdzv-backend", backend, "--rdzv-endpoint", endpoint, "--rdzv-id", run_id]
+        key, value = contract.RDZV_CONF_IS_HOST.split("=", 1)
+        conf = merge_rdzv_conf(env.get(contract.PET_RDZV_CONF, ""), {key: value})
+    if conf:
+        args += ["--rdzv-conf", conf]
+    if env.get(contract.PET_MAX_RESTARTS):
+        args += ["--max-restarts", env[contract.PET_MAX_RESTARTS]]
+    if env.get(contract.PET_MONITOR_INTERVAL):
+        args += ["--monitor-interval", env[contract.PET_MONITOR_INTERVAL]]
+    if env.get(contract.ENV_GRACE_SECONDS):
+        grace = float(env[contract.ENV_GRACE_SECONDS])
+        args += ["--shutdown-timeout", str(shutdown_timeout_for_grace(grace))]
+    if entry.module:
+        args += ["--module", entry.module]
+    elif entry.script:
+        args += [entry.script]
+    else:
+        raise ValueError(
+            f"no entrypoint: pass --module/--script or set "
+            f"{contract.ENV_ENTRY_MODULE}/{contract.ENV_ENTRY_SCRIPT}"
+        )
+    return [*args, *entry.args]
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """The parts of torch's ProcessFailure that decide the exit code (testable without torch)."""
+
+    rank: int
+    exitcode: int
+    timestamp: float
+    pid: int
+    message: str
+    has_error_file: bool
+
+
+def exit_code_of(exitcode: int) -> int:
+    """A shell-style exit status: a death by signal N (Popen's -N) becomes 128+N. Pure."""
+    if exitcode < 0:
+        return 128 + (-exitcode)
+    return min(exitcode, 255) or 1
+
+
+def describe_failure(failures: Sequence[WorkerFailure]) -> tuple[int, str]:
+    """(exit code, one-line reason) of the root-cause failure. Purely computational.
+
+    The earliest failure wins. torch stamps failures without an error file with
+    whole seconds, so ties are common: a worker killed by a signal (OOM killer,
+    a kill) is then preferred, because peers that lose it fail *because* of it.
+    """
+    if not failures:
+        return 1, "worker group failed with no recorded failure"
+    first = min(failures, key=lambda f: (int(f.timestamp), f.exitcode >= 0, f.rank))
+    code = exit_code_of(first.exitcode)
+    if first.exitcode < 0:
+        try:
+            name = signal.Signals(-first.exitcode).name
+        except ValueError:
+            name = f"signal {-first.exitcode}"
+        reason = f"worker rank {first.rank} (pid {first.pid}) was killed by {name} (exit {code})"
+    else:
+        reason = f"worker rank {first.rank} (pid {first.pid}) exited with {code}"
+        if first.has_error_file and first.message:
+            reason += ": " + first.message.strip().splitlines()[-1]
+    return code, reason[:_REASON_MAX]
+
+
+def write_termination_log(env: Mapping[str, str], reason: str) -> None:
+    path = Path(env.get(contract.ENV_TERMINATION_LOG, contract.TERMINATION_LOG))
+    try:
+        path.write_text(reason.replace("\n", " ")[:_REASON_MAX] + "\n")
+    except OSError as e:
+        logger.warning("cannot write termination log %s: %s", path, e)
+
+
+def _parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Entry, bool]:
+    parser = argparse.ArgumentParser(prog="trainop-launch", description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--module", help="run `python -m MODULE` in each worker")
+    which.add_argument("--script", help="run `python SCRIPT` in each worker")
+    parser.add_argument(
+        "--standalone", action="store_true", help="one node, own store: no store pod needed"
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="-- then the program's args")
+    ns = parser.parse_args(argv)
+    rest = list(ns.args)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    module = ns.module or (None if ns.script else env.get(contract.ENV_ENTRY_MODULE))
+    script = ns.script or (None if module else env.get(contract.ENV_ENTRY_SCRIPT))
+    return Entry(module=module, script=script, args=tuple(rest)), bool(ns.standalone)
+
+
+def _raise_signal_exception(signum: int, frame: FrameType | None) -> NoReturn:
+    raise SignalException(f"received {signal.Signals(signum).name}", sigval=signal.Signals(signum))
+
+
+def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Launch the agent in this process; return the container's exit code."""
+    entry, standalone = _parse(argv, env)
+    run_dir = Path(env.get(contract.ENV_RUN_DIR, contract.DEFAULT_RUN_DIR))
+    try:
+        uuids = gpus.write_gpus_file(run_dir, env)
+        logger.info("GPUs visible to this container: %s", uuids or "none")
+    except OSError as e:
+        logger.warning("cannot write %s: %s", contract.GPUS_FILE, e)
+    rendezvous.register(run_dir)
+    torchrun_argv = build_torchrun_args(env, entry, standalone=standalone)
+    logger.info("torchrun %s", " ".join(torchrun_argv))
+    rendezvous.append_event(run_dir, "launch", argv=torchrun_argv)
+
+    # torch installs its SIGTERM handler only once workers start; a SIGTERM during
+    # the first rendezvous must still end in a clean exit code and reason.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_signal_exception)
+
+    # torch.distributed.run.parse_args is unannotated.
+    torchrun_ns = parse_args(torchrun_argv)  # type: ignore[no-untyped-call]
+    config, cmd, cmd_args = config_from_args(torchrun_ns)
+    try:
+        launch_agent(config, cmd, list(cmd_args))
+    except ChildFailedError as e:
+        code, reason = describe_failure(
+            [
+                WorkerFailure(
+                    rank=rank,
+                    exitcode=f.exitcode,
+                    timestamp=f.timestamp,
+                    pid=f.pid,
+                    message=str(f.message),
+                    has_error_file=bool(f.error_file_data),
+                )
+                for rank, f in e.failures.items()
+            ]
+        )
+    except SignalException as e:
+        code = 128 + int(e.sigval)
+        reason = f"{e.sigval.name} received; workers had {config.shutdown_timeout} s to checkpoint"
+    except Exception as e:
+        code, reason = 1, f"launcher failed: {type(e).__name__}: {e}"
+        logger.exception("launcher failed")
+    else:
+        code, reason = 0, "training finished"
+    write_termination_log(env, reason)
+    rendezvous.append_event(run_dir, "exit", code=code, reason=reason)
+    logger.info("exit %d: %s", code, reason)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run(sys.argv[1:] if argv is None else argv, os.environ)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

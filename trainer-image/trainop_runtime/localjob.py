@@ -1,0 +1,286 @@
+"""A job's pods as local processes: one store and N launcher agents on 127.0.0.1.
+
+Tests and benchmarks use it to kill real workers, agents and stores the way a
+cluster would, with the same entrypoints and env the operator gives pods.
+Each agent gets its own run dir (a pod's emptyDir); all share one checkpoint
+dir (the job's volume). Nothing here is mocked: these are real torchrun agents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from trainop_runtime import contract
+from trainop_runtime.checkpoint import CheckpointDir
+
+T = TypeVar("T")
+
+EXAMPLE_MODULE = "trainop_runtime.examples.tinylm"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll ``probe`` until it returns something other than None; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Whole lines only: a line being appended right now is skipped until complete."""
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    for line in path.read_text().splitlines(keepends=True):
+        if line.endswith("\n"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child pids, from /proc (Linux)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Field 4 is the ppid; the command name (field 2) may hold spaces, so split after ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            kids.append(int(entry.name))
+    return sorted(kids)
+
+
+@dataclass
+class Agent:
+    """One launcher process: a worker pod's main container."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    run_dir: Path
+    log_path: Path
+    termination_log: Path
+    _log: IO[bytes] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def workers(self) -> list[int]:
+        """Worker pids (the agent's children running Python)."""
+        return [p for p in children_of(self.pid) if _is_python(p)]
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.run_dir / contract.AGENT_EVENTS_FILE)
+
+    def progress(self) -> dict[str, Any] | None:
+        try:
+            doc: dict[str, Any] = json.loads((self.run_dir / contract.PROGRESS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return doc
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@dataclass
+class JobSpec:
+    nnodes: str = "1:2"
+    nproc_per_node: int = 1
+    max_restarts: int = 3
+    grace_seconds: float = 30.0
+    checkpoint_every_steps: int = 20
+    # Small timeouts: a test or bench should pay seconds, not torch's 30 s defaults.
+    rdzv_conf: str = "last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=2"
+    monitor_interval: float = 0.1
+    program_args: tuple[str, ...] = ()
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+class LocalJob:
+    """Start/kill the processes of one job under ``workdir``; :meth:`close` cleans up."""
+
+    def __init__(self, workdir: Path, spec: JobSpec, *, job_name: str = "local") -> None:
+        self.workdir = workdir
+        self.spec = spec
+        self.job_name = job_name
+        self.checkpoint_dir = workdir / "checkpoints"
+        self.log_jsonl = workdir / "train.jsonl"
+        self.store: subprocess.Popen[bytes] | None = None
+        self.store_port = free_port()
+        self.agents: dict[str, Agent] = {}
+        self._retired: list[Agent] = []
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    # --- processes
+
+    def start_store(self) -> None:
+        log = (self.workdir / "store.log").open("ab")
+        self.store = subprocess.Popen(
+            [sys.executable, "-m", contract.STORE_MODULE, "--port", str(self.store_port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._base_env(),
+        )
+        log.close()
+        wait_for(self._store_reachable, timeout=60, what="the store to listen")
+
+    def _store_reachable(self) -> bool | None:
+        try:
+            with socket.create_connection(("127.0.0.1", self.store_port), timeout=0.5):
+                return True
+        except OSError:
+            return None
+
+    def agent_env(self, name: str) -> dict[str, str]:
+        s = self.spec
+        run_dir = self.workdir / name
+        env = self._base_env()
+        env.update(
+            {
+                contract.PET_NNODES: s.nnodes,
+                contract.PET_NPROC_PER_NODE: str(s.nproc_per_node),
+                contract.PET_RDZV_BACKEND: contract.RDZV_BACKEND,
+                contract.PET_RDZV_ENDPOINT: f"127.0.0.1:{self.store_port}",
+                contract.PET_RDZV_ID: self.job_name,
+                contract.PET_RDZV_CONF: s.rdzv_conf,
+                contract.PET_MAX_RESTARTS: str(s.max_restarts),
+                contract.PET_MONITOR_INTERVAL: str(s.monitor_interval),
+                contract.ENV_JOB_NAME: self.job_name,
+                contract.ENV_POD_NAME: name,
+                contract.ENV_RUN_DIR: str(run_dir),
+                contract.ENV_CHECKPOINT_DIR: str(self.checkpoint_dir),
+                contract.ENV_CHECKPOINT_EVERY_STEPS: str(s.checkpoint_every_steps),
+                contract.ENV_GRACE_SECONDS: str(s.grace_seconds),
+                contract.ENV_ENTRY_MODULE: EXAMPLE_MODULE,
+                contract.ENV_TERMINATION_LOG: str(run_dir / "termination-log"),
+                # Pods have distinct addresses; here every "pod" is 127.0.0.1.
+                "PET_LOCAL_ADDR": "127.0.0.1",
+            }
+        )
+        env.update(s.extra_env)
+        return env
+
+    def start_agent(self, name: str) -> Agent:
+        if name in self.agents:
+            self._retired.append(self.agents.pop(name))
+        env = self.agent_env(name)
+        run_dir = Path(env[contract.ENV_RUN_DIR])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / f"{name}.log"
+        log = log_path.open("ab")
+        program = ["--log-jsonl", str(self.log_jsonl), *self.spec.program_args]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", contract.LAUNCH_MODULE, "--", *program],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Own session: a test's kill of one "pod" never reaches the test runner.
+            start_new_session=True,
+        )
+        agent = Agent(name, proc, run_dir, log_path, run_dir / "termination-log", log)
+        self.agents[name] = agent
+        return agent
+
+    def kill_agent(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """A pod lost with its node: the agent and its workers die together."""
+        agent = self.agents[name]
+        os.killpg(agent.pid, sig)
+        agent.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        procs = [a.proc for a in [*self.agents.values(), *self._retired]]
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=10)
+        for a in [*self.agents.values(), *self._retired]:
+            a._log.close()
+        if self.store is not None and self.store.poll() is None:
+            self.store.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.store.wait(timeout=10)
+            if self.store.poll() is None:
+                self.store.kill()
+
+    def __enter__(self) -> LocalJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- observations
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        evs = read_jsonl(self.log_jsonl)
+        return [e for e in evs if kind is None or e["event"] == kind]
+
+    def last_step(self) -> int:
+        steps = self.events("step")
+        return int(steps[-1]["step"]) if steps else 0
+
+    def wait_for_step(self, step: int, *, timeout: float) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            for e in reversed(self.events("step")):
+                if e["step"] >= step:
+                    return e
+            return None
+
+        return wait_for(probe, timeout=timeout, what=f"training to reach step {step}")
+
+    def wait_for_start(self, after: float, *, timeout: float) -> dict[str, Any]:
+        """The first worker-group start logged after wall time ``after``."""
+
+        def probe() -> dict[str, Any] | None:
+            starts = [e for e in self.events("start") if e["time"] > after]
+            return starts[0] if starts else None
+
+        return wait_for(probe, timeout=timeout, what="training to restart")
+
+    def checkpoint_steps(self) -> list[int]:
+        return CheckpointDir(self.checkpoint_dir).steps()
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Two cores shared by every "pod": one thread per worker avoids oversubscription.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env

@@ -1,0 +1,160 @@
+"""Agent side of the stale-address fix: one attempt id and one bootstrap store per round.
+
+Cause (torch 2.15, ``torch/distributed/rendezvous.py`` ``_create_c10d_store`` and
+``elastic/rendezvous/dynamic_rendezvous.py`` ``next_rendezvous``): with TCP store
+sharing (the default, ``TORCHELASTIC_USE_AGENT_STORE=True``), every worker becomes a
+client of a store server that the group-rank-0 *agent* creates once and keeps for
+its whole life. The worker side attaches with no per-attempt key prefix (the code
+comment says "We create a new TCPStore for every retry", which stopped being true
+when the server moved into the agent). ``init_process_group`` then uses fixed keys
+under ``default_pg/``: after a worker is SIGKILLed and the group restarts in place,
+a new worker can read the dead incarnation's gloo addresses (and its barrier
+counters) before the new peer overwrites them, dial a dead port and fail, wasting
+a restart.
+
+Two more faults sit next to it. ``next_rendezvous`` caches the bootstrap store's
+address from its *first* round and only rebuilds it when this agent becomes rank 0
+without a server: an agent that was rank 0 and is now rank 1 (a rejoin re-sorts the
+members) keeps pointing its workers at its *own* server, and with three agents a
+survivor keeps pointing at the dead rank 0's. Either way the workers of one round
+dial different stores and hang.
+
+Fix: after torch's rendezvous, group rank 0 publishes a fresh random attempt id and
+its own bootstrap address under a key of the *round-scoped* rendezvous store
+(``torch.rendezvous.<run_id>.<round>``, new for every round, so it cannot hold a
+stale value); every agent reads them back. The launcher exports the id to its
+workers as ``TRAINOP_ATTEMPT_ID``, and :func:`trainop_runtime.distributed.init_distributed`
+prefixes every key of the process group with it. Agreement comes from the round,
+which all members share, not from ``TORCHELASTIC_RESTART_COUNT``, which is each
+agent's own count (a rejoined agent starts at 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+# Re-exported by torch.distributed inside `if is_available():`, which mypy does not
+# count as an explicit export.
+from torch.distributed import Store  # type: ignore[attr-defined]
+from torch.distributed.elastic.rendezvous import (
+    RendezvousHandler,
+    RendezvousInfo,
+    RendezvousParameters,
+    rendezvous_handler_registry,
+)
+from torch.distributed.elastic.rendezvous.api import RendezvousStoreInfo
+
+from trainop_runtime import contract
+
+# torchrun's ``--rdzv-backend`` for torch's c10d rendezvous plus this fix.
+BACKEND = "trainop-c10d"
+_AGREED_KEY = "trainop/bootstrap"
+
+
+def append_event(run_dir: Path | None, event: str, **fields: Any) -> None:
+    """One line in agent-events.jsonl; best effort (a full disk must not stop training)."""
+    if run_dir is None:
+        return
+    line = json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), **fields})
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with (run_dir / contract.AGENT_EVENTS_FILE).open("a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
+def agree_on_bootstrap(
+    store: Store, rank: int, own: RendezvousStoreInfo | None
+) -> tuple[str, RendezvousStoreInfo]:
+    """Rank 0 publishes (attempt id, its bootstrap address); every rank returns what it published.
+
+    ``store`` must be the round-scoped store from ``RendezvousInfo``.
+    """
+    if rank == 0:
+        if own is None:
+            raise RuntimeError("group rank 0 has no bootstrap store to share")
+        doc = {"attempt": uuid.uuid4().hex, "addr": own.master_addr, "port": own.master_port}
+        store.set(_AGREED_KEY, json.dumps(doc))
+    agreed = json.loads(store.get(_AGREED_KEY).decode())
+    return str(agreed["attempt"]), RendezvousStoreInfo(str(agreed["addr"]), int(agreed["port"]))
+
+
+class AgreedAttemptHandler(RendezvousHandler):
+    """torch's c10d rendezvous, plus a per-round attempt id and bootstrap address agreed by all."""
+
+    def __init__(self, inner: RendezvousHandler, run_dir: Path | None) -> None:
+        self._inner = inner
+        self._run_dir = run_dir
+        self._rounds = 0
+
+    def get_backend(self) -> str:
+        return BACKEND
+
+    @property
+    def use_agent_store(self) -> bool:
+        return bool(self._inner.use_agent_store)
+
+    def next_rendezvous(self) -> RendezvousInfo:
+        started = time.time()
+        append_event(self._run_dir, "rendezvous_start", round=self._rounds)
+        info = self._inner.next_rendezvous()
+        attempt, bootstrap = agree_on_bootstrap(info.store, info.rank, info.bootstrap_store_info)
+        # The agent starts its workers right after this returns, and they inherit
+        # os.environ: this is how the id reaches them without patching the agent.
+        os.environ[contract.ENV_ATTEMPT_ID] = attempt
+        append_event(
+            self._run_dir,
+            "rendezvous_end",
+            round=self._rounds,
+            started=started,
+            group_rank=info.rank,
+            group_world_size=info.world_size,
+            attempt=attempt,
+            master=f"{bootstrap.master_addr}:{bootstrap.master_port}",
+        )
+        self._rounds += 1
+        return RendezvousInfo(info.store, info.rank, info.world_size, bootstrap)
+
+    def is_closed(self) -> bool:
+        return bool(self._inner.is_closed())
+
+    def set_closed(self) -> None:
+        self._inner.set_closed()  # type: ignore[no-untyped-call]  # unannotated in torch
+
+    def num_nodes_waiting(self) -> int:
+        return int(self._inner.num_nodes_waiting())
+
+    def get_run_id(self) -> str:
+        return str(self._inner.get_run_id())
+
+    def shutdown(self) -> bool:
+        return bool(self._inner.shutdown())
+
+
+def register(run_dir: Path | None) -> None:
+    """Make ``--rdzv-backend trainop-c10d`` available to torchrun in this process."""
+
+    def create(params: RendezvousParameters) -> RendezvousHandler:
+        inner_params = RendezvousParameters(
+            backend="c10d",
+            endpoint=params.endpoint,
+            run_id=params.run_id,
+            min_nodes=params.min_nodes,
+            max_nodes=params.max_nodes,
+            local_addr=params.local_addr,
+            **params.config,
+        )
+        inner = rendezvous_handler_registry.create_handler(inner_params)
+        return AgreedAttemptHandler(inner, run_dir)
+
+    # The registry refuses a second, different creator under one name; a second
+    # call in one process (tests) keeps the first.
+    with contextlib.suppress(ValueError):
+        rendezvous_handler_registry.register(BACKEND, create)
