@@ -321,3 +321,43 @@ def test_operator_killed_halfway_through_a_32_worker_job_converges_to_exactly_32
     names = sorted(p["metadata"]["name"] for p in pods)
     assert names == sorted(f"big-worker-{i}" for i in range(32))
     assert len(c.list("pods", ns, WORKERS.format(name="big"))) == 32
+
+
+def test_workers_on_a_lost_node_are_replaced_without_spending_the_budget(
+    operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    # gpu-node-2 is the only node with the label value below, so the job lands there.
+    c.kubectl("label", "node", "gpu-node-2", "trainop.dev/test-pool=lost", "--overwrite")
+    c.apply(
+        tj("lost", replicas=1, scheduling={"nodeSelector": {"trainop.dev/test-pool": "lost"}}), ns
+    )
+    first = until_running(c, ns, "lost", 1)[0]
+    c.kubectl("label", "node", "gpu-node-2", "trainop.dev/test-pool-")
+    try:
+        # Stop kwok's heartbeat: the node lifecycle controller marks it NotReady after
+        # its grace period, then the operator declares the node lost.
+        c.kubectl("annotate", "node", "gpu-node-2", "kwok.trainop.dev/not-ready=true")
+
+        def replaced() -> bool:
+            pods = c.list("pods", ns, WORKERS.format(name="lost"))
+            return bool(pods) and all(
+                p["metadata"]["uid"] != first["metadata"]["uid"] for p in pods
+            )
+
+        wait_for("worker on the lost node replaced", replaced, timeout=90)
+        st = status(c, ns, "lost")
+        assert st["lastFailure"]["reason"] == "NodeLost"
+        assert st["lastFailure"]["counted"] is False
+        assert st["restarts"] == 0
+    finally:
+        c.kubectl("annotate", "node", "gpu-node-2", "kwok.trainop.dev/not-ready-")
+        wait_for(
+            "gpu-node-2 Ready again",
+            lambda: any(
+                x["type"] == "Ready" and x["status"] == "True"
+                for x in c.get("node", "gpu-node-2", "")["status"]["conditions"]
+            ),
+            timeout=60,
+        )
+    assert "trainop_operator_restarts_total" in operator.metrics()
