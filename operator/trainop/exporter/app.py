@@ -24,11 +24,12 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from trainop import __version__
 from trainop.exporter import names
 from trainop.exporter.collector import TrainopCollector
+from trainop.exporter.exposition import CONTENT_TYPE, TextRenderer
 from trainop.exporter.gpu import GpuReader
 from trainop.exporter.nvml import Nvml, load_real
 from trainop.exporter.rapl import DEFAULT_POWERCAP_ROOT, RaplReader
@@ -155,13 +156,21 @@ class _ThreadingServerV6(_ThreadingServer):
 
 
 def build_wsgi_app(registry: CollectorRegistry) -> WSGIApplication:
-    metrics_app = make_wsgi_app(registry)
+    renderer = TextRenderer()
+    # One scrape at a time: the renderer's caches and NVML are shared state,
+    # and two Prometheus replicas scraping together gain nothing from overlap.
+    lock = threading.Lock()
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == METRICS_PATH:
-            body: Iterable[bytes] = metrics_app(environ, start_response)
-            return body
+            if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+                start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+                return [b""]
+            with lock:
+                body = renderer.render(registry.collect())
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE)])
+            return [body]
         if path == "/healthz":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]

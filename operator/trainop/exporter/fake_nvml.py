@@ -37,7 +37,8 @@ def nvml_error(name: str) -> Exception:
     return cls()
 
 
-@dataclass
+# eq=False: two devices with equal readings are still two devices.
+@dataclass(eq=False)
 class FakeGpu:
     """One device as NVML would report it (NVML units: mW, mJ, MHz, percent)."""
 
