@@ -259,10 +259,8 @@ class LocalJob:
 
     def wait_for_step(self, step: int, *, timeout: float) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
-            for e in reversed(self.events("step")):
-                if e["step"] >= step:
-                    return e
-            return None
+            reached = [e for e in self.events("step") if int(e["step"]) >= step]
+            return reached[0] if reached else None
 
         return wait_for(probe, timeout=timeout, what=f"training to reach step {step}")
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F  # noqa: E402, N812 - the conventional name
 from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+from trainop_runtime import contract  # noqa: E402
 from trainop_runtime.checkpoint import Checkpointer  # noqa: E402
 from trainop_runtime.distributed import (  # noqa: E402
     DistContext,
@@ -222,18 +223,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = init_distributed(args.backend, timeout=timedelta(seconds=args.collective_timeout))
     pg_ready = time.time()
     run = Run(args, ctx)
+    model_ready = time.time()
     run.resume()
     log = EventLog(args.log_jsonl, enabled=ctx.rank == 0)
     log.write(
         "start",
         process_start=PROCESS_START,
         pg_ready=pg_ready,
+        model_ready=model_ready,
         checkpoint_loaded=time.time(),
         resumed_step=run.step,
         resumed_loss=run.loss,
         world_size=ctx.world_size,
         restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
-        attempt=os.environ.get("TRAINOP_ATTEMPT_ID"),
+        attempt=os.environ.get(contract.ENV_ATTEMPT_ID),
+        pod=os.environ.get(contract.ENV_POD_NAME),
     )
     stop = GracefulStop(ctx.control_group).install()
     stopped = False

@@ -1,0 +1,349 @@
+"""Fast, pure tests of the runtime's decisions: no processes, no network."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainop_runtime import contract
+from trainop_runtime.checkpoint import (
+    CheckpointDir,
+    Checkpointer,
+    CheckpointPolicy,
+    CorruptCheckpointError,
+    checkpoint_name,
+    decode,
+    encode,
+)
+from trainop_runtime.distributed import attempt_prefix
+from trainop_runtime.gpus import uuids_from_env
+from trainop_runtime.launch import (
+    Entry,
+    WorkerFailure,
+    build_torchrun_args,
+    describe_failure,
+    merge_rdzv_conf,
+    shutdown_timeout_for_grace,
+)
+from trainop_runtime.progress import ProgressReporter
+
+TINYLM = Entry(module="trainop_runtime.examples.tinylm", script=None, args=("--steps", "5"))
+POD_ENV = {
+    contract.PET_NNODES: "1:4",
+    contract.PET_NPROC_PER_NODE: "8",
+    contract.PET_RDZV_BACKEND: "c10d",
+    contract.PET_RDZV_ENDPOINT: "job-store:29400",
+    contract.PET_RDZV_ID: "job-uid",
+    contract.PET_MAX_RESTARTS: "5",
+    contract.PET_MONITOR_INTERVAL: "0.1",
+    contract.ENV_GRACE_SECONDS: "120",
+}
+
+
+# --- argv from env ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "entry", "standalone", "expected"),
+    [
+        pytest.param(
+            POD_ENV,
+            TINYLM,
+            False,
+            "--nnodes 1:4 --nproc-per-node 8 --rdzv-backend trainop-c10d"
+            " --rdzv-endpoint job-store:29400 --rdzv-id job-uid --rdzv-conf is_host=false"
+            " --max-restarts 5 --monitor-interval 0.1 --shutdown-timeout 108"
+            " --module trainop_runtime.examples.tinylm --steps 5",
+            id="operator-pod",
+        ),
+        pytest.param(
+            {**POD_ENV, contract.PET_RDZV_CONF: "last_call_timeout=2,is_host=true"},
+            TINYLM,
+            False,
+            "--nnodes 1:4 --nproc-per-node 8 --rdzv-backend trainop-c10d"
+            " --rdzv-endpoint job-store:29400 --rdzv-id job-uid"
+            " --rdzv-conf last_call_timeout=2,is_host=true"
+            " --max-restarts 5 --monitor-interval 0.1 --shutdown-timeout 108"
+            " --module trainop_runtime.examples.tinylm --steps 5",
+            id="user-is_host-wins",
+        ),
+        pytest.param(
+            {contract.PET_RDZV_ENDPOINT: "etcd:2379", contract.PET_RDZV_BACKEND: "etcd-v2"},
+            Entry(module=None, script="/app/train.py", args=()),
+            False,
+            "--nnodes 1 --nproc-per-node 1 --rdzv-backend etcd-v2 --rdzv-endpoint etcd:2379"
+            " --rdzv-id trainop --rdzv-conf is_host=false /app/train.py",
+            id="other-backend-untouched-script",
+        ),
+        pytest.param(
+            {contract.ENV_JOB_NAME: "demo"},
+            TINYLM,
+            True,
+            "--nnodes 1 --nproc-per-node 1 --rdzv-backend trainop-c10d"
+            " --rdzv-endpoint localhost:0 --rdzv-id demo"
+            " --module trainop_runtime.examples.tinylm --steps 5",
+            id="standalone",
+        ),
+    ],
+)
+def test_build_torchrun_args(
+    env: dict[str, str], entry: Entry, standalone: bool, expected: str
+) -> None:
+    assert build_torchrun_args(env, entry, standalone=standalone) == expected.split()
+
+
+def test_build_torchrun_args_needs_an_endpoint_and_an_entry() -> None:
+    with pytest.raises(ValueError, match=contract.PET_RDZV_ENDPOINT):
+        build_torchrun_args({}, TINYLM, standalone=False)
+    with pytest.raises(ValueError, match="no entrypoint"):
+        build_torchrun_args(POD_ENV, Entry(None, None), standalone=False)
+
+
+@pytest.mark.parametrize(
+    ("grace", "timeout"),
+    [(30, 27), (120, 108), (600, 540), (2, 1), (0, 1)],
+    ids=["default-pod", "two-minutes", "ten-minutes", "tiny", "zero"],
+)
+def test_shutdown_timeout_leaves_the_agent_a_margin(grace: float, timeout: int) -> None:
+    assert shutdown_timeout_for_grace(grace) == timeout
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        ("", "is_host=false"),
+        ("a=1", "a=1,is_host=false"),
+        (" is_host = true , b=2", "is_host = true,b=2"),
+    ],
+)
+def test_merge_rdzv_conf(conf: str, expected: str) -> None:
+    assert merge_rdzv_conf(conf, {"is_host": "false"}) == expected
+
+
+# --- exit code and reason ---------------------------------------------------------
+
+
+def _failure(
+    rank: int, exitcode: int, ts: float, *, message: str = "", error_file: bool = False
+) -> WorkerFailure:
+    return WorkerFailure(rank, exitcode, ts, 100 + rank, message, error_file)
+
+
+@pytest.mark.parametrize(
+    ("failures", "code", "reason"),
+    [
+        pytest.param(
+            [_failure(0, 1, 10.0), _failure(3, -9, 10.0)],
+            137,
+            "worker rank 3 (pid 103) was killed by SIGKILL (exit 137)",
+            id="oom-kill-beats-peer-crash-in-same-second",
+        ),
+        pytest.param(
+            [_failure(2, 1, 5.0, message="Traceback\nValueError: bad lr", error_file=True)],
+            1,
+            "worker rank 2 (pid 102) exited with 1: ValueError: bad lr",
+            id="python-error-with-message",
+        ),
+        pytest.param(
+            [_failure(1, -15, 9.0), _failure(0, 3, 7.0)],
+            3,
+            "worker rank 0 (pid 100) exited with 3",
+            id="earliest-wins",
+        ),
+        pytest.param([], 1, "worker group failed with no recorded failure", id="empty"),
+    ],
+)
+def test_describe_failure(failures: list[WorkerFailure], code: int, reason: str) -> None:
+    assert describe_failure(failures) == (code, reason)
+
+
+# --- attempt prefix ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "prefix"),
+    [
+        ({contract.ENV_ATTEMPT_ID: "abc", "GROUP_WORLD_SIZE": "4"}, "trainop/attempt/abc/"),
+        ({"GROUP_WORLD_SIZE": "1", "TORCHELASTIC_RESTART_COUNT": "3"}, "trainop/restart/3/"),
+        ({"GROUP_WORLD_SIZE": "2", "TORCHELASTIC_RESTART_COUNT": "3"}, None),
+    ],
+    ids=["launcher-agreed", "single-agent", "several-agents-no-agreement"],
+)
+def test_attempt_prefix(env: dict[str, str], prefix: str | None) -> None:
+    assert attempt_prefix(env) == prefix
+
+
+# --- gpus.json -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "uuids"),
+    [
+        ({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, ["GPU-a", "GPU-b"]),
+        ({"NVIDIA_VISIBLE_DEVICES": "all", "CUDA_VISIBLE_DEVICES": "GPU-c"}, []),
+        ({"CUDA_VISIBLE_DEVICES": "MIG-x, 1"}, ["MIG-x"]),
+        ({}, []),
+    ],
+    ids=["uuids", "all-names-none", "cuda-fallback-skips-index", "nothing"],
+)
+def test_uuids_from_env(env: dict[str, str], uuids: list[str]) -> None:
+    assert uuids_from_env(env) == uuids
+
+
+# --- checkpoints -------------------------------------------------------------------
+
+
+def _state(step: int) -> dict[str, object]:
+    return {"step": step, "w": torch.full((4,), float(step))}
+
+
+def test_resume_skips_torn_and_corrupt_checkpoints(tmp_path: Path) -> None:
+    d = CheckpointDir(tmp_path, keep=10)
+    for step in (10, 20, 30, 40):
+        d.save(step, _state(step))
+    good = (tmp_path / checkpoint_name(40)).read_bytes()
+    (tmp_path / checkpoint_name(40)).write_bytes(good[: len(good) // 2])  # torn write
+    corrupt = bytearray((tmp_path / checkpoint_name(30)).read_bytes())
+    corrupt[-5] ^= 0xFF  # bit rot
+    (tmp_path / checkpoint_name(30)).write_bytes(bytes(corrupt))
+    (tmp_path / checkpoint_name(50)).write_bytes(b"")  # crashed before the first byte
+
+    loaded = d.load_latest()
+
+    assert loaded is not None
+    assert loaded.step == 20
+    assert torch.equal(loaded.state["w"], torch.full((4,), 20.0))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"TRNOPCK1", b"NOTMAGIC\x00\x00\x00\x02{}", encode({"a": 1})[:-1]],
+    ids=["empty", "header-only", "bad-magic", "truncated"],
+)
+def test_decode_rejects_damaged_files(data: bytes) -> None:
+    with pytest.raises(CorruptCheckpointError):
+        decode(data)
+
+
+def test_no_checkpoint_means_fresh_start(tmp_path: Path) -> None:
+    assert CheckpointDir(tmp_path / "absent").load_latest() is None
+
+
+def test_saves_are_atomic_and_pruned(tmp_path: Path) -> None:
+    d = CheckpointDir(tmp_path, keep=2)
+    for step in range(1, 6):
+        d.save(step, _state(step))
+    assert d.steps() == [5, 4]
+    assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
+
+
+@pytest.mark.parametrize(
+    ("policy", "step", "last_step", "elapsed", "due"),
+    [
+        (CheckpointPolicy(every_steps=10), 10, 0, 0.0, True),
+        (CheckpointPolicy(every_steps=10), 9, 0, 1e6, False),
+        (CheckpointPolicy(every_seconds=60), 1, 0, 61.0, True),
+        (CheckpointPolicy(every_seconds=60), 5, 0, 59.0, False),
+        (CheckpointPolicy(every_steps=100, every_seconds=60), 3, 0, 61.0, True),
+        (CheckpointPolicy(every_steps=1), 7, 7, 0.0, False),
+        (CheckpointPolicy(), 1000, 0, 1e6, False),
+    ],
+    ids=["steps", "steps-not-yet", "seconds", "seconds-not-yet", "either", "same-step", "off"],
+)
+def test_policy(
+    policy: CheckpointPolicy, step: int, last_step: int, elapsed: float, due: bool
+) -> None:
+    assert policy.due(step=step, last_step=last_step, now=elapsed, last_time=0.0) is due
+
+
+def test_policy_from_env() -> None:
+    env = {contract.ENV_CHECKPOINT_EVERY_STEPS: "50", contract.ENV_CHECKPOINT_EVERY_SECONDS: "0"}
+    assert CheckpointPolicy.from_env(env) == CheckpointPolicy(every_steps=50, every_seconds=None)
+
+
+def test_checkpointer_async_save_then_resume(tmp_path: Path) -> None:
+    now = [0.0]
+    writer = Checkpointer(
+        CheckpointDir(tmp_path),
+        CheckpointPolicy(every_steps=5),
+        is_writer=True,
+        clock=lambda: now[0],
+    )
+    state = _state(0)
+    for step in range(1, 13):
+        state["w"].add_(1.0)  # training mutates in place while the save is in flight
+        writer.maybe_save(step, lambda: state)
+    writer.save_now(12, lambda: state)
+    reader = Checkpointer(CheckpointDir(tmp_path), CheckpointPolicy(every_steps=5), is_writer=False)
+
+    loaded = reader.resume()
+
+    assert loaded is not None
+    assert (loaded.step, CheckpointDir(tmp_path).steps()) == (12, [12, 10, 5])
+    assert torch.equal(loaded.state["w"], torch.full((4,), 12.0))
+    assert reader.durable_step == 12
+
+
+# --- progress ------------------------------------------------------------------------
+
+
+def test_progress_is_rate_limited_and_has_contract_keys(tmp_path: Path) -> None:
+    now = [100.0]
+    rep = ProgressReporter(
+        tmp_path / contract.PROGRESS_FILE,
+        enabled=True,
+        total_steps=50,
+        restarts=2,
+        clock=lambda: now[0],
+    )
+    kw = {"loss": 2.5, "step_seconds": 0.1, "world_size": 4, "checkpoint_time": None}
+    assert rep.report(step=1, samples=10, checkpoint_step=None, **kw)
+    now[0] += 0.5
+    assert not rep.report(step=2, samples=20, checkpoint_step=None, **kw)
+    now[0] += 0.5
+    assert rep.report(step=3, samples=30, checkpoint_step=None, **kw)
+
+    doc = json.loads((tmp_path / contract.PROGRESS_FILE).read_text())
+
+    assert doc == {
+        contract.P_STEP: 3,
+        contract.P_TOTAL_STEPS: 50,
+        contract.P_SAMPLES: 30,
+        contract.P_LOSS: 2.5,
+        contract.P_STEP_SECONDS: 0.1,
+        contract.P_SAMPLES_PER_SECOND: 20.0,
+        contract.P_RESTARTS: 2,
+        contract.P_WORLD_SIZE: 4,
+        contract.P_TIME: 101.0,
+    }
+
+
+def test_only_local_rank_zero_reports(tmp_path: Path) -> None:
+    env = {contract.ENV_RUN_DIR: str(tmp_path), "LOCAL_RANK": "1"}
+    rep = ProgressReporter.from_env(env, total_steps=None)
+    assert not rep.report(
+        step=1,
+        samples=1,
+        loss=None,
+        step_seconds=None,
+        world_size=1,
+        checkpoint_step=None,
+        checkpoint_time=None,
+        force=True,
+    )
+    assert not (tmp_path / contract.PROGRESS_FILE).exists()
+
+
+def test_exit_codes_follow_the_shell_convention() -> None:
+    from trainop_runtime.launch import exit_code_of
+
+    assert [exit_code_of(c) for c in (-signal.SIGKILL, -signal.SIGTERM, 1, 300)] == [
+        137,
+        143,
+        1,
+        255,
+    ]
