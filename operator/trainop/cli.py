@@ -5,14 +5,52 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import sys
+
+
+def _serve_metrics() -> None:
+    """Started before leader election, so standby replicas answer liveness probes too."""
+    from prometheus_client import start_http_server  # noqa: PLC0415
+
+    port = int(os.environ.get("TRAINOP_METRICS_PORT", "8080"))
+    if port:
+        # A pod's metrics port: every interface, unless told otherwise (tests use 127.0.0.1).
+        start_http_server(port, addr=os.environ.get("TRAINOP_METRICS_ADDR", "0.0.0.0"))  # noqa: S104
+
+
+async def _run_operator(args: argparse.Namespace) -> int:
+    import kopf  # noqa: PLC0415
+
+    from trainop.kube.client import Kube  # noqa: PLC0415
+    from trainop.kube.lease import LeaderElector  # noqa: PLC0415
+
+    namespaces = args.namespace or []
+    stop = asyncio.Event()
+    holder = None
+    if args.leader_elect:
+        kube = await Kube.connect(os.environ.get("KUBECONFIG"))
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        elector = LeaderElector(kube, args.lease_namespace, args.lease_name, identity)
+        await elector.acquire()
+        holder = asyncio.create_task(elector.hold(stop))
+    await kopf.operator(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=True,
+        liveness_endpoint=args.liveness,
+        stop_flag=stop,
+    )
+    if holder is not None:
+        holder.cancel()
+    # Exiting non-zero after losing the lease lets Kubernetes restart us as a standby.
+    return 1 if stop.is_set() else 0
 
 
 def _operator(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `trainop run` and the exporter must not pay for
     # (or need) Kopf, and importing the handlers module registers its handlers.
-    import kopf  # noqa: PLC0415
-
     from trainop.handlers import operator as _handlers  # noqa: F401, PLC0415
 
     logging.basicConfig(
@@ -23,17 +61,8 @@ def _operator(args: argparse.Namespace) -> int:
         # Kopf logs every handler call at INFO: hundreds of lines per job start, and
         # measurable CPU on a busy operator. Our own Events and logs say what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    namespaces = args.namespace or []
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=not args.peering,
-            peering_name=args.peering,
-            liveness_endpoint=args.liveness,
-        )
-    )
-    return 0
+    _serve_metrics()
+    return asyncio.run(_run_operator(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         help="watch only this namespace (repeatable); default: all namespaces",
     )
     op.add_argument(
-        "--peering", default=None, help="Kopf peering name for several replicas with one active"
+        "--leader-elect",
+        action="store_true",
+        help="several replicas, one active: hold a coordination.k8s.io Lease",
     )
+    op.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the leader Lease (default: $POD_NAMESPACE or default)",
+    )
+    op.add_argument("--lease-name", default="trainop-operator", help="name of the leader Lease")
     op.add_argument(
         "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )

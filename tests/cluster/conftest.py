@@ -142,7 +142,7 @@ class Operator:
         self.metrics_port = localcluster.free_port()
         self.extra_env: dict[str, str] = {}
 
-    def start(self, **env: str) -> None:
+    def start(self, args: list[str] | None = None, **env: str) -> None:
         self.stop()
         full = {
             **self.cluster.env,
@@ -154,7 +154,7 @@ class Operator:
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trainop.cli", "operator"],
+                [sys.executable, "-m", "trainop.cli", "operator", *(args or [])],
                 env=full,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -361,3 +361,34 @@ def test_workers_on_a_lost_node_are_replaced_without_spending_the_budget(
             timeout=60,
         )
     assert "trainop_operator_restarts_total" in operator.metrics()
+
+
+def test_two_replicas_with_leader_election_one_acts_and_the_standby_takes_over(
+    operator: Operator, ns: str, tmp_path: Any
+) -> None:
+    c = operator.cluster
+    operator.stop()  # the session operator runs without election; keep it out of the way
+    a, b = Operator(c, tmp_path / "a.log"), Operator(c, tmp_path / "b.log")
+    flags = ["--leader-elect", "--lease-namespace", ns]
+    try:
+        a.start(args=flags)
+        b.start(args=flags)
+        lease = wait_for("lease held", lambda: c.get_or_none("lease", "trainop-operator", ns))
+        c.apply(tj("ha", replicas=1), ns)
+        until_running(c, ns, "ha", 1)
+        leader, standby = (
+            (a, b)
+            if lease["spec"]["holderIdentity"].endswith(str(a.proc.pid if a.proc else ""))
+            else (b, a)
+        )
+        leader.kill()
+        # The standby takes over once the lease expires (15 s) and converges the job.
+        c.kubectl("scale", "trainingjob/ha", "-n", ns, "--replicas=2")
+        until_running(c, ns, "ha", 2, timeout=60)
+        holder = c.get("lease", "trainop-operator", ns)["spec"]["holderIdentity"]
+        assert standby.proc is not None
+        assert holder.endswith(str(standby.proc.pid))
+    finally:
+        a.stop()
+        b.stop()
+        operator.start()

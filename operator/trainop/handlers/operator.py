@@ -14,7 +14,6 @@ import os
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from trainop.api import constants as c
 from trainop.core.config import OperatorConfig
@@ -51,9 +50,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.reconciler = reconciler
     memo.queue = WorkQueue[Key](reconciler.reconcile)
     memo.resync = asyncio.create_task(_resync(memo.queue, reconciler, config.resync_seconds))
-    port = int(os.environ.get("TRAINOP_METRICS_PORT", "8080"))
-    if port:
-        start_http_server(port, addr=os.environ.get("TRAINOP_METRICS_ADDR", "0.0.0.0"))  # noqa: S104 (a pod's metrics port)
 
 
 @kopf.on.cleanup()
