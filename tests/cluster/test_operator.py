@@ -392,3 +392,40 @@ def test_two_replicas_with_leader_election_one_acts_and_the_standby_takes_over(
         a.stop()
         b.stop()
         operator.start()
+
+
+def test_progress_reported_by_the_pods_shows_in_status_and_kubectl_get(
+    operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    c.apply(tj("prog"), ns)
+    until_running(c, ns, "prog", 2)
+    report = {
+        "step": 120,
+        "totalSteps": 200,
+        "loss": 2.31,
+        "samplesPerSecond": 512.0,
+        "checkpointStep": 100,
+        "checkpointTime": 1_795_000_000,
+        "time": 1_795_000_030,
+    }
+    # What the metrics sidecar does every few seconds from the trainer's progress.json.
+    c.kubectl(
+        "annotate",
+        "pod",
+        "prog-worker-1",
+        "-n",
+        ns,
+        "--overwrite",
+        f"trainop.dev/progress={json.dumps(report)}",
+    )
+    st = wait_until(
+        "progress in status",
+        lambda: status(c, ns, "prog"),
+        lambda s: (s.get("progress") or {}).get("step") == 120,
+    )
+    assert st["progress"]["summary"] == "120/200 (60%)"
+    assert st["progress"]["checkpointStep"] == 100
+    row = c.kubectl("get", "tj", "prog", "-n", ns, "--no-headers")
+    assert "120/200 (60%)" in row
+    assert "2/2" in row
