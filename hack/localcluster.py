@@ -15,6 +15,7 @@ Only the standard library is used, so it runs before any pip install.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -44,8 +45,8 @@ def cluster_dir() -> Path:
 
 def versions() -> dict[str, str]:
     out = {}
-    for line in (HACK / "versions.env").read_text().splitlines():
-        line = line.strip()
+    for raw in (HACK / "versions.env").read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             out[key] = value
@@ -95,20 +96,57 @@ def make_pki(d: Path) -> None:
     the service-account signing key. Every component authenticates as admin: this is
     a test cluster; RBAC is still enforced for everyone else."""
     d.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"), "-subj", "/CN=trainop-ca")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.crt"),
+        "-subj",
+        "/CN=trainop-ca",
+    )
     ext = d / "server.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
-                   "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\n")
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\n"
+    )
     for name, subj, extfile in (
         ("server", "/CN=kube-apiserver", str(ext)),
         ("admin", "/O=system:masters/CN=trainop-admin", None),
     ):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"),
-                 "-out", str(d / f"{name}.csr"), "-subj", subj)
-        sign = ["x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
-                "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "3650",
-                "-out", str(d / f"{name}.crt")]
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(d / f"{name}.key"),
+            "-out",
+            str(d / f"{name}.csr"),
+            "-subj",
+            subj,
+        )
+        sign = [
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / "ca.crt"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-out",
+            str(d / f"{name}.crt"),
+        ]
         if extfile:
             sign += ["-extfile", extfile]
         _openssl(*sign)
@@ -117,22 +155,44 @@ def make_pki(d: Path) -> None:
 
 
 def write_kubeconfig(path: Path, pki: Path, port: int) -> None:
-    path.write_text(json.dumps({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "trainop", "cluster": {
-            "server": f"https://{HOST}:{port}", "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": "admin", "user": {
-            "client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")}}],
-        "contexts": [{"name": "trainop", "context": {"cluster": "trainop", "user": "admin"}}],
-        "current-context": "trainop",
-    }, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "trainop",
+                        "cluster": {
+                            "server": f"https://{HOST}:{port}",
+                            "certificate-authority": str(pki / "ca.crt"),
+                        },
+                    }
+                ],
+                "users": [
+                    {
+                        "name": "admin",
+                        "user": {
+                            "client-certificate": str(pki / "admin.crt"),
+                            "client-key": str(pki / "admin.key"),
+                        },
+                    }
+                ],
+                "contexts": [
+                    {"name": "trainop", "context": {"cluster": "trainop", "user": "admin"}}
+                ],
+                "current-context": "trainop",
+            },
+            indent=2,
+        )
+    )
 
 
 def _start(d: Path, name: str, argv: list[str]) -> int:
     log = (d / "logs" / f"{name}.log").open("ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     (d / "pids" / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid
 
@@ -144,7 +204,7 @@ def _wait(what: str, check, timeout: float, d: Path) -> None:  # type: ignore[no
         try:
             if check():
                 return
-        except Exception as exc:  # noqa: BLE001 (any failure means "not yet")
+        except Exception as exc:  # any failure means "not yet"
             last = exc
         time.sleep(0.2)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (d / "logs").glob("*.log"))
@@ -159,8 +219,13 @@ def _healthy(port: int, pki: Path) -> bool:
 
 
 def kubectl(b: Bins, kubeconfig: Path, *args: str, input: str | None = None) -> str:
-    res = subprocess.run([str(b.kubectl), "--kubeconfig", str(kubeconfig), *args],
-                         input=input, capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [str(b.kubectl), "--kubeconfig", str(kubeconfig), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)}: {res.stderr.strip()}")
     return res.stdout
@@ -173,9 +238,9 @@ def gpu_node(name: str, gpus: int) -> dict[str, object]:
         capacity["nvidia.com/gpu"] = str(gpus)
         labels["nvidia.com/gpu.product"] = "NVIDIA-H100-80GB-HBM3"
     return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": labels,
-                     "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
         "status": {"capacity": capacity, "allocatable": capacity},
     }
 
@@ -194,65 +259,141 @@ def up() -> Path:
     make_pki(pki)
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     write_kubeconfig(kubeconfig, pki, api_port)
-    _start(d, "etcd", [
-        str(b.etcd / "etcd"), "--data-dir", str(d / "etcd"),
-        "--listen-client-urls", f"http://{HOST}:{etcd_port}",
-        "--advertise-client-urls", f"http://{HOST}:{etcd_port}",
-        "--listen-peer-urls", f"http://{HOST}:{peer_port}",
-        "--initial-advertise-peer-urls", f"http://{HOST}:{peer_port}",
-        "--initial-cluster", f"default=http://{HOST}:{peer_port}",
-        # A throwaway test cluster: fsync buys nothing but latency here.
-        "--unsafe-no-fsync", "--quota-backend-bytes", str(2 * 1024**3),
-    ])
-    _start(d, "kube-apiserver", [
-        str(b.kube / "kube-apiserver"),
-        "--etcd-servers", f"http://{HOST}:{etcd_port}",
-        "--bind-address", HOST, "--advertise-address", HOST, "--secure-port", str(api_port),
-        "--tls-cert-file", str(pki / "server.crt"), "--tls-private-key-file", str(pki / "server.key"),
-        "--client-ca-file", str(pki / "ca.crt"),
-        "--service-account-issuer", "https://kubernetes.default.svc",
-        "--service-account-key-file", str(pki / "sa.pub"),
-        "--service-account-signing-key-file", str(pki / "sa.key"),
-        "--service-cluster-ip-range", "10.96.0.0/16",
-        "--authorization-mode", "Node,RBAC",
-        "--allow-privileged",
-        "--endpoint-reconciler-type", "none",
-    ])
+    _start(
+        d,
+        "etcd",
+        [
+            str(b.etcd / "etcd"),
+            "--data-dir",
+            str(d / "etcd"),
+            "--listen-client-urls",
+            f"http://{HOST}:{etcd_port}",
+            "--advertise-client-urls",
+            f"http://{HOST}:{etcd_port}",
+            "--listen-peer-urls",
+            f"http://{HOST}:{peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://{HOST}:{peer_port}",
+            "--initial-cluster",
+            f"default=http://{HOST}:{peer_port}",
+            # A throwaway test cluster: fsync buys nothing but latency here.
+            "--unsafe-no-fsync",
+            "--quota-backend-bytes",
+            str(2 * 1024**3),
+        ],
+    )
+    _start(
+        d,
+        "kube-apiserver",
+        [
+            str(b.kube / "kube-apiserver"),
+            "--etcd-servers",
+            f"http://{HOST}:{etcd_port}",
+            "--bind-address",
+            HOST,
+            "--advertise-address",
+            HOST,
+            "--secure-port",
+            str(api_port),
+            "--tls-cert-file",
+            str(pki / "server.crt"),
+            "--tls-private-key-file",
+            str(pki / "server.key"),
+            "--client-ca-file",
+            str(pki / "ca.crt"),
+            "--service-account-issuer",
+            "https://kubernetes.default.svc",
+            "--service-account-key-file",
+            str(pki / "sa.pub"),
+            "--service-account-signing-key-file",
+            str(pki / "sa.key"),
+            "--service-cluster-ip-range",
+            "10.96.0.0/16",
+            "--authorization-mode",
+            "Node,RBAC",
+            "--allow-privileged",
+            "--endpoint-reconciler-type",
+            "none",
+        ],
+    )
     _wait("kube-apiserver", lambda: _healthy(api_port, pki), 120, d)
     common = ["--kubeconfig", str(kubeconfig), "--leader-elect=false", "--bind-address", HOST]
-    _start(d, "kube-controller-manager", [
-        str(b.kube / "kube-controller-manager"), *common, "--secure-port", str(free_port()),
-        "--service-account-private-key-file", str(pki / "sa.key"),
-        "--root-ca-file", str(pki / "ca.crt"),
-        "--use-service-account-credentials=false",
-        "--controllers", "*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
-        # Faster than the defaults so node-loss tests run in seconds, not minutes.
-        "--node-monitor-grace-period", "20s", "--node-monitor-period", "2s",
-        "--concurrent-gc-syncs", "20",
-    ])
-    _start(d, "kube-scheduler", [
-        str(b.kube / "kube-scheduler"), *common, "--secure-port", str(free_port()),
-    ])
-    _start(d, "kwok", [
-        str(b.kwok / "kwok"), "--kubeconfig", str(kubeconfig),
-        "--manage-all-nodes=false",
-        "--manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake",
-        "--config", str(HACK / "kwok-stages.yaml"),
-        "--server-address", f"{HOST}:{free_port()}",
-        "--node-ip", "10.0.1.1", "--cidr", "10.0.0.0/16",
-    ])
+    _start(
+        d,
+        "kube-controller-manager",
+        [
+            str(b.kube / "kube-controller-manager"),
+            *common,
+            "--secure-port",
+            str(free_port()),
+            "--service-account-private-key-file",
+            str(pki / "sa.key"),
+            "--root-ca-file",
+            str(pki / "ca.crt"),
+            "--use-service-account-credentials=false",
+            "--controllers",
+            "*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+            # Faster than the defaults so node-loss tests run in seconds, not minutes.
+            "--node-monitor-grace-period",
+            "20s",
+            "--node-monitor-period",
+            "2s",
+            "--concurrent-gc-syncs",
+            "20",
+        ],
+    )
+    _start(
+        d,
+        "kube-scheduler",
+        [
+            str(b.kube / "kube-scheduler"),
+            *common,
+            "--secure-port",
+            str(free_port()),
+        ],
+    )
+    _start(
+        d,
+        "kwok",
+        [
+            str(b.kwok / "kwok"),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector",
+            "kwok.x-k8s.io/node=fake",
+            "--config",
+            str(HACK / "kwok-stages.yaml"),
+            "--server-address",
+            f"{HOST}:{free_port()}",
+            "--node-ip",
+            "10.0.1.1",
+            "--cidr",
+            "10.0.0.0/16",
+        ],
+    )
     for name, gpus in GPU_NODES.items():
         kubectl(b, kubeconfig, "apply", "-f", "-", input=json.dumps(gpu_node(name, gpus)))
     _wait("kwok nodes Ready", lambda: _nodes_ready(b, kubeconfig), 60, d)
-    _wait("default ServiceAccount", lambda: bool(
-        kubectl(b, kubeconfig, "get", "sa", "default", "-o", "name")), 60, d)
+    _wait(
+        "default ServiceAccount",
+        lambda: bool(kubectl(b, kubeconfig, "get", "sa", "default", "-o", "name")),
+        60,
+        d,
+    )
     (d / "started-in-seconds").write_text(f"{time.monotonic() - t0:.1f}\n")
     return kubeconfig
 
 
 def _nodes_ready(b: Bins, kubeconfig: Path) -> bool:
-    out = kubectl(b, kubeconfig, "get", "nodes", "-o",
-                  "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status} {end}")
+    out = kubectl(
+        b,
+        kubeconfig,
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status} {end}",
+    )
     states = out.split()
     return len(states) == len(GPU_NODES) and all(s == "True" for s in states)
 
@@ -273,24 +414,21 @@ def down() -> None:
     d = cluster_dir()
     pids = _pids(d)
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGTERM)
-        except OSError:
-            pass
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
     shutil.rmtree(d, ignore_errors=True)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["up", "down", "status"])
     args = parser.parse_args()
     if args.command == "up":
@@ -302,7 +440,8 @@ def main() -> int:
         print("cluster stopped")
     else:
         alive = [p for p in _pids(cluster_dir()) if _alive(p)]
-        print(f"{len(alive)} control-plane processes running; KUBECONFIG={cluster_dir() / 'kubeconfig'}")
+        kubeconfig = cluster_dir() / "kubeconfig"
+        print(f"{len(alive)} control-plane processes running; KUBECONFIG={kubeconfig}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Operator latency and API cost on the real local control plane.
 
-    .venv/bin/python bench/operator/bench_operator.py [--repeats N] [--out bench/operator/results.json]
+    .venv/bin/python bench/operator/bench_operator.py [--repeats N] [--out FILE]
 
 Measures, with the real operator process (`trainop operator`) and kwok nodes:
   1. create -> every worker pod exists, for 1-, 8- and 64-worker jobs;
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.cluster.conftest import Cluster, Operator, localcluster  # noqa: E402
+
 from trainop.kube.client import Kube, job_path  # noqa: E402
 
 NS = "bench"
@@ -70,8 +71,8 @@ async def live_workers(kube: Kube, name: str) -> list[dict[str, Any]]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
-async def wait(pred: Any, timeout: float = 120, every: float = 0.01) -> float:
-    deadline = time.perf_counter() + timeout
+async def wait(pred: Any, limit: float = 120, every: float = 0.01) -> float:
+    deadline = time.perf_counter() + limit
     while time.perf_counter() < deadline:
         if await pred():
             return time.perf_counter()
