@@ -48,7 +48,9 @@ def helm_path() -> Path:
 def helm_bin() -> Path:
     path = helm_path()
     if not path.exists():
-        pytest.fail(f"helm is not built at {path}: run `bash hack/build-tools.sh helm` (make setup)")
+        pytest.fail(
+            f"helm is not built at {path}: run `bash hack/build-tools.sh helm` (make setup)"
+        )
     return path
 
 

@@ -57,7 +57,12 @@ def test_thresholds_come_from_values(tmp_path: Path) -> None:
         "--set",
         "monitoring.prometheusRule.stalledMinutes=30,monitoring.prometheusRule.alertLabels.team=ml",
     ).one("PrometheusRule")
-    stalled = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "TrainopTrainingStalled")
+    stalled = next(
+        r
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if r["alert"] == "TrainopTrainingStalled"
+    )
     assert "[30m]" in stalled["expr"]
     assert "> 1800" in stalled["expr"]
     assert stalled["labels"] == {"severity": "warning", "team": "ml"}

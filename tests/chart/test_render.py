@@ -1,0 +1,303 @@
+"""The chart as the real helm lints and renders it, in its main variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.helpers import (
+    CHART,
+    MONITORING_API,
+    MONITORING_ON,
+    NAMESPACED,
+    ROOT,
+    Obj,
+    Rendered,
+    dashboards,
+    helm,
+    template,
+    template_error,
+)
+
+VARIANTS = {
+    "default": (),
+    "namespaced": NAMESPACED,
+    "monitoring": MONITORING_ON,
+    "ha": ("--set", "replicaCount=2,peering.enabled=true"),
+}
+
+
+@pytest.mark.parametrize("args", VARIANTS.values(), ids=VARIANTS.keys())
+def test_helm_lint_strict(args: tuple[str, ...]) -> None:
+    # lint has no --api-versions: monitoring.force stands in for the Prometheus Operator.
+    lint_args = [a.replace(MONITORING_API, "") for a in args if a != "--api-versions"]
+    lint_args = [a for a in lint_args if a]
+    if args is MONITORING_ON:
+        lint_args += ["--set", "monitoring.force=true"]
+    result = helm("lint", "--strict", str(CHART), *lint_args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def _operator(r: Rendered) -> Obj:
+    return r.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("args", VARIANTS.values(), ids=VARIANTS.keys())
+def test_the_operator_runs_locked_down(args: tuple[str, ...]) -> None:
+    r = template(*args)
+    pod = r.one("Deployment")["spec"]["template"]["spec"]
+    container = _operator(r)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    # Every probe asks Kopf's liveness endpoint, which the operator is told to serve.
+    health = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]
+    assert f"--liveness=http://0.0.0.0:{health}/healthz" in container["args"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["args"][0] == "operator"
+    assert pod["serviceAccountName"] == r.one("ServiceAccount")["metadata"]["name"]
+
+
+def test_image_defaults_to_the_app_version_and_serves_as_the_sidecar() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    container = _operator(template())
+    assert container["image"] == f"ghcr.io/trainop/trainop:{chart['appVersion']}"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TRAINOP_EXPORTER_IMAGE"] == container["image"]
+    assert env["TRAINOP_METRICS_PORT"] == "8080"
+    digest = "sha256:" + "a" * 64
+    pinned = _operator(template("--set", f"image.digest={digest}"))
+    assert pinned["image"] == f"ghcr.io/trainop/trainop@{digest}"
+
+
+def test_cluster_wide_mode_has_one_cluster_role_and_no_namespace_flags() -> None:
+    r = template()
+    assert [o["metadata"]["name"] for o in r.of_kind("ClusterRole")] == ["trainop"]
+    assert r.of_kind("Role") == []
+    assert not [a for a in _operator(r)["args"] if a.startswith("--namespace")]
+    assert r.one("Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_namespaced_mode_has_a_role_per_namespace_and_reads_nodes_and_crds_cluster_wide() -> None:
+    r = template(*NAMESPACED)
+    assert sorted(o["metadata"]["namespace"] for o in r.of_kind("Role")) == ["team-a", "team-b"]
+    assert sorted(o["metadata"]["namespace"] for o in r.of_kind("RoleBinding")) == [
+        "team-a",
+        "team-b",
+    ]
+    (cluster_role,) = r.of_kind("ClusterRole")
+    cluster_resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
+    assert cluster_resources == {"nodes", "customresourcedefinitions"}
+    for rule in cluster_role["rules"]:
+        assert set(rule["verbs"]) <= {"list", "watch"}
+    args = _operator(r)["args"]
+    assert "--namespace=team-a" in args
+    assert "--namespace=team-b" in args
+    # The sidecars are scraped where the jobs run.
+    assert r.of_kind("PodMonitor") == []
+    pm = template(*NAMESPACED, *MONITORING_ON).one("PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+@pytest.mark.parametrize("args", VARIANTS.values(), ids=VARIANTS.keys())
+def test_rbac_has_no_wildcards_and_never_touches_secrets(args: tuple[str, ...]) -> None:
+    r = template(*args)
+    rules = [
+        rule for kind in ("ClusterRole", "Role") for o in r.of_kind(kind) for rule in o["rules"]
+    ]
+    assert rules
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert "*" not in rule.get(key, []), rule
+        assert not {"secrets", "configmaps", "serviceaccounts"} & set(rule["resources"]), rule
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+def test_ha_mode_runs_kopf_peering_with_a_peering_object_and_a_pdb() -> None:
+    r = template(*VARIANTS["ha"])
+    deployment = r.one("Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert "--peering=trainop" in _operator(r)["args"]
+    assert r.one("ClusterKopfPeering")["metadata"]["name"] == "trainop"
+    assert r.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    rules = r.one("ClusterRole")["rules"]
+    patch = [x for x in rules if "clusterkopfpeerings" in x["resources"] and "patch" in x["verbs"]]
+    assert patch == [
+        {
+            "apiGroups": ["kopf.dev", "zalando.org"],
+            "resources": ["clusterkopfpeerings"],
+            "resourceNames": ["trainop"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    namespaced = template(*NAMESPACED, "--set", "peering.enabled=true")
+    assert sorted(o["metadata"]["namespace"] for o in namespaced.of_kind("KopfPeering")) == [
+        "team-a",
+        "team-b",
+    ]
+
+
+def test_several_replicas_without_peering_are_refused() -> None:
+    err = template_error("--set", "replicaCount=2")
+    assert "replicaCount > 1 needs peering.enabled=true" in err
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor", "PrometheusRule"])
+def test_monitoring_objects_fail_loudly_without_the_prometheus_operator(kind: str) -> None:
+    value = f"monitoring.{kind[0].lower()}{kind[1:]}.enabled"
+    err = template_error("--set", f"{value}=true")
+    assert f"{value}=true needs the Prometheus Operator CRDs" in err
+    forced = template("--set", f"{value}=true,monitoring.force=true")
+    assert len(forced.of_kind(kind)) == 1
+
+
+def test_monitoring_on_renders_every_monitoring_object() -> None:
+    r = template(*MONITORING_ON)
+    sm = r.one("ServiceMonitor")
+    svc = r.one("Service", "-metrics")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
+    pm = r.one("PodMonitor")
+    # What core/build.py puts on worker pods and their sidecar.
+    assert pm["spec"]["selector"]["matchLabels"] == {"trainop.dev/role": "worker"}
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    assert r.one("PrometheusRule")["spec"]["groups"]
+    assert template().of_kind("ServiceMonitor") == []
+
+
+def test_dashboards_are_configmaps_with_the_configurable_label_and_the_json_verbatim() -> None:
+    r = template(
+        "--set", "dashboards.label=my_dash,dashboards.labelValue=yes,dashboards.namespace=grafana"
+    )
+    maps = {o["metadata"]["name"]: o for o in r.of_kind("ConfigMap")}
+    assert set(maps) == {f"trainop-dashboard-{name}" for name in dashboards()}
+    for name, dash in dashboards().items():
+        cm = maps[f"trainop-dashboard-{name}"]
+        assert cm["metadata"]["labels"]["my_dash"] == "yes"
+        assert cm["metadata"]["namespace"] == "grafana"
+        assert json.loads(cm["data"][f"{name}.json"]) == dash
+    default = template().of_kind("ConfigMap")
+    assert all(cm["metadata"]["labels"]["grafana_dashboard"] == "1" for cm in default)
+    assert template("--set", "dashboards.enabled=false").of_kind("ConfigMap") == []
+
+
+def test_dashboards_have_unique_uids_and_a_datasource_variable() -> None:
+    uids = [d["uid"] for d in dashboards().values()]
+    assert len(set(uids)) == len(uids) == 2
+    job = dashboards()["trainingjob"]
+    variables = [v["name"] for v in job["templating"]["list"]]
+    assert variables == ["datasource", "namespace", "trainingjob"]
+
+
+def test_every_object_carries_the_recommended_labels() -> None:
+    for obj in template(*MONITORING_ON, "--set", "replicaCount=2,peering.enabled=true").objects:
+        labels = obj["metadata"]["labels"]
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+        ):
+            assert key in labels, f"{obj['kind']} {obj['metadata']['name']} lacks {key}"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_the_chart_crd_is_the_repository_crd_byte_for_byte() -> None:
+    """crds/ is the single source; the chart carries an exact copy (helm cannot
+    read files outside the chart). After changing crds/: cp crds/*.yaml charts/trainop/crds/"""
+    for source in sorted((ROOT / "crds").glob("*.yaml")):
+        copy = CHART / "crds" / source.name
+        assert copy.exists(), f"{copy} missing: cp {source} {copy}"
+        assert copy.read_bytes() == source.read_bytes(), f"{copy} drifted: cp {source} {copy}"
+    ours = {p.name for p in (ROOT / "crds").glob("*.yaml")}
+    extra = {p.name for p in (CHART / "crds").glob("*.yaml")} - ours
+    # The only other CRDs are Kopf's peering resources (see that file's header).
+    assert extra == {"kopf.dev_peerings.yaml"}
+    peering = yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text())
+    kinds = {d["spec"]["names"]["kind"] for d in peering}
+    assert kinds == {"ClusterKopfPeering", "KopfPeering"}
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+    out = {}
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        out[path] = sub
+        out.update(_schema_paths(sub, f"{path}."))
+    return out
+
+
+def _value_paths(values: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> list[str]:
+    """Paths of values.yaml, down to the maps the schema leaves free (labels, resources...)."""
+    out = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and "properties" in sub:
+            out.extend(_value_paths(value, sub, f"{path}."))
+    return out
+
+
+def test_every_value_is_in_the_schema_with_a_description() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    described = _schema_paths(schema)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for path in _value_paths(values, schema):
+        assert path in described, f"values.yaml {path} is not in values.schema.json"
+    for path, sub in described.items():
+        assert sub.get("description"), f"values.schema.json {path} has no description"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("replicaCount=two", "replicaCount"),
+        ("watchNamespaces={Team_A}", "watchNamespaces"),
+        ("monitoring.prometheusRule.idleUtilization=5", "idleUtilization"),
+        ("monitoring.prometheusRule.throttleReasons={overheated}", "throttleReasons"),
+        ("unknownKey=1", "unknownKey"),
+    ],
+)
+def test_the_schema_rejects_wrong_values(bad: str, message: str) -> None:
+    assert message in template_error("--set", bad)
+
+
+def test_notes_give_ready_commands() -> None:
+    result = helm(
+        "install",
+        "trainop",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        "trainop-system",
+        *NAMESPACED,
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n trainop-system rollout status deployment/trainop" in notes
+    assert "kubectl -n team-a get trainingjob hello -w" in notes
+    # The inline job is a valid TrainingJob for the CRD's required fields.
+    job = yaml.safe_load(notes.split("<<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0])
+    assert job["kind"] == "TrainingJob"
+    assert {"image", "entrypoint"} <= set(job["spec"])
+
+
+def test_the_chart_packages(tmp_path: Path) -> None:
+    result = helm("package", str(CHART), "--destination", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "trainop-0.1.0.tgz").exists()
