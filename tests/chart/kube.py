@@ -1,0 +1,210 @@
+"""The chart on the local control plane: install it, and run the real operator
+under the chart's ServiceAccount with the chart's own arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.chart.helpers import CHART, Obj, helm_bin
+from tests.cluster.conftest import Cluster, localcluster, wait_for
+
+WORKERS = "trainop.dev/job-name={name},trainop.dev/role=worker"
+
+
+@dataclass
+class Release:
+    cluster: Cluster
+    name: str
+    namespace: str
+    values: tuple[str, ...]
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.name}-trainop"
+
+    @property
+    def sa(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.fullname}"
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(helm_bin()), *args, "--namespace", self.namespace],
+            capture_output=True,
+            text=True,
+            env=self.cluster.env,
+            check=False,
+            timeout=300,
+        )
+
+    def deployment(self) -> Obj:
+        return self.cluster.get("deployment", self.fullname, self.namespace)
+
+    def can_i(self, verb: str, resource: str, namespace: str | None = None) -> bool:
+        """kubectl auth can-i, impersonating the chart's ServiceAccount."""
+        # "pods/exec" is a subresource for RBAC, but a resource/NAME pair for kubectl.
+        resource, _, sub = resource.partition("/")
+        args = ["auth", "can-i", verb, resource, f"--as={self.sa}"]
+        args += [f"--subresource={sub}"] if sub else []
+        args += ["-n", namespace] if namespace else []
+        out = subprocess.run(
+            [str(self.cluster.bins.kubectl), *args],
+            capture_output=True,
+            text=True,
+            env=self.cluster.env,
+            check=False,
+            timeout=60,
+        )
+        answer = out.stdout.strip()
+        assert answer in ("yes", "no"), out.stderr
+        return answer == "yes"
+
+
+def install(cluster: Cluster, *values: str) -> Release:
+    name = f"op-{uuid.uuid4().hex[:6]}"
+    namespace = f"{name}-system"
+    cluster.kubectl("create", "namespace", namespace)
+    release = Release(cluster, name, namespace, values)
+    result = release.helm("install", name, str(CHART), *values)
+    assert result.returncode == 0, result.stderr
+    return release
+
+
+def uninstall(release: Release) -> None:
+    release.helm("uninstall", release.name, "--wait")
+    release.cluster.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
+
+
+def sa_kubeconfig(release: Release, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a bound token)."""
+    token = release.cluster.kubectl(
+        "create", "token", release.fullname, "-n", release.namespace, "--duration=2h"
+    ).strip()
+    admin = json.loads(release.cluster.kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
+                "current-context": "sa",
+            }
+        )
+    )
+    return path
+
+
+def chart_args(release: Release) -> list[str]:
+    """The operator's arguments exactly as the installed Deployment passes them."""
+    container = release.deployment()["spec"]["template"]["spec"]["containers"][0]
+    return [str(a) for a in container["args"]]
+
+
+@dataclass
+class OperatorProcess:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+    health_port: int
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def operator_as_sa(
+    release: Release, tmp: Path, *extra: str, tag: str = "op"
+) -> Iterator[OperatorProcess]:
+    """`trainop operator` with the chart's args, authenticated as the chart's SA."""
+    kubeconfig = sa_kubeconfig(release, tmp / f"{tag}-kubeconfig")
+    metrics, health = localcluster.free_port(), localcluster.free_port()
+    args = [
+        # Same endpoint path as in the pod, on a port free on this machine.
+        f"--liveness=http://127.0.0.1:{health}/healthz" if a.startswith("--liveness=") else a
+        for a in chart_args(release)
+    ]
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "TRAINOP_METRICS_PORT": str(metrics),
+        "TRAINOP_METRICS_ADDR": "127.0.0.1",
+        "TRAINOP_EXPORTER_IMAGE": "trainop:test",
+    }
+    log = tmp / f"{tag}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainop.cli", *args, *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    op = OperatorProcess(proc, log, metrics, health)
+    try:
+        yield op
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def training_job(name: str, replicas: int = 2, **spec: Any) -> Obj:
+    return {
+        "apiVersion": "trainop.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "trainer:1",
+            "entrypoint": {"module": "trainop_runtime.examples.tinylm"},
+            "resources": {"gpus": 1},
+            "replicas": replicas,
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "failurePolicy": {"backoffSeconds": 0},
+            **spec,
+        },
+    }
+
+
+def running_workers(cluster: Cluster, ns: str, name: str, n: int, timeout: float = 60) -> list[Obj]:
+    def ready() -> list[Obj] | None:
+        pods = [
+            p
+            for p in cluster.list("pods", ns, WORKERS.format(name=name))
+            if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"
+        ]
+        return pods if len(pods) == n else None
+
+    return wait_for(f"{n} running workers of {name}", ready, timeout)
+
+
+def phase(cluster: Cluster, ns: str, name: str, want: str, timeout: float = 60) -> Obj:
+    def reached() -> Obj | None:
+        status = cluster.get("trainingjob", name, ns).get("status") or {}
+        return status if status.get("phase") == want else None
+
+    return wait_for(f"{name} {want}", reached, timeout)
+
+
+def rendered_manifest(release: Release) -> list[Obj]:
+    result = release.helm("get", "manifest", release.name)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]

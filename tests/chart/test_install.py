@@ -1,0 +1,234 @@
+"""The chart on a real API server (RBAC on): install, least privilege, the real
+operator under the chart's ServiceAccount, uninstall."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chart.kube import (
+    Release,
+    install,
+    operator_as_sa,
+    phase,
+    running_workers,
+    training_job,
+    uninstall,
+)
+from tests.cluster.conftest import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def clusterwide(crd: Cluster) -> Iterator[Release]:
+    release = install(crd)
+    yield release
+    uninstall(release)
+
+
+@pytest.fixture(scope="module")
+def team_namespaces(crd: Cluster) -> Iterator[tuple[str, str]]:
+    suffix = uuid.uuid4().hex[:6]
+    names = (f"team-a-{suffix}", f"team-b-{suffix}")
+    for name in names:
+        crd.kubectl("create", "namespace", name)
+    wait_for("service accounts", lambda: crd.get_or_none("sa", "default", names[1]))
+    yield names
+    for name in names:
+        crd.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def namespaced(crd: Cluster, team_namespaces: tuple[str, str]) -> Iterator[Release]:
+    watch = ",".join(team_namespaces)
+    release = install(crd, "--set", f"watchNamespaces={{{watch}}}")
+    yield release
+    uninstall(release)
+
+
+def test_install_creates_a_locked_down_deployment_that_rolls_out(clusterwide: Release) -> None:
+    c = clusterwide.cluster
+    deployment = clusterwide.deployment()
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == clusterwide.fullname
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # kwok runs no containers but plays the kubelet: the pod is scheduled, reported
+    # ready, and the Deployment completes its rollout on the real controllers.
+    c.kubectl(
+        "rollout",
+        "status",
+        f"deployment/{clusterwide.fullname}",
+        "-n",
+        clusterwide.namespace,
+        "--timeout=90s",
+    )
+    sa = c.get("serviceaccount", clusterwide.fullname, clusterwide.namespace)
+    assert sa["metadata"]["labels"]["app.kubernetes.io/instance"] == clusterwide.name
+    svc = c.get("service", f"{clusterwide.fullname}-metrics", clusterwide.namespace)
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert c.list("configmaps", clusterwide.namespace, "grafana_dashboard=1")
+
+
+# What the operator does (kube/client.py, reconcile.py) and Kopf does for it.
+NEEDED = [
+    ("get", "trainingjobs.trainop.dev"),
+    ("list", "trainingjobs.trainop.dev"),
+    ("watch", "trainingjobs.trainop.dev"),
+    ("patch", "trainingjobs.trainop.dev"),
+    ("delete", "trainingjobs.trainop.dev"),
+    ("update", "trainingjobs.trainop.dev/status"),
+    ("list", "pods"),
+    ("watch", "pods"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("patch", "pods"),
+    ("get", "services"),
+    ("create", "services"),
+    ("get", "persistentvolumeclaims"),
+    ("create", "events"),
+]
+CLUSTER_READS = [
+    ("list", "nodes"),
+    ("watch", "nodes"),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+]
+FORBIDDEN = [
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("*", "*"),
+    ("*", "pods"),
+    ("create", "trainingjobs.trainop.dev"),
+    ("update", "trainingjobs.trainop.dev"),
+    ("patch", "trainingjobs.trainop.dev/status"),
+    ("get", "pods/log"),
+    ("create", "pods/exec"),
+    ("update", "pods"),
+    ("delete", "services"),
+    ("get", "configmaps"),
+    ("create", "persistentvolumeclaims"),
+    ("create", "deployments.apps"),
+    ("create", "serviceaccounts/token"),
+    ("patch", "nodes"),
+    ("delete", "nodes"),
+    ("get", "nodes"),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("patch", "clusterkopfpeerings.kopf.dev"),
+]
+
+
+def test_cluster_wide_rbac_allows_what_the_operator_needs_everywhere(
+    clusterwide: Release, team_namespaces: tuple[str, str]
+) -> None:
+    for ns in ("default", team_namespaces[0]):
+        denied = [(v, r) for v, r in NEEDED if not clusterwide.can_i(v, r, ns)]
+        assert denied == [], f"the chart's role lacks these in {ns}"
+    denied = [(v, r) for v, r in CLUSTER_READS if not clusterwide.can_i(v, r)]
+    assert denied == []
+
+
+def test_cluster_wide_rbac_forbids_secrets_wildcards_and_the_rest(clusterwide: Release) -> None:
+    allowed = [(v, r) for v, r in FORBIDDEN if clusterwide.can_i(v, r, "default")]
+    assert allowed == [], "the chart's role grants more than the operator uses"
+
+
+def test_namespaced_rbac_stops_at_the_watched_namespaces(
+    namespaced: Release, team_namespaces: tuple[str, str]
+) -> None:
+    for ns in team_namespaces:
+        assert [(v, r) for v, r in NEEDED if not namespaced.can_i(v, r, ns)] == []
+    elsewhere = [(v, r) for v, r in NEEDED if namespaced.can_i(v, r, "default")]
+    assert elsewhere == [], "namespaced mode leaks rights outside watchNamespaces"
+    assert not namespaced.can_i("list", "trainingjobs.trainop.dev")  # all namespaces
+    assert [(v, r) for v, r in CLUSTER_READS if not namespaced.can_i(v, r)] == []
+    assert [(v, r) for v, r in FORBIDDEN if namespaced.can_i(v, r, team_namespaces[0])] == []
+
+
+def test_the_operator_runs_a_job_as_the_chart_s_service_account(
+    clusterwide: Release, team_namespaces: tuple[str, str], tmp_path: Path
+) -> None:
+    """The proof that the role is sufficient: the real operator, started with the
+    installed Deployment's arguments and authenticated as its ServiceAccount,
+    runs a TrainingJob through creation, a worker failure and status updates."""
+    c = clusterwide.cluster
+    ns = team_namespaces[0]
+    with operator_as_sa(clusterwide, tmp_path) as op:
+        c.apply(training_job("sa-proof"), ns)
+        pods = running_workers(c, ns, "sa-proof", 2)
+        phase(c, ns, "sa-proof", "Running")
+        # A worker dies: the operator patches, deletes and recreates pods and writes
+        # the failure into status, all under the chart's role.
+        c.kubectl(
+            "annotate", "pod", pods[0]["metadata"]["name"], "-n", ns,
+            "kwok.trainop.dev/exit-code=1",
+        )  # fmt: skip
+
+        def restarted() -> dict[str, object] | None:
+            status = c.get("trainingjob", "sa-proof", ns).get("status") or {}
+            return status if status.get("restarts") == 1 else None
+
+        wait_for("the failure counted in status", restarted, timeout=60)
+        running_workers(c, ns, "sa-proof", 2)
+        assert any(e["reason"] == "WorkerFailed" for e in c.events(ns, "sa-proof"))
+        log = op.text()
+        assert op.proc.poll() is None, log[-3000:]
+    # Kopf logs a 403 on any call it may not make: there must be none.
+    assert "403" not in log
+    assert "Forbidden" not in log
+    assert "Not enough permissions" not in log
+
+
+def test_the_namespaced_operator_runs_a_job_in_its_namespace_only(
+    namespaced: Release, team_namespaces: tuple[str, str], tmp_path: Path
+) -> None:
+    c = namespaced.cluster
+    watched, _ = team_namespaces
+    outside = f"outside-{uuid.uuid4().hex[:6]}"
+    c.kubectl("create", "namespace", outside)
+    try:
+        with operator_as_sa(namespaced, tmp_path) as op:
+            c.apply(training_job("in-scope", replicas=1), watched)
+            c.apply(training_job("out-of-scope", replicas=1), outside)
+            running_workers(c, watched, "in-scope", 1)
+            phase(c, watched, "in-scope", "Running")
+            log = op.text()
+            assert op.proc.poll() is None, log[-3000:]
+        # Never touched: no status, no pods.
+        assert not c.get("trainingjob", "out-of-scope", outside).get("status")
+        assert c.list("pods", outside) == []
+        # Kopf may not list namespaces here (least privilege) and says so once; it
+        # then serves exactly the namespaces it was given. Nothing else is refused.
+        forbidden = [
+            line
+            for line in log.splitlines()
+            if ("403" in line or "Forbidden" in line) and "namespaces" not in line
+        ]
+        assert forbidden == []
+    finally:
+        c.kubectl("delete", "namespace", outside, "--wait=false", check=False)
+
+
+def test_uninstall_keeps_the_crds_and_the_jobs(crd: Cluster, tmp_path: Path) -> None:
+    release = install(crd)
+    crd.apply(training_job("survivor", replicas=1), release.namespace)
+    result = release.helm("uninstall", release.name, "--wait")
+    assert result.returncode == 0, result.stderr
+    assert crd.get_or_none("deployment", release.fullname, release.namespace) is None
+    assert crd.kubectl("get", "clusterrole", release.fullname, "--ignore-not-found") == ""
+    # Helm never deletes what it installed from crds/: the TrainingJobs survive.
+    assert crd.kubectl("get", "crd", "trainingjobs.trainop.dev", "-o", "name").strip()
+    assert crd.get_or_none("trainingjob", "survivor", release.namespace) is not None
+    crd.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
