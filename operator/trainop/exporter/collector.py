@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 from trainop import __version__
 from trainop.exporter import names as n
@@ -47,31 +48,55 @@ class Snapshot:
     last_collect_seconds: float | None = None
 
 
+class LabelSets:
+    """One label dict per series, kept across scrapes.
+
+    The renderer recognises a series by its dict's identity, so reusing the
+    dict skips re-rendering its labels. Only last scrape's sets are kept.
+    """
+
+    def __init__(self, identity: Mapping[str, str]) -> None:
+        self._identity = dict(identity)
+        self._previous: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, str]] = {}
+        self._current: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, str]] = {}
+
+    def new_scrape(self) -> None:
+        self._previous, self._current = self._current, {}
+
+    def get(self, names: tuple[str, ...], values: tuple[str, ...]) -> dict[str, str]:
+        key = (names, values)
+        labels = self._current.get(key) or self._previous.get(key)
+        if labels is None:
+            labels = {**self._identity, **dict(zip(names, values, strict=True))}
+        self._current[key] = labels
+        return labels
+
+
 class _Families:
     """Metric families keyed by name, created on first sample from ``names.SPECS``."""
 
-    def __init__(self, identity: Mapping[str, str]) -> None:
-        self._id_names = tuple(identity)
-        self._id_values = tuple(identity.values())
-        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+    def __init__(self, label_sets: LabelSets) -> None:
+        self._label_sets = label_sets
+        self._families: dict[str, tuple[Metric, tuple[str, ...]]] = {}
 
     def add(self, name: str, value: float, *labels: str) -> None:
-        spec = n.SPEC_BY_NAME[name]
-        if len(labels) != len(spec.labels):
-            raise ValueError(f"{name} takes labels {spec.labels}, got {labels}")
-        family = self._families.get(name)
-        if family is None:
-            label_names = [*self._id_names, *spec.labels]
+        entry = self._families.get(name)
+        if entry is None:
+            spec = n.SPEC_BY_NAME[name]
+            family: Metric
             if spec.kind == "counter":
-                family = CounterMetricFamily(name, spec.help, labels=label_names)
+                family = CounterMetricFamily(name, spec.help)
             else:
-                family = GaugeMetricFamily(name, spec.help, labels=label_names)
-            self._families[name] = family
-        family.add_metric([*self._id_values, *labels], value)
+                family = GaugeMetricFamily(name, spec.help)
+            entry = self._families[name] = (family, spec.labels)
+        family, label_names = entry
+        if len(labels) != len(label_names):
+            raise ValueError(f"{name} takes labels {label_names}, got {labels}")
+        # The exposition name: a counter's family drops `_total`, its samples keep it.
+        family.samples.append(Sample(name, self._label_sets.get(label_names, labels), value))
 
     def metrics(self) -> list[Metric]:
-        families: list[Metric] = list(self._families.values())
-        return families
+        return [family for family, _ in self._families.values()]
 
 
 def _add_gpus(f: _Families, snap: GpuSnapshot) -> None:
@@ -145,13 +170,23 @@ def _add_rapl(f: _Families, snap: RaplSnapshot) -> None:
 
 
 def build_metrics(
-    snapshot: Snapshot, identity: Mapping[str, str], version: str = __version__
+    snapshot: Snapshot,
+    identity: Mapping[str, str],
+    version: str = __version__,
+    label_sets: LabelSets | None = None,
 ) -> list[Metric]:
-    """Turn one scrape's readings into metric families. Purely computational."""
+    """Turn one scrape's readings into metric families.
+
+    Purely computational, apart from ``label_sets``, a cache the caller may
+    keep across scrapes (it must have been made for the same ``identity``).
+    """
     reserved = n.RESERVED_TARGET_LABELS.intersection(identity)
     if reserved:
         raise ValueError(f"identity labels {sorted(reserved)} collide with target labels")
-    f = _Families(identity)
+    if label_sets is None:
+        label_sets = LabelSets(identity)
+    label_sets.new_scrape()
+    f = _Families(label_sets)
     _add_gpus(f, snapshot.gpu)
     _add_training(f, snapshot.training, snapshot.now)
     _add_rapl(f, snapshot.rapl)
@@ -184,6 +219,7 @@ class TrainopCollector:
         self._gpu_reader = gpu_reader
         self._rapl_reader = rapl_reader
         self._identity = dict(identity)
+        self._label_sets = LabelSets(identity)
         self._all_gpus = all_gpus
         self._stale_after = stale_after_seconds
         self._clock = clock
@@ -197,7 +233,7 @@ class TrainopCollector:
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             started = self._timer()
-            metrics = build_metrics(self._snapshot(), self._identity)
+            metrics = build_metrics(self._snapshot(), self._identity, label_sets=self._label_sets)
             self._last_collect = self._timer() - started
         return metrics
 
