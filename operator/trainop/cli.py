@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 
 def _serve_metrics() -> None:
@@ -65,6 +66,26 @@ def _operator(args: argparse.Namespace) -> int:
     return asyncio.run(_run_operator(args))
 
 
+def _run(args: argparse.Namespace) -> int:
+    from trainop.local.runner import RunOptions, SpecError, run  # noqa: PLC0415
+
+    opts = RunOptions(
+        workdir=Path(args.workdir),
+        metrics_port=args.metrics_port,
+        kill_every=args.kill_every,
+        seed=args.seed,
+        replicas=args.replicas,
+    )
+    try:
+        summary = run(Path(args.file), opts)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if summary.phase == "Succeeded":
+        return 0
+    return 130 if summary.phase == "Interrupted" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=_operator)
+    rn = sub.add_parser("run", help="run a TrainingJob file on this machine, no cluster")
+    rn.add_argument("file", help="a TrainingJob YAML, e.g. examples/quickstart.yaml")
+    rn.add_argument(
+        "--workdir",
+        default=".trainop",
+        help="checkpoints, logs and run dirs go here (default .trainop); "
+        "running the same file again resumes from its checkpoints",
+    )
+    rn.add_argument("--metrics-port", type=int, default=9400, help="the metrics exporter's port")
+    rn.add_argument(
+        "--replicas", type=int, default=None, help="override spec.replicas (within min..max)"
+    )
+    rn.add_argument(
+        "--kill-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fault injection: SIGKILL a random worker process this often",
+    )
+    rn.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    rn.set_defaults(func=_run)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from trainop import operator_metrics as m
 from trainop.api import constants as c
-from trainop.api.spec import TrainingJobSpec
+from trainop.api.parse import parse_spec
 from trainop.api.status import Phase, TrainingJobStatus
 from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
@@ -32,23 +32,6 @@ T = TypeVar("T")
 def utcnow() -> datetime:
     # metav1.Time has second precision; sub-second times would make every status "changed".
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
-    """One line per problem, with the field path a user can find in their YAML."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
-    return "; ".join(lines)
-
-
-def parse_spec(raw: object) -> tuple[TrainingJobSpec | None, str | None]:
-    try:
-        return TrainingJobSpec.model_validate(raw), None
-    except ValidationError as exc:
-        return None, format_validation_error(exc)
 
 
 @dataclass
