@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,11 +125,29 @@ class OperatorProcess:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL, as when a node dies under the pod: no clean release of anything."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def metrics(self) -> str:
+        """The process's /metrics, once it serves them (it starts them first thing)."""
+
+        def scrape() -> str | None:
+            assert self.proc.poll() is None, self.text()[-3000:]
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    return str(resp.read().decode())
+            except OSError:
+                return None
+
+        return wait_for("the operator's metrics", scrape, timeout=30)
+
 
 @contextmanager
-def operator_as_sa(
-    release: Release, tmp: Path, *extra: str, tag: str = "op"
-) -> Iterator[OperatorProcess]:
+def operator_as_sa(release: Release, tmp: Path, *, tag: str = "op") -> Iterator[OperatorProcess]:
     """`trainop operator` with the chart's args, authenticated as the chart's SA."""
     kubeconfig = sa_kubeconfig(release, tmp / f"{tag}-kubeconfig")
     metrics, health = localcluster.free_port(), localcluster.free_port()
@@ -143,11 +162,14 @@ def operator_as_sa(
         "TRAINOP_METRICS_PORT": str(metrics),
         "TRAINOP_METRICS_ADDR": "127.0.0.1",
         "TRAINOP_EXPORTER_IMAGE": "trainop:test",
+        # What the Deployment's downward API gives the pod.
+        "POD_NAME": tag,
+        "POD_NAMESPACE": release.namespace,
     }
     log = tmp / f"{tag}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trainop.cli", *args, *extra],
+            [sys.executable, "-m", "trainop.cli", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -208,3 +230,21 @@ def rendered_manifest(release: Release) -> list[Obj]:
     result = release.helm("get", "manifest", release.name)
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def lease_holder(release: Release) -> str:
+    out = release.cluster.kubectl(
+        "get", "lease", release.fullname, "-n", release.namespace,
+        "-o", "jsonpath={.spec.holderIdentity}", "--ignore-not-found",
+    )  # fmt: skip
+    return out.strip()
+
+
+def refusals(log: str) -> list[str]:
+    """Log lines where the API server refused the operator something: Kopf and
+    trainop's KubeError both spell a 403 out as Forbidden."""
+    return [
+        line
+        for line in log.splitlines()
+        if "forbidden" in line.lower() or "not enough permissions" in line.lower()
+    ]

@@ -27,7 +27,7 @@ VARIANTS = {
     "default": (),
     "namespaced": NAMESPACED,
     "monitoring": MONITORING_ON,
-    "ha": ("--set", "replicaCount=2,peering.enabled=true"),
+    "ha": ("--set", "replicaCount=2,leaderElection.enabled=true"),
 }
 
 
@@ -62,11 +62,16 @@ def test_the_operator_runs_locked_down(args: tuple[str, ...]) -> None:
     assert set(container["resources"]) == {"requests", "limits"}
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
-    # Every probe asks Kopf's liveness endpoint, which the operator is told to serve.
+    # Probes ask Kopf's liveness endpoint, which the operator is told to serve; a
+    # standby waiting for the Lease runs no Kopf yet, so with leader election they
+    # ask the metrics server that every replica starts first.
     health = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]
     assert f"--liveness=http://0.0.0.0:{health}/healthz" in container["args"]
+    want = {"path": "/healthz", "port": "health"}
+    if "--leader-elect" in container["args"]:
+        want = {"path": "/metrics", "port": "metrics"}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert container[probe]["httpGet"] == want
     assert container["args"][0] == "operator"
     assert pod["serviceAccountName"] == r.one("ServiceAccount")["metadata"]["name"]
 
@@ -91,7 +96,7 @@ def test_cluster_wide_mode_has_one_cluster_role_and_no_namespace_flags() -> None
     assert r.one("Deployment")["spec"]["strategy"] == {"type": "Recreate"}
 
 
-def test_namespaced_mode_has_a_role_per_namespace_and_reads_nodes_and_crds_cluster_wide() -> None:
+def test_namespaced_mode_has_a_role_per_namespace_and_only_reads_cluster_wide() -> None:
     r = template(*NAMESPACED)
     assert sorted(o["metadata"]["namespace"] for o in r.of_kind("Role")) == ["team-a", "team-b"]
     assert sorted(o["metadata"]["namespace"] for o in r.of_kind("RoleBinding")) == [
@@ -100,7 +105,7 @@ def test_namespaced_mode_has_a_role_per_namespace_and_reads_nodes_and_crds_clust
     ]
     (cluster_role,) = r.of_kind("ClusterRole")
     cluster_resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
-    assert cluster_resources == {"nodes", "customresourcedefinitions"}
+    assert cluster_resources == {"nodes", "customresourcedefinitions", "namespaces"}
     for rule in cluster_role["rules"]:
         assert set(rule["verbs"]) <= {"list", "watch"}
     args = _operator(r)["args"]
@@ -126,34 +131,37 @@ def test_rbac_has_no_wildcards_and_never_touches_secrets(args: tuple[str, ...]) 
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
 
 
-def test_ha_mode_runs_kopf_peering_with_a_peering_object_and_a_pdb() -> None:
+def test_ha_mode_elects_a_leader_over_a_lease_in_the_release_namespace() -> None:
     r = template(*VARIANTS["ha"])
     deployment = r.one("Deployment")
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
-    assert "--peering=trainop" in _operator(r)["args"]
-    assert r.one("ClusterKopfPeering")["metadata"]["name"] == "trainop"
+    container = _operator(r)
+    assert "--leader-elect" in container["args"]
+    assert "--lease-name=trainop" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    # The CLI puts the Lease in $POD_NAMESPACE and names its holder after $POD_NAME.
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert r.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
-    rules = r.one("ClusterRole")["rules"]
-    patch = [x for x in rules if "clusterkopfpeerings" in x["resources"] and "patch" in x["verbs"]]
-    assert patch == [
+    role = r.one("Role", "-leader-election")
+    assert role["metadata"]["namespace"] == "trainop-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {
-            "apiGroups": ["kopf.dev", "zalando.org"],
-            "resources": ["clusterkopfpeerings"],
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
             "resourceNames": ["trainop"],
-            "verbs": ["get", "patch"],
-        }
+            "verbs": ["get", "update"],
+        },
     ]
-    namespaced = template(*NAMESPACED, "--set", "peering.enabled=true")
-    assert sorted(o["metadata"]["namespace"] for o in namespaced.of_kind("KopfPeering")) == [
-        "team-a",
-        "team-b",
-    ]
+    assert r.one("RoleBinding", "-leader-election")["roleRef"]["name"] == "trainop-leader-election"
+    assert template().of_kind("Role") == []
 
 
 def test_several_replicas_without_peering_are_refused() -> None:
     err = template_error("--set", "replicaCount=2")
-    assert "replicaCount > 1 needs peering.enabled=true" in err
+    assert "replicaCount > 1 needs leaderElection.enabled=true" in err
 
 
 @pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor", "PrometheusRule"])
@@ -205,7 +213,7 @@ def test_dashboards_have_unique_uids_and_a_datasource_variable() -> None:
 
 
 def test_every_object_carries_the_recommended_labels() -> None:
-    for obj in template(*MONITORING_ON, "--set", "replicaCount=2,peering.enabled=true").objects:
+    for obj in template(*MONITORING_ON, *VARIANTS["ha"]).objects:
         labels = obj["metadata"]["labels"]
         for key in (
             "app.kubernetes.io/name",
@@ -217,19 +225,15 @@ def test_every_object_carries_the_recommended_labels() -> None:
 
 
 def test_the_chart_crd_is_the_repository_crd_byte_for_byte() -> None:
-    """crds/ is the single source; the chart carries an exact copy (helm cannot
-    read files outside the chart). After changing crds/: cp crds/*.yaml charts/trainop/crds/"""
+    """crds/ is the single source; the chart carries an exact copy of the directory
+    (helm cannot read files outside the chart). After changing crds/:
+    cp crds/*.yaml charts/trainop/crds/"""
     for source in sorted((ROOT / "crds").glob("*.yaml")):
         copy = CHART / "crds" / source.name
         assert copy.exists(), f"{copy} missing: cp {source} {copy}"
         assert copy.read_bytes() == source.read_bytes(), f"{copy} drifted: cp {source} {copy}"
     ours = {p.name for p in (ROOT / "crds").glob("*.yaml")}
-    extra = {p.name for p in (CHART / "crds").glob("*.yaml")} - ours
-    # The only other CRDs are Kopf's peering resources (see that file's header).
-    assert extra == {"kopf.dev_peerings.yaml"}
-    peering = yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text())
-    kinds = {d["spec"]["names"]["kind"] for d in peering}
-    assert kinds == {"ClusterKopfPeering", "KopfPeering"}
+    assert {p.name for p in (CHART / "crds").iterdir()} == ours
 
 
 def _schema_paths(schema: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:

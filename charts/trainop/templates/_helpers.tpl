@@ -82,9 +82,13 @@ Call with (dict "kind" "ServiceMonitor" "value" "monitoring.serviceMonitor.enabl
 {{- end }}
 {{- end }}
 
-{{/* Peering is required for more than one replica: Kopf keeps all but one paused. */}}
+{{- define "trainop.leaseName" -}}
+{{- .Values.leaderElection.leaseName | default (include "trainop.fullname" .) }}
+{{- end }}
+
+{{/* Leader election is required for more than one replica. */}}
 {{- define "trainop.validate" -}}
-{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
-{{- fail "replicaCount > 1 needs peering.enabled=true: without Kopf peering every replica would reconcile the same TrainingJobs." }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: without it every replica would reconcile the same TrainingJobs." }}
 {{- end }}
 {{- end }}
