@@ -11,6 +11,7 @@ on, without a blocking collective per step.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -53,6 +54,19 @@ def attempt_prefix(env: Mapping[str, str]) -> str | None:
     return None
 
 
+def _prewarm_ddp_imports() -> None:
+    """Import torch._dynamo on a thread while this rank waits for its peers.
+
+    DDP's constructor imports it (for ``optimize_ddp``), which is seconds of CPU on
+    a busy node: on the critical path of every restart unless it overlaps the
+    wait in ``init_process_group``. Python's per-module import locks make the later
+    import in the main thread wait for this one rather than run twice.
+    """
+    threading.Thread(
+        target=importlib.import_module, args=("torch._dynamo",), name="trainop-prewarm", daemon=True
+    ).start()
+
+
 @dataclass(frozen=True)
 class DistContext:
     rank: int
@@ -76,6 +90,7 @@ def init_distributed(
     their agent re-rendezvouses. Without torchrun (no ``RANK``) a world of one is
     set up, so the same program runs on a laptop.
     """
+    _prewarm_ddp_imports()
     env = os.environ
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -81,6 +81,24 @@ def children_of(pid: int) -> list[int]:
     return sorted(kids)
 
 
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    frontier = [pid]
+    while frontier:
+        kids = children_of(frontier.pop())
+        out += kids
+        frontier += kids
+    return out
+
+
+def kill_tree(pid: int, sig: signal.Signals) -> None:
+    """Signal ``pid`` and every descendant, parent first so it cannot spawn replacements."""
+    tree = [pid, *descendants(pid)]  # before the kill: orphans are re-parented to init
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+
+
 @dataclass
 class Agent:
     """One launcher process: a worker pod's main container."""
@@ -126,7 +144,7 @@ class JobSpec:
     grace_seconds: float = 30.0
     checkpoint_every_steps: int = 20
     # Small timeouts: a test or bench should pay seconds, not torch's 30 s defaults.
-    rdzv_conf: str = "last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=2"
+    rdzv_conf: str = "last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=5"
     monitor_interval: float = 0.1
     program_args: tuple[str, ...] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -218,21 +236,22 @@ class LocalJob:
         return agent
 
     def kill_agent(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
-        """A pod lost with its node: the agent and its workers die together."""
+        """A pod lost with its node: the agent and all its workers die together.
+
+        torchrun starts each worker in its own session, so a process-group kill
+        would leave them running; a pod's cgroup takes the whole tree.
+        """
         agent = self.agents[name]
-        os.killpg(agent.pid, sig)
+        kill_tree(agent.pid, sig)
         agent.proc.wait(timeout=30)
 
     def close(self) -> None:
-        procs = [a.proc for a in [*self.agents.values(), *self._retired]]
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-        for p in procs:
+        agents = [*self.agents.values(), *self._retired]
+        for a in agents:
+            if a.proc.poll() is None:
+                kill_tree(a.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
-        for a in [*self.agents.values(), *self._retired]:
+                a.proc.wait(timeout=10)
             a._log.close()
         if self.store is not None and self.store.poll() is None:
             self.store.terminate()

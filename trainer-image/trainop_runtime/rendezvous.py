@@ -17,12 +17,16 @@ address from its *first* round and only rebuilds it when this agent becomes rank
 without a server: an agent that was rank 0 and is now rank 1 (a rejoin re-sorts the
 members) keeps pointing its workers at its *own* server, and with three agents a
 survivor keeps pointing at the dead rank 0's. Either way the workers of one round
-dial different stores and hang.
+dial different stores and hang. And a *new* agent that joins as rank > 0 waits
+inside ``RendezvousStoreInfo.build`` for ``MASTER_ADDR``/``MASTER_PORT`` keys that
+a rank 0 with a cached address never writes again: scale-up deadlocks until the
+store timeout (seen here: a rejoining pod hung 60 s, then both agents failed).
 
 Fix: after torch's rendezvous, group rank 0 publishes a fresh random attempt id and
 its own bootstrap address under a key of the *round-scoped* rendezvous store
 (``torch.rendezvous.<run_id>.<round>``, new for every round, so it cannot hold a
-stale value); every agent reads them back. The launcher exports the id to its
+stale value), plus torch's own address keys for a newcomer; every agent reads
+them back. The launcher exports the id to its
 workers as ``TRAINOP_ATTEMPT_ID``, and :func:`trainop_runtime.distributed.init_distributed`
 prefixes every key of the process group with it. Agreement comes from the round,
 which all members share, not from ``TORCHELASTIC_RESTART_COUNT``, which is each
@@ -81,6 +85,10 @@ def agree_on_bootstrap(
         if own is None:
             raise RuntimeError("group rank 0 has no bootstrap store to share")
         doc = {"attempt": uuid.uuid4().hex, "addr": own.master_addr, "port": own.master_port}
+        # torch's own keys, which a cached rank 0 no longer writes: a newcomer that
+        # joins as rank > 0 blocks on them inside torch's next_rendezvous.
+        store.set(RendezvousStoreInfo.MASTER_ADDR_KEY, own.master_addr)
+        store.set(RendezvousStoreInfo.MASTER_PORT_KEY, str(own.master_port))
         store.set(_AGREED_KEY, json.dumps(doc))
     agreed = json.loads(store.get(_AGREED_KEY).decode())
     return str(agreed["attempt"]), RendezvousStoreInfo(str(agreed["addr"]), int(agreed["port"]))
