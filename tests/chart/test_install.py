@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chart.helpers import CHART
 from tests.chart.kube import (
     Release,
     install,
@@ -264,3 +265,22 @@ def test_two_replicas_one_active_and_the_standby_takes_over(
         assert refusals(log) == []
     finally:
         uninstall(release)
+
+
+def test_monitoring_objects_fail_the_install_on_a_cluster_without_prometheus_operator(
+    crd: Cluster,
+) -> None:
+    # The local API server serves no monitoring.coreos.com: helm reads that from discovery.
+    name = f"mon-{uuid.uuid4().hex[:6]}"
+    crd.kubectl("create", "namespace", name)
+    try:
+        release = Release(crd, name, name, ())
+        result = release.helm(
+            "install", name, str(CHART), "--set", "monitoring.podMonitor.enabled=true"
+        )
+        assert result.returncode != 0
+        assert "needs the Prometheus Operator CRDs" in result.stderr
+        assert release.helm("status", name).returncode != 0  # nothing was installed
+        assert crd.get_or_none("deployment", f"{name}-trainop", name) is None
+    finally:
+        crd.kubectl("delete", "namespace", name, "--wait=false", check=False)
