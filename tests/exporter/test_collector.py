@@ -201,7 +201,21 @@ def test_clock_event_reasons_become_one_series_per_reason(run_dir: Path) -> None
     expo = scrape(make_collector(run_dir, fake))
     active = {s.labels[n.L_REASON] for s in expo.series(n.GPU_CLOCK_EVENT_ACTIVE) if s.value == 1}
     assert active == {"sw_power_cap", "hw_thermal_slowdown"}
-    assert len(expo.series(n.GPU_CLOCK_EVENT_ACTIVE)) == len(n.CLOCK_EVENT_REASONS)
+    # Only reasons the device can report get a series (0 means "known not active").
+    reported = {s.labels[n.L_REASON] for s in expo.series(n.GPU_CLOCK_EVENT_ACTIVE)}
+    assert reported == {r for bit, r in n.CLOCK_EVENT_REASONS if bit & 0x0EF}
+    assert "display_clock_setting" not in reported
+
+
+def test_unknown_supported_reasons_report_every_reason(run_dir: Path) -> None:
+    write_gpus_file(run_dir, [uuid(0)])
+    errors = {"nvmlDeviceGetSupportedClocksEventReasons": "NotSupported"}
+    fake = FakeNVML(gpus(1, clock_event_reasons=0x004, errors=errors))
+    collector = make_collector(run_dir, fake)
+    for _ in range(2):
+        expo = scrape(collector)
+        assert len(expo.series(n.GPU_CLOCK_EVENT_ACTIVE)) == len(n.CLOCK_EVENT_REASONS)
+    assert fake.calls["nvmlDeviceGetSupportedClocksEventReasons"] == 1
 
 
 def test_old_driver_falls_back_to_throttle_reasons(run_dir: Path) -> None:

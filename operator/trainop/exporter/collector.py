@@ -123,10 +123,11 @@ def _add_gpus(f: _Families, snap: GpuSnapshot) -> None:
             if value is not None:
                 f.add(name, float(value), *ids)
         if g.clock_event_reasons is not None:
+            supported = g.supported_clock_event_reasons
             for bit, reason in n.CLOCK_EVENT_REASONS:
-                f.add(
-                    n.GPU_CLOCK_EVENT_ACTIVE, float(bool(g.clock_event_reasons & bit)), *ids, reason
-                )
+                if supported is None or supported & bit:
+                    active = float(bool(g.clock_event_reasons & bit))
+                    f.add(n.GPU_CLOCK_EVENT_ACTIVE, active, *ids, reason)
         if g.ecc_corrected is not None:
             f.add(n.GPU_ECC_ERRORS, float(g.ecc_corrected), *ids, n.ECC_CORRECTED)
         if g.ecc_uncorrected is not None:

@@ -54,6 +54,8 @@ class FakeGpu:
     temperature_c: int = 35
     sm_clock_mhz: int = 1980
     clock_event_reasons: int = 0
+    # What the device can report at all; H100 SXM reports none of display/sync.
+    supported_clock_event_reasons: int = 0x0EF
     ecc_corrected: int = 0
     ecc_uncorrected: int = 0
     # pynvml function -> error it raises, e.g. {"nvmlDeviceGetPowerUsage": "NoPermission"}
@@ -227,6 +229,14 @@ class FakeNVML:
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: object) -> int:  # noqa: N802
         return self._device("nvmlDeviceGetCurrentClocksEventReasons", handle).clock_event_reasons
+
+    def nvmlDeviceGetSupportedClocksEventReasons(self, handle: object) -> int:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetSupportedClocksEventReasons", handle)
+        return gpu.supported_clock_event_reasons
+
+    def nvmlDeviceGetSupportedClocksThrottleReasons(self, handle: object) -> int:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetSupportedClocksThrottleReasons", handle)
+        return gpu.supported_clock_event_reasons
 
     def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: object) -> int:  # noqa: N802
         return self._device("nvmlDeviceGetCurrentClocksThrottleReasons", handle).clock_event_reasons

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from trainop.exporter import visibility
+from trainop.exporter.names import CLOCK_EVENT_REASONS
 from trainop.exporter.nvml import EventSet, Handle, Nvml, NvmlError
 from trainop.exporter.statelog import StateLog
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+ALL_CLOCK_EVENT_REASONS = sum(bit for bit, _ in CLOCK_EVENT_REASONS)
 MW_PER_W = 1000.0
 MJ_PER_J = 1000.0
 HZ_PER_MHZ = 1_000_000.0
@@ -44,6 +46,8 @@ class GpuReading:
     temperature_celsius: float | None = None
     sm_clock_hertz: float | None = None
     clock_event_reasons: int | None = None
+    # Bits the device can report; series for other reasons would be a guess.
+    supported_clock_event_reasons: int | None = None
     ecc_corrected: int | None = None
     ecc_uncorrected: int | None = None
     xid_errors: int | None = None
@@ -66,6 +70,7 @@ class _Device:
     model: str
     unsupported: set[str] = field(default_factory=set)
     xid_events: EventSet | None = None
+    supported_reasons: int | None = None  # asked once per device
 
 
 class _GpuLostError(Exception):
@@ -265,6 +270,11 @@ class GpuReader:
         temperature = self._field(d, "temperature", lambda: nvml.temperature_c(h))
         clock = self._field(d, "sm_clock", lambda: nvml.sm_clock_mhz(h))
         reasons = self._field(d, "clock_event_reasons", lambda: nvml.clock_event_reasons(h))
+        if reasons is not None and d.supported_reasons is None:
+            supported = self._field(
+                d, "supported_clock_event_reasons", lambda: nvml.supported_clock_event_reasons(h)
+            )
+            d.supported_reasons = ALL_CLOCK_EVENT_REASONS if supported is None else supported
         ecc_c = self._field(d, "ecc", lambda: nvml.ecc_volatile_errors(h, uncorrected=False))
         ecc_u = self._field(d, "ecc", lambda: nvml.ecc_volatile_errors(h, uncorrected=True))
         xids = self._read_xids(nvml, d)
@@ -283,6 +293,7 @@ class GpuReader:
             temperature_celsius=float(temperature) if temperature is not None else None,
             sm_clock_hertz=clock * HZ_PER_MHZ if clock is not None else None,
             clock_event_reasons=reasons,
+            supported_clock_event_reasons=d.supported_reasons,
             ecc_corrected=ecc_c,
             ecc_uncorrected=ecc_u,
             xid_errors=xids.count if xids else None,

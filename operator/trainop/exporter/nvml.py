@@ -156,6 +156,14 @@ class Nvml:
                 raise
             return int(self._call("nvmlDeviceGetCurrentClocksThrottleReasons", handle))
 
+    def supported_clock_event_reasons(self, handle: Handle) -> int:
+        try:
+            return int(self._call("nvmlDeviceGetSupportedClocksEventReasons", handle))
+        except NvmlError as err:
+            if err.name != "FunctionNotFound":
+                raise
+            return int(self._call("nvmlDeviceGetSupportedClocksThrottleReasons", handle))
+
     def ecc_volatile_errors(self, handle: Handle, *, uncorrected: bool) -> int:
         error_type = _const(
             "NVML_MEMORY_ERROR_TYPE_UNCORRECTED"
