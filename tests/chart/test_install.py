@@ -222,9 +222,16 @@ def test_the_namespaced_operator_runs_a_job_in_its_namespace_only(
         c.kubectl("delete", "namespace", outside, "--wait=false", check=False)
 
 
-def test_uninstall_keeps_the_crds_and_the_jobs(crd: Cluster, tmp_path: Path) -> None:
+def test_upgrade_to_ha_then_uninstall_keeps_the_crds_and_the_jobs(crd: Cluster) -> None:
     release = install(crd)
     crd.apply(training_job("survivor", replicas=1), release.namespace)
+    result = release.helm(
+        "upgrade", release.name, str(CHART), "--reuse-values",
+        "--set", "replicaCount=2,leaderElection.enabled=true",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert release.deployment()["spec"]["replicas"] == 2
+    assert crd.get_or_none("role", f"{release.fullname}-leader-election", release.namespace)
     result = release.helm("uninstall", release.name, "--wait")
     assert result.returncode == 0, result.stderr
     assert crd.get_or_none("deployment", release.fullname, release.namespace) is None
