@@ -30,6 +30,7 @@ async def _run_operator(args: argparse.Namespace) -> int:
     namespaces = args.namespace or []
     stop = asyncio.Event()
     holder = None
+    elector = None
     if args.leader_elect:
         kube = await Kube.connect(os.environ.get("KUBECONFIG"))
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -45,6 +46,8 @@ async def _run_operator(args: argparse.Namespace) -> int:
     )
     if holder is not None:
         holder.cancel()
+    if elector is not None and not stop.is_set():
+        await elector.release()
     # Exiting non-zero after losing the lease lets Kubernetes restart us as a standby.
     return 1 if stop.is_set() else 0
 

@@ -11,6 +11,23 @@ JOBS: Final = Gauge(
     "TrainingJobs known to this operator, by phase.",
     ["phase"],
 )
+# Per job, so alerts and dashboards can name the job. The labels avoid `namespace`
+# and `job`, which Prometheus' own target labels own.
+JOB_PHASE: Final = Gauge(
+    "trainop_operator_job_phase",
+    "1 for the phase each TrainingJob is in (one series per job and phase).",
+    ["trainingjob_namespace", "trainingjob", "phase"],
+)
+JOB_RESTARTS: Final = Gauge(
+    "trainop_operator_job_restarts",
+    "Restarts a TrainingJob has used from its budget (status.restarts).",
+    ["trainingjob_namespace", "trainingjob"],
+)
+JOB_RESTART_BUDGET: Final = Gauge(
+    "trainop_operator_job_restart_budget",
+    "The restart budget of a TrainingJob (spec.failurePolicy.backoffLimit).",
+    ["trainingjob_namespace", "trainingjob"],
+)
 RECONCILE_SECONDS: Final = Histogram(
     "trainop_operator_reconcile_duration_seconds",
     "Time of one reconcile of one TrainingJob, API calls included.",

@@ -4,6 +4,7 @@ observe -> decide (core.compute_plan) -> act -> write status once -> emit events
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -91,6 +92,8 @@ class Reconciler:
         plan = compute_plan(obs, self.clock(), self.config)
         await self.act(job, obs, plan)
         self._remember(key, plan.status, obs.pods)
+        if obs.spec is not None:
+            m.JOB_RESTART_BUDGET.labels(*key).set(obs.spec.failure_policy.backoff_limit)
         return plan.requeue_after
 
     async def observe(self, job: ObjDict) -> Observed:
@@ -187,7 +190,12 @@ class Reconciler:
             log.warning("could not record event %s: %s", ev.reason, exc)
 
     def _remember(self, key: Key, status: TrainingJobStatus, pods: Iterable[ObservedPod]) -> None:
-        self.phases[key] = (status.phase or Phase.PENDING).value
+        phase = (status.phase or Phase.PENDING).value
+        if self.phases.get(key) != phase:
+            for each in Phase:
+                m.JOB_PHASE.labels(*key, each.value).set(1 if each.value == phase else 0)
+        self.phases[key] = phase
+        m.JOB_RESTARTS.labels(*key).set(status.restarts)
         for jobs in self.jobs_on_node.values():
             jobs.discard(key)
         for pod in pods:
@@ -196,7 +204,14 @@ class Reconciler:
         self._export_phases()
 
     def _forget(self, key: Key) -> None:
-        self.phases.pop(key, None)
+        # A deleted job's series go away with it: no stale per-job series.
+        if self.phases.pop(key, None) is not None:
+            for each in Phase:
+                with contextlib.suppress(KeyError):
+                    m.JOB_PHASE.remove(*key, each.value)
+            for gauge in (m.JOB_RESTARTS, m.JOB_RESTART_BUDGET):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*key)
         for jobs in self.jobs_on_node.values():
             jobs.discard(key)
         self._export_phases()

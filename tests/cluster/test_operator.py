@@ -130,6 +130,10 @@ def test_worker_0_failure_is_replaced_and_the_job_continues(operator: Operator, 
     assert st["lastFailure"]["exitCode"] == 1
     assert st["lastFailure"]["message"] == "RuntimeError: NCCL timeout"
     assert st["restartsSummary"] == "1/6"
+    per_job = (
+        f'trainop_operator_job_restarts{{trainingjob="heal",trainingjob_namespace="{ns}"}} 1.0'
+    )
+    wait_for("per-job restarts metric", lambda: per_job in operator.metrics())
     assert any(e["reason"] == "WorkerFailed" for e in c.events(ns, "heal"))
 
 
@@ -388,6 +392,9 @@ def test_two_replicas_with_leader_election_one_acts_and_the_standby_takes_over(
         holder = c.get("lease", "trainop-operator", ns)["spec"]["holderIdentity"]
         assert standby.proc is not None
         assert holder.endswith(str(standby.proc.pid))
+        # A clean stop (rolling upgrade) hands the lease over at once.
+        standby.stop()
+        assert c.get("lease", "trainop-operator", ns)["spec"]["holderIdentity"] == ""
     finally:
         a.stop()
         b.stop()

@@ -92,6 +92,24 @@ class LeaderElector:
                 lost.set()
                 return
 
+    async def release(self) -> None:
+        """Hand the lease over at once on a clean shutdown, instead of making the
+        standby wait out the lease duration (rolling upgrades)."""
+        try:
+            lease = await self.kube.request("get", f"{self.path}/{self.name}", resource="leases")
+            spec = dict(lease.get("spec") or {})
+            if spec.get("holderIdentity") != self.identity:
+                return
+            spec["holderIdentity"] = ""
+            await self.kube.request(
+                "update",
+                f"{self.path}/{self.name}",
+                resource="leases",
+                body={**lease, "spec": spec},
+            )
+        except (KubeError, OSError) as exc:
+            log.warning("could not release the lease: %s", exc)
+
     async def _taken(self) -> bool:
         try:
             lease = await self.kube.request("get", f"{self.path}/{self.name}", resource="leases")
