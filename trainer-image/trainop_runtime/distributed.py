@@ -81,14 +81,18 @@ class DistContext:
 
 
 def init_distributed(
-    backend: str | None = None, *, timeout: timedelta = timedelta(seconds=120)
+    backend: str | None = None,
+    *,
+    timeout: timedelta = timedelta(seconds=120),
+    use_attempt_prefix: bool = True,
 ) -> DistContext:
     """Initialise the default process group from torchrun's env, with the attempt prefix.
 
     ``timeout`` bounds every collective: it is how long survivors wait for a peer
     that vanished without closing its sockets (a dead node) before they fail and
     their agent re-rendezvouses. Without torchrun (no ``RANK``) a world of one is
-    set up, so the same program runs on a laptop.
+    set up, so the same program runs on a laptop. ``use_attempt_prefix=False``
+    reproduces plain ``init_process_group("env://")`` key naming, for comparisons.
     """
     _prewarm_ddp_imports()
     env = os.environ
@@ -119,13 +123,13 @@ def init_distributed(
         wait_for_workers=False,
         multi_tenant=True,
     )
-    prefix = attempt_prefix(env)
-    if prefix is None:
+    prefix = attempt_prefix(env) if use_attempt_prefix else None
+    if prefix is None and use_attempt_prefix:
         logger.warning(
             "no %s from the launcher: in-place restarts may read stale peer addresses",
             contract.ENV_ATTEMPT_ID,
         )
-    else:
+    if prefix is not None:
         store = PrefixStore(prefix, store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     control = None if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)

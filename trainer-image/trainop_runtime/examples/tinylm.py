@@ -139,6 +139,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds of simulated input-pipeline time per step (keeps CPU tests light)",
     )
     p.add_argument(
+        "--no-attempt-prefix",
+        action="store_true",
+        help="init the process group without the per-attempt key prefix (shows the torch bug)",
+    )
+    p.add_argument(
         "--collective-timeout", type=float, default=120.0, help="seconds before a lost peer fails"
     )
     return p.parse_args(argv)
@@ -220,7 +225,11 @@ class Run:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    ctx = init_distributed(args.backend, timeout=timedelta(seconds=args.collective_timeout))
+    ctx = init_distributed(
+        args.backend,
+        timeout=timedelta(seconds=args.collective_timeout),
+        use_attempt_prefix=not args.no_attempt_prefix,
+    )
     pg_ready = time.time()
     run = Run(args, ctx)
     model_ready = time.time()
