@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from tests.exporter.helpers import (
@@ -40,10 +41,10 @@ def test_renderer_matches_prometheus_client_byte_for_byte(tmp_path: Path) -> Non
 
 
 class _Frozen:
-    def __init__(self, families: list[object]) -> None:
+    def __init__(self, families: list[Metric]) -> None:
         self._families = families
 
-    def collect(self) -> list[object]:
+    def collect(self) -> list[Metric]:
         return self._families
 
 
