@@ -97,7 +97,9 @@ def make_collector(
 ) -> TrainopCollector:
     return TrainopCollector(
         run_dir=run_dir,
-        gpu_reader=GpuReader(lambda: Nvml(fake), monotonic=time.monotonic, retry_seconds=0.0),
+        gpu_reader=GpuReader(
+            lambda: Nvml(fake), monotonic=time.monotonic, retry_seconds=0.0, rescan_seconds=0.0
+        ),
         rapl_reader=RaplReader(powercap),
         identity=IDENTITY,
         all_gpus=all_gpus,

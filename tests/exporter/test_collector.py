@@ -321,6 +321,25 @@ def test_retry_of_a_failed_init_is_rate_limited(run_dir: Path) -> None:
     assert fake.calls["nvmlInit"] == 2
 
 
+def test_missing_gpu_rescans_are_rate_limited(run_dir: Path) -> None:
+    write_gpus_file(run_dir, [uuid(0), uuid(9)])  # uuid(9) is not on this node
+    fake = FakeNVML(gpus(1))
+    now = [0.0]
+    collector = TrainopCollector(
+        run_dir=run_dir,
+        gpu_reader=GpuReader(lambda: Nvml(fake), monotonic=lambda: now[0], rescan_seconds=120),
+        rapl_reader=RaplReader(None),
+        identity=IDENTITY,
+    )
+    for t in (0.0, 15.0, 30.0, 60.0, 119.0, 121.0, 135.0):
+        now[0] = t
+        expo = scrape(collector)
+        assert expo.value(n.GPU_UP) == 0
+        assert exported_uuids(expo) == {uuid(0)}  # the GPU that is there is still exported
+    # First start, one rescan right after the first miss, one 120 s later.
+    assert fake.calls["nvmlInit"] == 3
+
+
 def test_lost_gpu_series_vanish_and_nvml_is_reinitialised(run_dir: Path) -> None:
     write_gpus_file(run_dir, [uuid(0), uuid(1)])
     fake = FakeNVML(gpus(2))

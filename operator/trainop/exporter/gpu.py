@@ -92,10 +92,14 @@ class GpuReader:
         *,
         monotonic: Callable[[], float],
         retry_seconds: float = 30.0,
+        rescan_seconds: float = 120.0,
     ) -> None:
         self._open_nvml = open_nvml
         self._monotonic = monotonic
         self._retry_seconds = retry_seconds
+        # nvmlInit takes seconds on a node without persistence mode, and it runs
+        # inside a scrape: looking for a missing GPU must stay rare.
+        self._rescan_seconds = rescan_seconds
         self._nvml: Nvml | None = None
         self._driver_version: str | None = None
         self._devices: dict[str, _Device] = {}
@@ -137,7 +141,12 @@ class GpuReader:
         except NvmlError:
             self._driver_version = None
         self._devices = self._enumerate(nvml)
-        self._states.clear("init", f"NVML started: {len(self._devices)} GPU(s) on this node")
+        self._states.clear("init", "NVML works again")
+        log.info(
+            "NVML started: %d GPU(s) on this node, driver %s",
+            len(self._devices),
+            self._driver_version or "unknown",
+        )
         return nvml
 
     def _enumerate(self, nvml: Nvml) -> dict[str, _Device]:
@@ -235,7 +244,7 @@ class GpuReader:
         # is slow on some nodes, so at most once per retry interval.
         now = self._monotonic()
         if now >= self._next_rescan_at:
-            self._next_rescan_at = now + self._retry_seconds
+            self._next_rescan_at = now + self._rescan_seconds
             self._reinit = True
 
     def _field(self, device: _Device, name: str, fn: Callable[[], T]) -> T | None:
