@@ -390,7 +390,9 @@ def test_xid_errors_counted_and_survive_reinit(run_dir: Path) -> None:
     assert after.value(n.GPU_XID_ERRORS, gpu_uuid=uuid(0)) == 3  # a counter never goes back
 
 
-def test_a_crashing_source_costs_only_its_own_series(run_dir: Path) -> None:
+def test_a_crashing_source_costs_only_its_own_series(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_progress(run_dir)
 
     class BrokenReader(GpuReader):
@@ -404,10 +406,14 @@ def test_a_crashing_source_costs_only_its_own_series(run_dir: Path) -> None:
         identity=IDENTITY,
         clock=lambda: NOW,
     )
-    expo = scrape(collector)
+    with caplog.at_level(logging.ERROR, logger="trainop.exporter"):
+        scrape(collector)
+        expo = scrape(collector)
     assert expo.value(n.GPU_UP) == 0
     assert expo.value(n.TRAINING_STEP) == 120
-    assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 1
+    assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 2
+    # The traceback is in the log, once, for whoever fixes the bug.
+    assert [r.exc_info is not None for r in caplog.records] == [True]
 
 
 # --- RAPL ------------------------------------------------------------------------

@@ -266,8 +266,12 @@ class TrainopCollector:
         except Exception:
             # A bug in one source must cost its own series, not the whole scrape
             # (a 500 would drop training metrics too) nor the process.
-            self._states.set(f"crash/{source}", f"reading {source} failed", logging.ERROR)
-            log.debug("reading %s failed", source, exc_info=True)
+            self._states.set(
+                f"crash/{source}",
+                f"reading {source} failed (a bug; logged once until it works again)",
+                logging.ERROR,
+                exc_info=True,
+            )
             source_name = n.SOURCE_NVML if source == "gpu" else n.SOURCE_RAPL
             self._file_errors[source_name] += 1
             return None

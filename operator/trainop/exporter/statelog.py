@@ -16,11 +16,13 @@ class StateLog:
         self._logger = logger
         self._last: dict[str, str] = {}
 
-    def set(self, topic: str, message: str, level: int = logging.WARNING) -> None:
+    def set(
+        self, topic: str, message: str, level: int = logging.WARNING, *, exc_info: bool = False
+    ) -> None:
         """Report that ``topic`` is in the state ``message``; logged if it changed."""
         if self._last.get(topic) != message:
             self._last[topic] = message
-            self._logger.log(level, "%s", message)
+            self._logger.log(level, "%s", message, exc_info=exc_info)
 
     def clear(self, topic: str, message: str) -> None:
         """``topic`` is fine again; logs ``message`` at INFO only if it was not."""
