@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from trainop.exporter.collector import TrainopCollector
+from trainop.exporter.exposition import TextRenderer
 from trainop.exporter.fake_nvml import FakeGpu, FakeNVML
 from trainop.exporter.gpu import GpuReader
 from trainop.exporter.nvml import Nvml
@@ -138,9 +138,8 @@ class Exposition:
 
 
 def scrape(collector: TrainopCollector) -> Exposition:
-    registry = CollectorRegistry()
-    registry.register(collector)
-    return Exposition(generate_latest(registry).decode())
+    """What /metrics would serve for this collector alone (no process metrics)."""
+    return Exposition(TextRenderer().render(collector.collect()).decode())
 
 
 # --- real processes ---------------------------------------------------------
