@@ -118,3 +118,20 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         ):
             pass  # pragma: no cover
         assert first.proc.poll() is None  # the one already serving is unharmed
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({"TRAINOP_EXPORTER_PORT": "http"}, id="port"),
+        pytest.param({"TRAINOP_EXPORTER_STALE_SECONDS": "5m"}, id="stale seconds"),
+        pytest.param({"TRAINOP_EXPORTER_LOG_LEVEL": "chatty"}, id="log level"),
+    ],
+)
+def test_bad_env_is_a_usage_error_not_a_traceback(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config([], env)
+    assert exit_info.value.code == 2
+    assert "invalid" in capsys.readouterr().err

@@ -88,7 +88,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         "--address", default=env(ENV_ADDRESS, DEFAULT_ADDRESS), help=f"env {ENV_ADDRESS}"
     )
     parser.add_argument(
-        "--port", type=int, default=int(env(ENV_PORT, DEFAULT_PORT)), help=f"env {ENV_PORT}"
+        "--port", type=int, default=env(ENV_PORT, DEFAULT_PORT), help=f"env {ENV_PORT}"
     )
     parser.add_argument(
         "--run-dir",
@@ -107,7 +107,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
     parser.add_argument(
         "--stale-after",
         type=float,
-        default=float(env(ENV_STALE_SECONDS, DEFAULT_STALE_SECONDS)),
+        default=env(ENV_STALE_SECONDS, DEFAULT_STALE_SECONDS),
         metavar="SECONDS",
         help=f"a progress report older than this sets trainop_training_up 0 "
         f"(env {ENV_STALE_SECONDS})",
@@ -118,7 +118,11 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         help=f"sysfs powercap dir for RAPL CPU energy; empty disables (env {ENV_POWERCAP_ROOT})",
     )
     parser.add_argument(
-        "--log-level", default=env(ENV_LOG_LEVEL, "INFO"), help=f"env {ENV_LOG_LEVEL}"
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=env(ENV_LOG_LEVEL, "INFO"),
+        help=f"env {ENV_LOG_LEVEL}",
     )
     parser.add_argument(
         "--fake-nvml-gpus",
