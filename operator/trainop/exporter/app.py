@@ -52,6 +52,7 @@ DEFAULT_STALE_SECONDS = 300.0
 METRICS_PATH = "/metrics"
 
 _TRUE = {"1", "true", "yes", "on"}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
     parser.add_argument(
         "--log-level",
         type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        default=env(ENV_LOG_LEVEL, "INFO"),
+        choices=_LOG_LEVELS,
+        default=env(ENV_LOG_LEVEL, "INFO").upper(),
         help=f"env {ENV_LOG_LEVEL}",
     )
     parser.add_argument(
@@ -132,6 +133,8 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         help="TESTING ONLY: read N simulated GPUs (FakeNVML) instead of NVML",
     )
     args = parser.parse_args(argv)
+    if args.log_level not in _LOG_LEVELS:  # argparse checks choices on flags, not defaults
+        parser.error(f"{ENV_LOG_LEVEL}: invalid level {args.log_level!r}")
     return ExporterConfig(
         address=args.address,
         port=args.port,
@@ -139,7 +142,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         all_gpus=args.all_gpus,
         stale_after_seconds=args.stale_after,
         powercap_root=Path(args.powercap_root) if args.powercap_root else None,
-        log_level=args.log_level.upper(),
+        log_level=args.log_level,
         identity=identity_from_env(environ),
         fake_nvml_gpus=args.fake_nvml_gpus,
     )
