@@ -54,7 +54,8 @@ class FakeGpu:
     temperature_c: int = 35
     sm_clock_mhz: int = 1980
     clock_event_reasons: int = 0
-    # What the device can report at all; H100 SXM reports none of display/sync.
+    # What the device can report at all: by default 7 of the 9 bits, so tests
+    # see a device that cannot report every reason.
     supported_clock_event_reasons: int = 0x0EF
     ecc_corrected: int = 0
     ecc_uncorrected: int = 0

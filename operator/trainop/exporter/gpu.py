@@ -241,7 +241,7 @@ class GpuReader:
 
     def _schedule_rescan(self) -> None:
         # A GPU back from a reset only shows up in a fresh enumeration; re-init
-        # is slow on some nodes, so at most once per retry interval.
+        # is slow on some nodes, so at most once per rescan interval.
         now = self._monotonic()
         if now >= self._next_rescan_at:
             self._next_rescan_at = now + self._rescan_seconds
