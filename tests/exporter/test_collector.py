@@ -303,6 +303,9 @@ def test_no_gpu_keeps_training_metrics_and_says_so_once(
     said = [r.getMessage() for r in caplog.records if "No usable NVIDIA GPU" in r.getMessage()]
     assert len(said) == 1
     assert init_error in said[0]
+    # The trainer has a GPU, so the likely cause is named, once.
+    hints = [r for r in caplog.records if "NVIDIA_VISIBLE_DEVICES=all" in r.getMessage()]
+    assert len(hints) == 1
     assert fake.calls["nvmlInit"] == 4  # retried (retry_seconds=0 here) without crashing
 
 

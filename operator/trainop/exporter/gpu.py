@@ -190,7 +190,15 @@ class GpuReader:
         """Read the GPUs chosen by ``visibility.select_gpus``."""
         nvml = self._start()
         if nvml is None:
+            if wanted:
+                self._states.set(
+                    "blind",
+                    f"the trainer sees {len(wanted)} GPU(s) but this sidecar cannot use NVML: "
+                    "the NVIDIA container toolkit must honour NVIDIA_VISIBLE_DEVICES=all for "
+                    "it (see trainop/exporter/README.md)",
+                )
             return GpuSnapshot(up=False, read_errors=self._errors)
+        self._states.clear("blind", "NVML is usable in this sidecar now")
         selection = visibility.select_gpus(list(self._devices), wanted, all_gpus=all_gpus)
         if wanted is None and not all_gpus:
             self._states.set(
