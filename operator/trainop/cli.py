@@ -136,6 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     rn.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
     rn.set_defaults(func=_run)
+    ex = sub.add_parser(
+        "exporter",
+        help="run the metrics sidecar (same as python -m trainop.exporter)",
+        add_help=False,
+    )
+    ex.set_defaults(func=None)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["exporter"]:
+        from trainop.exporter.app import main as exporter_main  # noqa: PLC0415
+
+        return exporter_main(argv[1:])
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

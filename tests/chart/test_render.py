@@ -90,14 +90,17 @@ def test_image_defaults_to_the_app_version_and_serves_as_the_sidecar() -> None:
 
 def test_cluster_wide_mode_has_one_cluster_role_and_no_namespace_flags() -> None:
     r = template()
-    assert [o["metadata"]["name"] for o in r.of_kind("ClusterRole")] == ["trainop"]
+    assert sorted(o["metadata"]["name"] for o in r.of_kind("ClusterRole")) == [
+        "trainop",
+        "trainop-progress-reporter",
+    ]
     assert r.of_kind("Role") == []
     assert not [a for a in _operator(r)["args"] if a.startswith("--namespace")]
     assert r.one("Deployment")["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_namespaced_mode_has_a_role_per_namespace_and_only_reads_cluster_wide() -> None:
-    r = template(*NAMESPACED)
+    r = template(*NAMESPACED, "--set", "progressReporter.enabled=false")
     assert sorted(o["metadata"]["namespace"] for o in r.of_kind("Role")) == ["team-a", "team-b"]
     assert sorted(o["metadata"]["namespace"] for o in r.of_kind("RoleBinding")) == [
         "team-a",
@@ -129,6 +132,17 @@ def test_rbac_has_no_wildcards_and_never_touches_secrets(args: tuple[str, ...]) 
             assert "*" not in rule.get(key, []), rule
         assert not {"secrets", "configmaps", "serviceaccounts"} & set(rule["resources"]), rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+def test_progress_reporter_may_only_patch_pods_and_is_bound_where_asked() -> None:
+    r = template("--set", "progressReporter.bindings[0].namespace=team-a")
+    (role,) = [o for o in r.of_kind("ClusterRole") if o["metadata"]["name"].endswith("-reporter")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+    (binding,) = [o for o in r.of_kind("RoleBinding") if o["metadata"]["namespace"] == "team-a"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "default", "namespace": "team-a"}
+    ]
 
 
 def test_ha_mode_elects_a_leader_over_a_lease_in_the_release_namespace() -> None:

@@ -307,7 +307,8 @@ def _exporter(spec: TrainingJobSpec, config: OperatorConfig) -> ObjDict:
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
         ],
         "volumeMounts": [{"name": c.RUN_VOLUME, "mountPath": rc.DEFAULT_RUN_DIR, "readOnly": True}],
-        "readinessProbe": {"httpGet": {"path": "/metrics", "port": port}, "periodSeconds": 10},
+        # /healthz, not /metrics: a probe must not cost a full NVML read.
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10},
         "resources": {
             "requests": {"cpu": "10m", "memory": "48Mi"},
             "limits": {"memory": "128Mi"},

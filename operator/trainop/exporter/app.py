@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from trainop import __version__
 from trainop.exporter import names
+from trainop.exporter.annotate import ANNOTATION, ProgressAnnotator
 from trainop.exporter.collector import TrainopCollector
 from trainop.exporter.exposition import CONTENT_TYPE, TextRenderer
 from trainop.exporter.gpu import GpuReader
@@ -272,6 +273,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
+    annotator = ProgressAnnotator.from_env(
+        os.environ if environ is None else environ, config.run_dir
+    )
+    if annotator is None:
+        stop.wait()
+    else:
+        log.info("pushing progress to pod annotation %s every %.0f s", ANNOTATION, annotator.every)
+        while not stop.wait(annotator.every):
+            annotator.push_once()
     exporter.stop()
     return 0
