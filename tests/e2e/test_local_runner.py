@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,7 +58,7 @@ def trainop_run(job: Path, workdir: Path, *extra: str) -> subprocess.Popen[str]:
 def test_every_shipped_example_is_valid_for_the_runner_and_the_cluster() -> None:
     crd = yaml.safe_load((ROOT / "crds" / "trainop.dev_trainingjobs.yaml").read_text())
     for path in sorted((ROOT / "examples").glob("*.yaml")):
-        name, spec = load_job(path)
+        _, spec = load_job(path)
         assert spec.replicas >= 1, path
         doc = yaml.safe_load(path.read_text())
         assert doc["apiVersion"] == f"{crd['spec']['group']}/v1alpha1"
@@ -104,10 +105,8 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     deadline = time.monotonic() + 240
     step = 0
     while time.monotonic() < deadline and step < 8:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             step = int(json.loads(progress.read_text()).get("step") or 0)
-        except (OSError, ValueError):
-            pass
         time.sleep(0.5)
     assert step >= 8, "training never got going"
     os.killpg(proc.pid, signal.SIGINT)

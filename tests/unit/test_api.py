@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from trainop.api.parse import parse_spec
 from trainop.api.spec import TrainingJobSpec
 from trainop.api.status import TrainingJobStatus
-from trainop.api.parse import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "trainop.dev_trainingjobs.yaml").read_text())
