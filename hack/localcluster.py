@@ -248,8 +248,9 @@ def gpu_node(name: str, gpus: int) -> dict[str, object]:
 def up() -> Path:
     d = cluster_dir()
     kubeconfig = d / "kubeconfig"
-    if (d / "pids").exists() and any(_alive(p) for p in _pids(d)):
+    if running(d):
         return kubeconfig
+    down()  # stale state from a stopped session: its pids may belong to others now
     b = bins()
     t0 = time.monotonic()
     shutil.rmtree(d, ignore_errors=True)
@@ -385,6 +386,19 @@ def up() -> Path:
     return kubeconfig
 
 
+def running(d: Path | None = None) -> bool:
+    """A live cluster answers /readyz; pids alone can be recycled after a reboot."""
+    d = d or cluster_dir()
+    kubeconfig = d / "kubeconfig"
+    if not kubeconfig.exists() or not any(_alive(p) for p in _pids(d)):
+        return False
+    server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    try:
+        return _healthy(int(server.rsplit(":", 1)[1]), d / "pki")
+    except (OSError, ValueError):
+        return False
+
+
 def _nodes_ready(b: Bins, kubeconfig: Path) -> bool:
     out = kubectl(
         b,
@@ -402,6 +416,14 @@ def _pids(d: Path) -> list[int]:
     return [int(p.read_text()) for p in (d / "pids").glob("*.pid")] if (d / "pids").exists() else []
 
 
+def _ours(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return str(cache_dir()).encode() in cmdline or b"trainop" in cmdline
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -412,7 +434,9 @@ def _alive(pid: int) -> bool:
 
 def down() -> None:
     d = cluster_dir()
-    pids = _pids(d)
+    # Only our own processes: a pid whose command line is not a cluster binary is
+    # someone else's after a restart, and is left alone.
+    pids = [p for p in _pids(d) if _ours(p)]
     for pid in pids:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGTERM)

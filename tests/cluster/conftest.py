@@ -107,7 +107,7 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    was_up = any(localcluster._alive(p) for p in localcluster._pids(localcluster.cluster_dir()))
+    was_up = localcluster.running()
     kubeconfig = localcluster.up()
     yield Cluster(kubeconfig, localcluster.bins(build=False))
     if not was_up and not os.environ.get("TRAINOP_KEEP_CLUSTER"):
