@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=_operator)
     rn = sub.add_parser("run", help="run a TrainingJob file on this machine, no cluster")
-    rn.add_argument("file", help="a TrainingJob YAML, e.g. examples/quickstart.yaml")
+    rn.add_argument(
+        "file",
+        nargs="?",
+        default=str(Path(__file__).parent / "local" / "quickstart.yaml"),
+        help="a TrainingJob YAML (default: the built-in quickstart, examples/quickstart.yaml)",
+    )
     rn.add_argument(
         "--workdir",
         default=".trainop",

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import Cluster, wait_for, wait_until
+from tests.cluster.conftest import ROOT, Cluster, wait_for, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -117,3 +117,9 @@ def test_pod_asking_more_gpus_than_any_node_stays_pending_with_the_schedulers_re
     assert cond["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in cond["message"]
     assert cluster.get("pod", "huge", ns)["status"]["phase"] == "Pending"
+
+
+def test_every_shipped_example_is_accepted_by_the_api_server(crd: Cluster, ns: str) -> None:
+    out = crd.kubectl("apply", "--dry-run=server", "-n", ns, "-f", str(ROOT / "examples"))
+    created = [line for line in out.splitlines() if "created (server dry run)" in line]
+    assert len(created) == len(list((ROOT / "examples").glob("*.yaml")))
