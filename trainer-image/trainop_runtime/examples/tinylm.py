@@ -37,6 +37,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402, N812 - the conventional name
 from torch import nn  # noqa: E402
+from torch.distributed.elastic.multiprocessing.errors import record  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from trainop_runtime import contract  # noqa: E402
@@ -281,4 +282,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # record() writes the exception to torchrun's error file, so the launcher's
+    # termination log carries the real message, not just "exited with 1".
+    sys.exit(record(main)())
