@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from trainop_runtime.localjob import Agent, JobSpec, LocalJob, wait_for
+from trainop_runtime.localjob import Agent, JobSpec, LocalJob, first, wait_for
 
 PROGRAM = ("--batch-size", "8", "--seq-len", "32", "--d-model", "32", "--step-sleep", "0.02")
 PHASES = ("detect", "rendezvous", "process_start", "model_build", "ckpt_load", "first_step")
@@ -48,7 +48,7 @@ def _job(workdir: Path, *, nnodes: str, extra: tuple[str, ...] = (), **spec: Any
 
 
 def _kill_worker(agent: Agent) -> float:
-    pid = wait_for(lambda: (agent.workers() or [None])[0], timeout=60, what="a worker")
+    pid = wait_for(lambda: first(agent.workers()), timeout=60, what="a worker")
     os.kill(pid, signal.SIGKILL)
     return time.time()
 

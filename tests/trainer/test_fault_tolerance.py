@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from trainop_runtime.localjob import Agent, LocalJob, wait_for
+from trainop_runtime.localjob import Agent, LocalJob, first, wait_for
 
 pytestmark = pytest.mark.torch
 
@@ -27,7 +27,7 @@ FIRST_LOSS = 3.0  # ln(26 characters) ~ 3.26: an untrained model
 
 
 def _kill_a_worker(agent: Agent) -> float:
-    pid = wait_for(lambda: (agent.workers() or [None])[0], timeout=30, what="a worker pid")
+    pid = wait_for(lambda: first(agent.workers()), timeout=30, what="a worker pid")
     os.kill(pid, signal.SIGKILL)
     return time.time()
 
@@ -47,7 +47,7 @@ def _rounds(agent: Agent) -> int:
 
 
 def _wait_done(job: LocalJob, *agents: Agent, steps: int) -> None:
-    done = wait_for(lambda: (job.events("done") or [None])[0], timeout=STARTUP, what="the end")
+    done = wait_for(lambda: first(job.events("done")), timeout=STARTUP, what="the end")
     assert done["step"] == steps
     assert done["loss"] < FIRST_LOSS - 1.0
     for a in agents:

@@ -197,8 +197,8 @@ def test_uuids_from_env(env: dict[str, str], uuids: list[str]) -> None:
 # --- checkpoints -------------------------------------------------------------------
 
 
-def _state(step: int) -> dict[str, object]:
-    return {"step": step, "w": torch.full((4,), float(step))}
+def _state(step: int) -> dict[str, torch.Tensor]:
+    return {"step": torch.tensor(step), "w": torch.full((4,), float(step))}
 
 
 def test_resume_skips_torn_and_corrupt_checkpoints(tmp_path: Path) -> None:
@@ -300,12 +300,23 @@ def test_progress_is_rate_limited_and_has_contract_keys(tmp_path: Path) -> None:
         restarts=2,
         clock=lambda: now[0],
     )
-    kw = {"loss": 2.5, "step_seconds": 0.1, "world_size": 4, "checkpoint_time": None}
-    assert rep.report(step=1, samples=10, checkpoint_step=None, **kw)
+
+    def report(step: int) -> bool:
+        return rep.report(
+            step=step,
+            samples=10 * step,
+            loss=2.5,
+            step_seconds=0.1,
+            world_size=4,
+            checkpoint_step=None,
+            checkpoint_time=None,
+        )
+
+    assert report(1)
     now[0] += 0.5
-    assert not rep.report(step=2, samples=20, checkpoint_step=None, **kw)
+    assert not report(2)
     now[0] += 0.5
-    assert rep.report(step=3, samples=30, checkpoint_step=None, **kw)
+    assert report(3)
 
     doc = json.loads((tmp_path / contract.PROGRESS_FILE).read_text())
 

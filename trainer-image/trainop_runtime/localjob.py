@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -48,6 +48,11 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def first(items: Sequence[T]) -> T | None:
+    """The first item or None: a probe for :func:`wait_for`."""
+    return items[0] if items else None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
