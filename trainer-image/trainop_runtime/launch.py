@@ -10,8 +10,10 @@ Differences from plain ``torchrun``, each for a user-visible reason:
   and a one-line reason in the termination log: the operator's failure policy and
   ``kubectl describe`` see the real cause (OOMKilled 137, a Python error 1, ...).
 * SIGTERM gives workers the pod's grace period to checkpoint, minus a margin for
-  the agent to exit, through torch's ``--shutdown-timeout`` (torch >= 2.8; before
-  that ``LocalElasticAgent._shutdown`` hard-coded 30 s, pytorch/pytorch#119856).
+  the agent to exit, through torchrun's ``--shutdown-timeout`` (``LaunchConfig.
+  shutdown_timeout``, passed to ``LocalElasticAgent`` and used on its SIGTERM path;
+  checked in torch 2.15). Older torch hard-coded 30 s (pytorch/pytorch#119856):
+  there the flag is dropped with a warning.
 * Workers get a per-round attempt id (:mod:`trainop_runtime.rendezvous`) that makes
   in-place restarts reliable.
 * gpus.json for the metrics sidecar.
@@ -33,7 +35,7 @@ from typing import NoReturn
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import launch_agent
-from torch.distributed.run import config_from_args, parse_args
+from torch.distributed.run import config_from_args, get_args_parser, parse_args
 
 from trainop_runtime import contract, gpus, rendezvous
 
@@ -202,6 +204,15 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         logger.warning("cannot write %s: %s", contract.GPUS_FILE, e)
     rendezvous.register(run_dir)
     torchrun_argv = build_torchrun_args(env, entry, standalone=standalone)
+    if "--shutdown-timeout" not in get_args_parser()._option_string_actions:
+        i = (
+            torchrun_argv.index("--shutdown-timeout")
+            if "--shutdown-timeout" in torchrun_argv
+            else -1
+        )
+        if i >= 0:
+            logger.warning("this torch's torchrun has no --shutdown-timeout: workers get 30 s")
+            del torchrun_argv[i : i + 2]
     logger.info("torchrun %s", " ".join(torchrun_argv))
     rendezvous.append_event(run_dir, "launch", argv=torchrun_argv)
 
