@@ -178,3 +178,28 @@ def test_sigterm_checkpoints_every_finished_step(make_job: Callable[..., LocalJo
     assert start["resumed_step"] == finished
     assert start["resumed_loss"] == pytest.approx(stop["loss"])
     job.wait_for_step(finished + 1, timeout=RECOVERY)
+
+
+def test_sigterm_to_one_pod_checkpoints_and_the_rest_carry_on(
+    make_job: Callable[..., LocalJob],
+) -> None:
+    """Scale-down or preemption of one pod: no finished step is lost, the rest continue."""
+    job = make_job(steps=100_000, nnodes="1:2", checkpoint_every_steps=50)
+    a = job.start_agent("a")
+    b = job.start_agent("b")
+    job.wait_for_step(30, timeout=STARTUP)
+
+    term = time.time()
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(timeout=60) == 143
+    start = job.wait_for_start(term, timeout=RECOVERY)
+
+    stop = job.events("stop")[-1]
+    assert start["world_size"] == 1
+    assert (
+        start["resumed_step"]
+        == stop["step"]
+        == max(e["step"] for e in job.events("step") if e["time"] < start["time"])
+    )
+    job.wait_for_step(stop["step"] + 10, timeout=RECOVERY)
+    assert a.proc.poll() is None
