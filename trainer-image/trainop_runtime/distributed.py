@@ -74,7 +74,7 @@ class DistContext:
     local_rank: int
     local_world_size: int
     backend: str
-    device: Any  # torch.device; torch.device
+    device: torch.device
     # A gloo group for small CPU-side control messages (stop flags), so they never
     # force a GPU sync. None means "use the default group" (already gloo).
     control_group: Any
