@@ -124,3 +124,26 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     assert second["steps"] == 40
     # Resumed, not restarted: its first loss is already below a fresh model's.
     assert second["first_loss"] < first["first_loss"]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_failed_pod_is_replaced_and_rejoins_the_running_job(tmp_path: Path) -> None:
+    # With no in-place restarts allowed, a killed worker process fails its whole
+    # agent (pod): the runner's policy replaces the pod, which must be able to join
+    # the survivors' rendezvous (torch closes it on a failed agent's exit).
+    job = quickstart(
+        tmp_path,
+        60,
+        checkpoint={"everySteps": 10},
+        rendezvous={"maxRestartsPerAgent": 0, "lastCallTimeoutSeconds": 1},
+        failurePolicy={"backoffLimit": 5, "backoffSeconds": 0},
+    )
+    proc = trainop_run(job, tmp_path / "w", "--kill-every", "40")
+    out, _ = proc.communicate(timeout=480)
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((tmp_path / "w" / "quickstart" / "summary.json").read_text())
+    assert summary["kills"] >= 1
+    assert summary["restarts"] >= 1, "the killed worker's pod was never replaced"
+    assert "RendezvousClosedError" not in out
+    assert summary["steps"] == 60

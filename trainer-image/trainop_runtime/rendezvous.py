@@ -143,7 +143,13 @@ class AgreedAttemptHandler(RendezvousHandler):
         return str(self._inner.get_run_id())
 
     def shutdown(self) -> bool:
-        return bool(self._inner.shutdown())
+        # torch closes the rendezvous for good when an agent exits after its workers
+        # failed (launcher/api.py, launch_agent's finally): every survivor's next
+        # round and every replacement pod then die with RendezvousClosedError, so
+        # one failed pod ends the whole elastic job (kubeflow/trainer#1638). Here the
+        # operator owns the job's lifetime: it deletes the pods when the job ends and
+        # starts a fresh rendezvous id on a RestartJob, so an agent never closes it.
+        return True
 
 
 def register(run_dir: Path | None) -> None:
