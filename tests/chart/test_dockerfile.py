@@ -27,9 +27,7 @@ def test_the_image_runs_as_the_chart_s_non_root_uid() -> None:
 
 def test_the_base_is_a_pinned_argument_and_never_latest() -> None:
     ins = instructions(DOCKERFILE)
-    args = dict(
-        rest.split("=", 1) for keyword, rest in ins if keyword == "ARG" and "=" in rest
-    )
+    args = dict(rest.split("=", 1) for keyword, rest in ins if keyword == "ARG" and "=" in rest)
     assert "PYTHON_IMAGE" in args
     assert ":" in args["PYTHON_IMAGE"]
     assert not args["PYTHON_IMAGE"].endswith(":latest")

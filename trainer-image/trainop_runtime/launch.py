@@ -46,11 +46,13 @@ _REASON_MAX = 400  # the kubelet keeps 4 KiB of the termination log; one line is
 
 @dataclass(frozen=True)
 class Entry:
-    """What each worker runs: ``python -m module`` or ``python script``, plus args."""
+    """What each worker runs: ``python -m module``, ``python script`` or, with
+    ``no_python``, the program that is the first of ``args``; plus args."""
 
     module: str | None
     script: str | None
     args: tuple[str, ...] = ()
+    no_python: bool = False
 
 
 def shutdown_timeout_for_grace(grace_seconds: float) -> int:
@@ -112,6 +114,10 @@ def build_torchrun_args(env: Mapping[str, str], entry: Entry, *, standalone: boo
         args += ["--module", entry.module]
     elif entry.script:
         args += [entry.script]
+    elif entry.no_python and entry.args and not entry.args[0].startswith("-"):
+        # The program is the first arg; torchrun must not read it as one of its options.
+        args += ["--no-python", entry.args[0]]
+        return [*args, *entry.args[1:]]
     else:
         raise ValueError(
             f"no entrypoint: pass --module/--script or set "
@@ -171,11 +177,16 @@ def write_termination_log(env: Mapping[str, str], reason: str) -> None:
         logger.warning("cannot write termination log %s: %s", path, e)
 
 
-def _parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Entry, bool]:
+def parse_argv(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Entry, bool]:
     parser = argparse.ArgumentParser(prog="trainop-launch", description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--module", help="run `python -m MODULE` in each worker")
     which.add_argument("--script", help="run `python SCRIPT` in each worker")
+    which.add_argument(
+        "--no-python",
+        action="store_true",
+        help="run the program named by the first arg after -- (spec.entrypoint.command)",
+    )
     parser.add_argument(
         "--standalone", action="store_true", help="one node, own store: no store pod needed"
     )
@@ -186,6 +197,8 @@ def _parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Entry, bool]:
         rest = rest[1:]
     module = ns.module or (None if ns.script else env.get(contract.ENV_ENTRY_MODULE))
     script = ns.script or (None if module else env.get(contract.ENV_ENTRY_SCRIPT))
+    if ns.no_python:
+        return Entry(None, None, tuple(rest), no_python=True), bool(ns.standalone)
     return Entry(module=module, script=script, args=tuple(rest)), bool(ns.standalone)
 
 
@@ -195,7 +208,7 @@ def _raise_signal_exception(signum: int, frame: FrameType | None) -> NoReturn:
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Launch the agent in this process; return the container's exit code."""
-    entry, standalone = _parse(argv, env)
+    entry, standalone = parse_argv(argv, env)
     run_dir = Path(env.get(contract.ENV_RUN_DIR, contract.DEFAULT_RUN_DIR))
     try:
         uuids = gpus.write_gpus_file(run_dir, env)
