@@ -346,27 +346,16 @@ def _account_failures(
             time=now,
         )
         draft.warn("WorkerFailed", f"{detail}; action {st.last_failure.action}")
-        if over_budget:
+        ending = (
+            ("BackoffLimitExceeded", f"the restart budget of {policy.backoff_limit} is used up")
+            if over_budget
+            else ("FailedByRule", "a failurePolicy rule says FailJob")
+            if action is Action.FAIL_JOB
+            else None
+        )
+        if ending is not None:
             st.handled_failures = handled[-MAX_HANDLED:]
-            _fail(
-                draft,
-                obs,
-                spec,
-                now,
-                "BackoffLimitExceeded",
-                f"{detail}; the restart budget of {policy.backoff_limit} is used up",
-            )
-            return True
-        if action is Action.FAIL_JOB:
-            st.handled_failures = handled[-MAX_HANDLED:]
-            _fail(
-                draft,
-                obs,
-                spec,
-                now,
-                "FailedByRule",
-                f"{detail}; a failurePolicy rule says FailJob",
-            )
+            _fail(draft, obs, spec, now, ending[0], f"{detail}; {ending[1]}")
             return True
         if counted:
             st.restarts += 1
