@@ -20,6 +20,7 @@ import yaml
 
 from tests.chart.helpers import CHART, Obj, helm_bin
 from tests.cluster.conftest import Cluster, localcluster, wait_for
+from tests.procs import stop_group
 
 WORKERS = "trainop.dev/job-name={name},trainop.dev/role=worker"
 
@@ -179,13 +180,7 @@ def operator_as_sa(release: Release, tmp: Path, *, tag: str = "op") -> Iterator[
     try:
         yield op
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc, grace=20)
 
 
 def training_job(name: str, replicas: int = 2, **spec: Any) -> Obj:

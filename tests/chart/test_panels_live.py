@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ import yaml
 from tests.chart.helpers import Query, dashboard_queries, tool, write_rule_file
 from tests.chart.kube import WORKERS, phase, running_workers, training_job
 from tests.cluster.conftest import Cluster, Operator, localcluster, wait_for
+from tests.procs import stop_group
 from trainop.exporter.fake_nvml import demo_gpus
 from trainop_runtime import contract
 
@@ -105,13 +105,7 @@ def process(argv: list[str], log: Path, env: dict[str, str]) -> Iterator[subproc
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc, grace=15)
 
 
 def sidecar(stack: ExitStack, tmp: Path, ns: str, slot: int) -> int:

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.procs import stop_group
+
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("localcluster", ROOT / "hack" / "localcluster.py")
 assert _spec is not None
@@ -186,12 +188,8 @@ class Operator:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None:
+            stop_group(self.proc, grace=15)
         self.proc = None
 
     def alive(self) -> bool:
