@@ -204,32 +204,21 @@ def test_kubectl_scale_adds_and_removes_workers(operator: Operator, ns: str) -> 
     assert st["restarts"] == 0
 
 
+def set_suspend(c: Cluster, ns: str, name: str, suspend: bool) -> None:
+    patch = json.dumps({"spec": {"suspend": suspend}})
+    c.kubectl("patch", f"trainingjob/{name}", "-n", ns, "--type=merge", "-p", patch)
+
+
 def test_suspend_and_resume(operator: Operator, ns: str) -> None:
     c = operator.cluster
     c.apply(tj("pause"), ns)
     until_running(c, ns, "pause", 2)
-    c.kubectl(
-        "patch",
-        "trainingjob/pause",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"suspend": True}}),
-    )
+    set_suspend(c, ns, "pause", True)
     until_phase(c, ns, "pause", "Suspended")
     wait_for(
         "no pods while suspended", lambda: not c.list("pods", ns, "trainop.dev/job-name=pause")
     )
-    c.kubectl(
-        "patch",
-        "trainingjob/pause",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"suspend": False}}),
-    )
+    set_suspend(c, ns, "pause", False)
     until_running(c, ns, "pause", 2)
     st = until_phase(c, ns, "pause", "Running")
     assert st["restarts"] == 0
