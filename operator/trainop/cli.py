@@ -76,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         workdir=Path(args.workdir),
         metrics_port=args.metrics_port,
         kill_every=args.kill_every,
+        kill_every_steps=args.kill_every_steps,
         seed=args.seed,
         replicas=args.replicas,
     )
@@ -137,7 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="fault injection: SIGKILL a random worker process this often",
+        help="fault injection: SIGKILL a random worker process after this many seconds "
+        "of training (counted from when training moves past the previous kill)",
+    )
+    rn.add_argument(
+        "--kill-every-steps",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="fault injection: SIGKILL a random worker process each time training gets "
+        "this many steps past the previous kill (deterministic, whatever the machine's speed)",
     )
     rn.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
     rn.set_defaults(func=_run)

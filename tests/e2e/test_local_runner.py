@@ -81,9 +81,9 @@ def test_invalid_file_gets_the_operators_message_and_exit_code_2(tmp_path: Path)
 @pytest.mark.slow
 def test_quickstart_survives_fault_injection_and_learns(tmp_path: Path) -> None:
     job = quickstart(tmp_path, 60, checkpoint={"everySteps": 10})
-    # Long enough between kills for a recovery (rendezvous + restart + checkpoint load)
-    # and some progress on a busy 2-core machine.
-    proc = trainop_run(job, tmp_path / "w", "--kill-every", "30")
+    # Kills by progress, not wall time: a fast machine must not finish before the
+    # first kill, nor a slow one be killed again while still recovering.
+    proc = trainop_run(job, tmp_path / "w", "--kill-every-steps", "20")
     out, _ = proc.communicate(timeout=480)
     assert proc.returncode == 0, out[-4000:]
     summary = json.loads((tmp_path / "w" / "quickstart" / "summary.json").read_text())
@@ -139,7 +139,7 @@ def test_a_failed_pod_is_replaced_and_rejoins_the_running_job(tmp_path: Path) ->
         rendezvous={"maxRestartsPerAgent": 0, "lastCallTimeoutSeconds": 1},
         failurePolicy={"backoffLimit": 5, "backoffSeconds": 0},
     )
-    proc = trainop_run(job, tmp_path / "w", "--kill-every", "40")
+    proc = trainop_run(job, tmp_path / "w", "--kill-every-steps", "20")
     out, _ = proc.communicate(timeout=480)
     assert proc.returncode == 0, out[-4000:]
     summary = json.loads((tmp_path / "w" / "quickstart" / "summary.json").read_text())

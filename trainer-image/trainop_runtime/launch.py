@@ -16,16 +16,23 @@ Differences from plain ``torchrun``, each for a user-visible reason:
   there the flag is dropped with a warning.
 * Workers get a per-round attempt id (:mod:`trainop_runtime.rendezvous`) that makes
   in-place restarts reliable.
+* Python workers are forked from a pre-imported zygote (:mod:`trainop_runtime.zygote`),
+  so a restart does not pay ``import torch`` again.
 * gpus.json for the metrics sidecar.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +44,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import launch_agent
 from torch.distributed.run import config_from_args, get_args_parser, parse_args
 
-from trainop_runtime import contract, gpus, rendezvous
+from trainop_runtime import contract, gpus, rendezvous, zygote
 
 logger = logging.getLogger("trainop_runtime.launch")
 
@@ -124,6 +131,40 @@ def build_torchrun_args(env: Mapping[str, str], entry: Entry, *, standalone: boo
             f"{contract.ENV_ENTRY_MODULE}/{contract.ENV_ENTRY_SCRIPT}"
         )
     return [*args, *entry.args]
+
+
+def zygote_entry(entry: Entry, python: str) -> Entry | None:
+    """The entry that has each worker forked by the zygote, or None where it cannot
+    apply (a non-Python program). Purely computational."""
+    if entry.no_python or not (entry.module or entry.script):
+        return None
+    program = zygote.Program(entry.module, entry.script, entry.args)
+    return Entry(None, None, tuple(zygote.client_argv(python, program)), no_python=True)
+
+
+class Zygote:
+    """This pod's zygote server: started before the agent, stopped after it."""
+
+    def __init__(self) -> None:
+        # A short path: Unix socket paths are limited to 108 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="trainop-zygote-"))
+        self.path = str(self.dir / "sock")
+        self.proc = subprocess.Popen([sys.executable, "-m", zygote.MODULE, "serve", self.path])
+        deadline = time.monotonic() + 10
+        # It binds before importing anything heavy; workers that find no socket
+        # start the ordinary way, so this wait is only for the fast path.
+        while not Path(self.path).exists() and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -216,6 +257,20 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     except OSError as e:
         logger.warning("cannot write %s: %s", contract.GPUS_FILE, e)
     rendezvous.register(run_dir)
+    server = None
+    forked = zygote_entry(entry, sys.executable) if zygote.enabled(env) else None
+    if forked is not None:
+        server = Zygote()
+        os.environ[zygote.ENV_SOCKET] = server.path  # torchrun passes os.environ on
+        entry = forked
+    try:
+        return _run_agent(env, entry, run_dir, standalone=standalone)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run_agent(env: Mapping[str, str], entry: Entry, run_dir: Path, *, standalone: bool) -> int:
     torchrun_argv = build_torchrun_args(env, entry, standalone=standalone)
     if "--shutdown-timeout" not in get_args_parser()._option_string_actions:
         i = (

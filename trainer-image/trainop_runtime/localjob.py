@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from trainop_runtime import contract
+from trainop_runtime import contract, zygote
 from trainop_runtime.checkpoint import CheckpointDir
 
 T = TypeVar("T")
@@ -120,8 +120,8 @@ class Agent:
         return self.proc.pid
 
     def workers(self) -> list[int]:
-        """Worker pids (the agent's children running Python)."""
-        return [p for p in children_of(self.pid) if _is_python(p)]
+        """The pids running the training program (see worker_pids)."""
+        return worker_pids(self.pid)
 
     def events(self) -> list[dict[str, Any]]:
         return read_jsonl(self.run_dir / contract.AGENT_EVENTS_FILE)
@@ -134,11 +134,29 @@ class Agent:
         return doc
 
 
-def _is_python(pid: int) -> bool:
+def _cmdline(pid: int) -> list[bytes]:
     try:
-        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
+        return []
+
+
+def worker_pids(agent_pid: int) -> list[int]:
+    """The processes running the training program under one launcher agent: what
+    the OOM killer or a crash takes down. With the zygote they are its forked
+    children, not torchrun's (the clients that stand in for them)."""
+    zygote_cmd = zygote.MODULE.encode()
+    out = []
+    for pid in children_of(agent_pid):
+        cmd = _cmdline(pid)
+        if not any(b"python" in part for part in cmd[:1]):
+            continue
+        if zygote_cmd in cmd:
+            if b"serve" in cmd:
+                out += children_of(pid)
+            continue  # a client: its worker is the zygote's child
+        out.append(pid)
+    return sorted(out)
 
 
 @dataclass

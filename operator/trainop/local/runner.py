@@ -34,8 +34,9 @@ from trainop.core.config import OperatorConfig
 from trainop.core.observe import ObservedPod, Termination
 from trainop.core.plan import Observed, Plan, compute_plan
 from trainop.exporter.names import GPU_ENERGY
+from trainop.local.chaos import ChaosClock
 from trainop_runtime import contract as rc
-from trainop_runtime.localjob import children_of, free_port
+from trainop_runtime.localjob import free_port, worker_pids
 
 
 class SpecError(Exception):
@@ -227,7 +228,7 @@ class LocalCluster:
         if not agents:
             return None
         agent = rng.choice(agents)
-        workers = children_of(agent.proc.pid)
+        workers = worker_pids(agent.proc.pid)
         if not workers:
             return None
         with contextlib.suppress(ProcessLookupError):
@@ -254,6 +255,7 @@ class RunOptions:
     workdir: Path = Path(".trainop")
     metrics_port: int = 9400
     kill_every: float | None = None
+    kill_every_steps: int | None = None
     seed: int = 0
     replicas: int | None = None
     tick: float = 0.5
@@ -359,7 +361,7 @@ def _drive(
     config = OperatorConfig()
     now = time.monotonic()
     next_view = now
-    next_kill = now + opts.kill_every if opts.kill_every else None
+    chaos = ChaosClock(seconds=opts.kill_every, steps=opts.kill_every_steps)
     while True:
         cluster.reap()
         cluster.act(compute_plan(cluster.observed(), utcnow(), config))
@@ -371,12 +373,13 @@ def _drive(
         if now >= next_view:
             say(_view_line(cluster))
             next_view = now + opts.view_every
-        if next_kill is not None and now >= next_kill and st.phase is Phase.RUNNING:
+        step = st.progress.step if st.progress else None
+        if st.phase is Phase.RUNNING and step is not None and chaos.due(now, step):
             victim = cluster.kill_random_worker(rng)
             if victim:
                 tally.kills += 1
-                say(f"[chaos] killed a worker process of {victim}")
-            next_kill = now + (opts.kill_every or 0.0)
+                chaos.killed(step)
+                say(f"[chaos] killed a worker process of {victim} at step {step}")
         time.sleep(opts.tick)
 
 

@@ -1,0 +1,49 @@
+"""The local runner's fault-injection schedule (pure: time and step are inputs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainop.local.chaos import ChaosClock
+
+# Each case: the clock, then (now, reported step, due?) in order; a due tick is
+# followed by a kill at that step.
+CASES = {
+    "off": (ChaosClock(), [(0, 1, False), (999, 500, False)]),
+    "seconds count from the first step, not from launch": (
+        ChaosClock(seconds=30),
+        [(0, None, False), (50, 0, False), (60, 1, False), (89, 5, False), (90, 6, True)],
+    ),
+    "after a kill, recovery time does not count": (
+        ChaosClock(seconds=30),
+        # killed at step 6 (t=90); resumed from checkpoint step 4; back past 6 at t=140
+        [
+            (60, 1, False),
+            (90, 6, True),
+            (120, 4, False),
+            (139, 6, False),
+            (140, 7, False),
+            (169, 9, False),
+            (170, 10, True),
+        ],
+    ),
+    "steps: every N steps of new progress": (
+        ChaosClock(steps=20),
+        [(0, 19, False), (1, 20, True), (2, 10, False), (3, 39, False), (4, 40, True)],
+    ),
+    "steps: a late sample still kills once": (
+        ChaosClock(steps=20),
+        [(0, 23, True), (1, 24, False), (2, 43, True)],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_chaos_schedule(case: str) -> None:
+    clock, ticks = CASES[case]
+    for now, step, want in ticks:
+        got = clock.due(float(now), step)
+        assert got is want, (case, now, step)
+        if got:
+            assert step is not None
+            clock.killed(step)
