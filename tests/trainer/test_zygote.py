@@ -1,0 +1,203 @@
+"""The zygote with real processes: a server that imported torch forks workers for
+clients, and each client behaves, to torchrun, exactly like the worker would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import stop_group
+from trainop_runtime import zygote
+from trainop_runtime.launch import Entry, zygote_entry
+from trainop_runtime.localjob import children_of, wait_for
+
+pytestmark = pytest.mark.torch
+
+# The program each test's worker runs: reports what it sees, then does what argv says.
+PROGRAM = """
+import json, os, signal, sys, time
+print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "x": os.environ.get("X"),
+                  "pid": os.getpid(), "torch": "torch" in sys.modules}), flush=True)
+what = sys.argv[1]
+if what == "exit":
+    sys.exit(int(sys.argv[2]))
+if what == "signal":
+    os.kill(os.getpid(), int(sys.argv[2]))
+if what == "raise":
+    raise RuntimeError("boom from the worker")
+if what == "sleep":
+    signal.signal(signal.SIGTERM, lambda *_: (print("saved on SIGTERM", flush=True), sys.exit(0)))
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Path]:
+    """A zygote serving at a short socket path (Unix paths are limited to 108 bytes)."""
+    sock = Path(f"/tmp/tz-{os.getpid()}-{time.monotonic_ns()}.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", zygote.MODULE, "serve", str(sock)],
+        stderr=(tmp_path / "zygote.log").open("wb"),
+        start_new_session=True,
+    )
+    wait_for(lambda: sock.exists() or None, timeout=30, what="the zygote's socket")
+    yield sock
+    stop_group(proc, grace=5)
+    sock.unlink(missing_ok=True)
+
+
+def client(tmp_path: Path, sock: Path | None, *args: str) -> subprocess.Popen[str]:
+    script = tmp_path / "program.py"
+    script.write_text(PROGRAM)
+    program = zygote.Program(None, str(script), args)
+    env = {**os.environ, "X": "from-the-client"}
+    env.pop(zygote.ENV_SOCKET, None)
+    if sock is not None:
+        env[zygote.ENV_SOCKET] = str(sock)
+    return subprocess.Popen(
+        zygote.client_argv(sys.executable, program),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # as torchrun starts workers
+    )
+
+
+def report(proc: subprocess.Popen[str]) -> dict[str, object]:
+    assert proc.stdout is not None
+    doc: dict[str, object] = json.loads(proc.stdout.readline())
+    return doc
+
+
+def test_worker_is_forked_with_the_clients_env_cwd_and_args(tmp_path: Path, server: Path) -> None:
+    proc = client(tmp_path, server, "exit", "0")
+    seen = report(proc)
+    assert proc.wait(timeout=60) == 0
+    assert seen["argv"] == ["exit", "0"]
+    assert seen["cwd"] == str(tmp_path)
+    assert seen["x"] == "from-the-client"
+    assert seen["pid"] != proc.pid  # a fork of the zygote, not the client
+    assert seen["torch"] is True  # already imported: the point of the zygote
+
+
+@pytest.mark.parametrize(
+    ("args", "returncode"),
+    [
+        (("exit", "3"), 3),
+        (("signal", str(int(signal.SIGKILL))), -signal.SIGKILL),  # the OOM killer
+        (("signal", str(int(signal.SIGSEGV))), -signal.SIGSEGV),
+        (("raise",), 1),
+    ],
+)
+def test_client_exits_the_way_the_worker_did(
+    tmp_path: Path, server: Path, args: tuple[str, ...], returncode: int
+) -> None:
+    proc = client(tmp_path, server, *args)
+    assert proc.wait(timeout=60) == returncode
+    if args[0] == "raise":
+        assert proc.stderr is not None
+        assert "RuntimeError: boom from the worker" in proc.stderr.read()
+
+
+def test_sigterm_to_the_client_reaches_the_worker(tmp_path: Path, server: Path) -> None:
+    proc = client(tmp_path, server, "sleep")
+    report(proc)
+    os.killpg(proc.pid, signal.SIGTERM)  # torchrun's stop
+    assert proc.wait(timeout=30) == 0
+    assert proc.stdout is not None
+    assert "saved on SIGTERM" in proc.stdout.read()
+
+
+def test_worker_dies_with_its_client(tmp_path: Path, server: Path) -> None:
+    proc = client(tmp_path, server, "sleep")
+    worker = int(str(report(proc)["pid"]))
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun's last resort; the worker is elsewhere
+    proc.wait(timeout=10)
+
+    def gone() -> bool | None:
+        return True if not Path(f"/proc/{worker}").exists() else None
+
+    wait_for(gone, timeout=10, what="the orphaned worker to die")
+
+
+def test_without_a_zygote_the_client_execs_the_worker_itself(tmp_path: Path) -> None:
+    proc = client(tmp_path, tmp_path / "no-such.sock", "exit", "4")
+    seen = report(proc)
+    assert proc.wait(timeout=60) == 4
+    assert seen["pid"] == proc.pid  # exec: the client became the worker
+    assert seen["x"] == "from-the-client"
+
+
+def test_zygote_exits_when_its_launcher_does(tmp_path: Path) -> None:
+    # A shell stands in for the launcher: it starts the zygote, then dies.
+    sock = Path(f"/tmp/tz-{os.getpid()}-orphan.sock")
+    launcher = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -m {zygote.MODULE} serve {sock} & sleep 600'],
+        start_new_session=True,
+    )
+    wait_for(lambda: sock.exists() or None, timeout=30, what="the zygote's socket")
+    [server] = [p for p in children_of(launcher.pid) if p != launcher.pid and _is_zygote(p)]
+    launcher.kill()
+    launcher.wait()
+    wait_for(
+        lambda: True if not _alive(server) else None, timeout=60, what="the zygote to exit"
+    )
+    sock.unlink(missing_ok=True)
+
+
+def _is_zygote(pid: int) -> bool:
+    return b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            Entry("pkg.train", None, ("--lr", "1")),
+            ["py", "-m", zygote.MODULE, "run", "--module", "pkg.train", "--", "--lr", "1"],
+        ),
+        (
+            Entry(None, "/app/train.py", ()),
+            ["py", "-m", zygote.MODULE, "run", "--script", "/app/train.py", "--"],
+        ),
+        (Entry(None, None, ("/bin/trainer", "--x"), no_python=True), None),  # not Python
+    ],
+)
+def test_zygote_entry(entry: Entry, expected: list[str] | None) -> None:
+    forked = zygote_entry(entry, "py")
+    if expected is None:
+        assert forked is None
+    else:
+        assert forked == Entry(None, None, tuple(expected), no_python=True)
+
+
+@pytest.mark.parametrize(
+    ("env", "on", "extra"),
+    [
+        ({}, True, []),
+        ({zygote.ENV_ENABLED: "0"}, False, []),
+        ({zygote.ENV_ENABLED: "false"}, False, []),
+        ({zygote.ENV_PRELOAD: "transformers, torch, numpy"}, True, ["transformers", "numpy"]),
+    ],
+)
+def test_settings_from_env(env: dict[str, str], on: bool, extra: list[str]) -> None:
+    assert zygote.enabled(env) is on
+    assert zygote.preload_modules(env) == [*zygote.PRELOAD, *extra]
