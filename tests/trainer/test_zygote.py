@@ -149,9 +149,7 @@ def test_zygote_exits_when_its_launcher_does(tmp_path: Path) -> None:
     [server] = [p for p in children_of(launcher.pid) if p != launcher.pid and _is_zygote(p)]
     launcher.kill()
     launcher.wait()
-    wait_for(
-        lambda: True if not _alive(server) else None, timeout=60, what="the zygote to exit"
-    )
+    wait_for(lambda: True if not _alive(server) else None, timeout=60, what="the zygote to exit")
     sock.unlink(missing_ok=True)
 
 
