@@ -93,10 +93,16 @@ def measure_recovery(
     }
 
 
-def worker_kills(workdir: Path, kills: int, *, prefix: bool) -> list[dict[str, Any]]:
+NO_ZYGOTE = {"TRAINOP_ZYGOTE": "0"}
+
+
+def worker_kills(
+    workdir: Path, kills: int, *, prefix: bool, zygote: bool = True
+) -> list[dict[str, Any]]:
     extra = () if prefix else ("--no-attempt-prefix",)
+    env = {} if zygote else NO_ZYGOTE
     trials = []
-    with _job(workdir, nnodes="2:2", extra=extra, max_restarts=3 * kills) as job:
+    with _job(workdir, nnodes="2:2", extra=extra, max_restarts=3 * kills, extra_env=env) as job:
         agents = [job.start_agent("a"), job.start_agent("b")]
         job.wait_for_step(20, timeout=TIMEOUT)
         for i in range(kills):
@@ -108,7 +114,10 @@ def worker_kills(workdir: Path, kills: int, *, prefix: bool) -> list[dict[str, A
             except TimeoutError as e:
                 trial = {"error": str(e)}
             trials.append(trial)
-            print(f"worker kill {i + 1}/{kills} (prefix={prefix}): {trial}", flush=True)
+            print(
+                f"worker kill {i + 1}/{kills} (prefix={prefix}, zygote={zygote}): {trial}",
+                flush=True,
+            )
             if "error" in trial:
                 break
     return trials
@@ -137,9 +146,11 @@ def pod_kills(workdir: Path, kills: int) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def goodput(workdir: Path, seconds: float, every: float, ckpt_seconds: float) -> dict[str, Any]:
+def goodput(
+    workdir: Path, seconds: float, every: float, ckpt_seconds: float, *, zygote: bool = True
+) -> dict[str, Any]:
     """Effective training time ratio: time in kept steps / wall time, one worker kill per period."""
-    env = {"TRAINOP_CHECKPOINT_EVERY_SECONDS": str(ckpt_seconds)}
+    env = {"TRAINOP_CHECKPOINT_EVERY_SECONDS": str(ckpt_seconds), **({} if zygote else NO_ZYGOTE)}
     with _job(
         workdir, nnodes="2:2", max_restarts=1000, checkpoint_every_steps=0, extra_env=env
     ) as job:
@@ -230,7 +241,8 @@ def to_markdown(results: dict[str, Any]) -> str:
             "## Effective training time ratio",
             "",
             f"One worker SIGKILL every {g['every']:.0f} s over {g['wall_seconds']} s of training"
-            f" ({g['kills']} kills), checkpoint every {g['ckpt_seconds']:.0f} s:"
+            f" ({g['kills']} kills), checkpoint every {g['ckpt_seconds']:.0f} s,"
+            f" zygote {'on' if g.get('zygote', True) else 'off'}:"
             f" **{100 * g['ratio']:.1f} %** of wall time in steps that were kept"
             f" ({g['kept_step_seconds']} s, {g['kept_steps']} steps).",
         ]
@@ -241,6 +253,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker-kills", type=int, default=20)
     p.add_argument("--no-prefix-kills", type=int, default=0, help="the same without the fix")
+    p.add_argument(
+        "--no-zygote-kills", type=int, default=0, help="worker kills with TRAINOP_ZYGOTE=0"
+    )
+    p.add_argument("--goodput-no-zygote", action="store_true", help="goodput with TRAINOP_ZYGOTE=0")
     p.add_argument("--pod-kills", type=int, default=3, help="per kind (first pod, other pod)")
     p.add_argument("--goodput-seconds", type=float, default=300.0, help="0 skips it")
     p.add_argument("--goodput-every", type=float, default=60.0)
@@ -253,7 +269,11 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs,"
         f" torch {torch.__version__}, CPU/gloo",
         "command": "python bench/recovery/recovery.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(ns).items() if k != "out"),
+        + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+            for k, v in vars(ns).items()
+            if k != "out" and v is not False
+        ),
         "recovery": recovery,
     }
     with tempfile.TemporaryDirectory(prefix="trainop-bench-") as tmp:
@@ -264,18 +284,27 @@ def main() -> None:
             recovery["worker SIGKILL, no attempt prefix"] = worker_kills(
                 work / "np", ns.no_prefix_kills, prefix=False
             )
+        if ns.no_zygote_kills:
+            recovery["worker SIGKILL, no zygote"] = worker_kills(
+                work / "nz", ns.no_zygote_kills, prefix=True, zygote=False
+            )
         if ns.pod_kills:
             pods = pod_kills(work / "p", ns.pod_kills)
             recovery["pod lost (first pod)"] = pods["first_pod"]
             recovery["pod lost (other pod)"] = pods["other_pod"]
         if ns.goodput_seconds:
             g = goodput(
-                work / "g", ns.goodput_seconds, ns.goodput_every, ns.goodput_checkpoint_seconds
+                work / "g",
+                ns.goodput_seconds,
+                ns.goodput_every,
+                ns.goodput_checkpoint_seconds,
+                zygote=not ns.goodput_no_zygote,
             )
             results["goodput"] = {
                 **g,
                 "every": ns.goodput_every,
                 "ckpt_seconds": ns.goodput_checkpoint_seconds,
+                "zygote": not ns.goodput_no_zygote,
             }
     results["summary"] = {name: summarize(t) for name, t in recovery.items()}
     ns.out.parent.mkdir(parents=True, exist_ok=True)

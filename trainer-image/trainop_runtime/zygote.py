@@ -51,7 +51,15 @@ MODULE: Final = "trainop_runtime.zygote"
 ENV_SOCKET: Final = "TRAINOP_ZYGOTE_SOCKET"  # set by the launcher for its workers
 ENV_ENABLED: Final = "TRAINOP_ZYGOTE"  # "0" turns the zygote off
 ENV_PRELOAD: Final = "TRAINOP_ZYGOTE_PRELOAD"  # extra modules, comma-separated
-PRELOAD: Final = ("torch", "torch.distributed", "torch.nn.parallel", "torch.optim")
+# torch._dynamo: DDP's constructor imports it, and it costs as much as torch itself
+# (3.5 s vs 4.3 s on the CI machine). None of these initializes CUDA or starts threads.
+PRELOAD: Final = (
+    "torch",
+    "torch.distributed",
+    "torch.nn.parallel",
+    "torch.optim",
+    "torch._dynamo",
+)
 
 _HEADER = struct.Struct("!I")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
