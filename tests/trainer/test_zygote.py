@@ -40,7 +40,7 @@ if what == "sleep":
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Path]:
+def server_proc(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     """A zygote serving at a short socket path (Unix paths are limited to 108 bytes)."""
     sock = Path(f"/tmp/tz-{os.getpid()}-{time.monotonic_ns()}.sock")
     proc = subprocess.Popen(
@@ -49,9 +49,14 @@ def server(tmp_path: Path) -> Iterator[Path]:
         start_new_session=True,
     )
     wait_for(lambda: sock.exists() or None, timeout=30, what="the zygote's socket")
-    yield sock
-    stop_group(proc, grace=5)
+    yield sock, proc
+    stop_group(proc, grace=0)  # it ignores SIGTERM, by design; the launcher SIGKILLs it
     sock.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def server(server_proc: tuple[Path, subprocess.Popen[bytes]]) -> Path:
+    return server_proc[0]
 
 
 def client(tmp_path: Path, sock: Path | None, *args: str) -> subprocess.Popen[str]:
@@ -114,6 +119,39 @@ def test_sigterm_to_the_client_reaches_the_worker(tmp_path: Path, server: Path) 
     report(proc)
     os.killpg(proc.pid, signal.SIGTERM)  # torchrun's stop
     assert proc.wait(timeout=30) == 0
+    assert proc.stdout is not None
+    assert "saved on SIGTERM" in proc.stdout.read()
+
+
+def test_a_stop_signal_to_the_launchers_group_spares_the_zygote(
+    tmp_path: Path, server_proc: tuple[Path, subprocess.Popen[bytes]]
+) -> None:
+    # Ctrl-C or a SIGTERM to the pod's process group hits the zygote too; the
+    # workers it forked must still be able to save and report their exit.
+    sock, zproc = server_proc
+    proc = client(tmp_path, sock, "sleep")
+    report(proc)
+    os.killpg(zproc.pid, signal.SIGTERM)
+    os.killpg(zproc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert proc.stdout is not None
+    assert "saved on SIGTERM" in proc.stdout.read()
+    assert zproc.poll() is None
+
+
+def test_a_lost_zygote_leaves_the_worker_running_to_its_end(
+    tmp_path: Path, server_proc: tuple[Path, subprocess.Popen[bytes]]
+) -> None:
+    sock, zproc = server_proc
+    proc = client(tmp_path, sock, "sleep")
+    worker = int(str(report(proc)["pid"]))
+    zproc.kill()
+    zproc.wait()
+    time.sleep(0.5)
+    assert proc.poll() is None, "the client must wait for its worker"
+    os.kill(worker, signal.SIGTERM)  # the worker saves and exits 0 ...
+    assert proc.wait(timeout=30) == 1  # ... but its status went with the zygote
     assert proc.stdout is not None
     assert "saved on SIGTERM" in proc.stdout.read()
 

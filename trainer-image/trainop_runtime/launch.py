@@ -143,12 +143,11 @@ def zygote_entry(entry: Entry, python: str) -> Entry | None:
 
 
 class Zygote:
-    """This pod's zygote server: started before the agent, stopped after it."""
+    """This pod's zygote server: started before the agent, killed after it."""
 
-    def __init__(self) -> None:
-        # A short path: Unix socket paths are limited to 108 bytes.
-        self.dir = Path(tempfile.mkdtemp(prefix="trainop-zygote-"))
-        self.path = str(self.dir / "sock")
+    def __init__(self, socket_dir: Path) -> None:
+        self.dir = socket_dir
+        self.path = str(socket_dir / "sock")
         self.proc = subprocess.Popen([sys.executable, "-m", zygote.MODULE, "serve", self.path])
         deadline = time.monotonic() + 10
         # It binds before importing anything heavy; workers that find no socket
@@ -158,12 +157,23 @@ class Zygote:
                 break
             time.sleep(0.02)
 
+    @classmethod
+    def start(cls, run_dir: Path) -> Zygote | None:
+        """None where no socket directory can be made (read-only /tmp and run dir):
+        workers then start the ordinary way."""
+        # Unix socket paths are limited to 108 bytes: /tmp first, the run dir next.
+        for parent in (None, run_dir):
+            try:
+                return cls(Path(tempfile.mkdtemp(prefix="trainop-zygote-", dir=parent)))
+            except OSError as e:
+                logger.warning("no zygote socket dir under %s: %s", parent or "$TMPDIR", e)
+        return None
+
     def stop(self) -> None:
-        self.proc.terminate()
+        # It ignores SIGTERM (see zygote.serve); every worker has exited by now.
+        self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
-        if self.proc.poll() is None:
-            self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -260,7 +270,8 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     server = None
     forked = zygote_entry(entry, sys.executable) if zygote.enabled(env) else None
     if forked is not None:
-        server = Zygote()
+        server = Zygote.start(run_dir)
+    if forked is not None and server is not None:
         os.environ[zygote.ENV_SOCKET] = server.path  # torchrun passes os.environ on
         entry = forked
     try:

@@ -158,10 +158,11 @@ def run_client(program: Program) -> int:
     for sig in _FORWARDED:
         signal.signal(sig, forward)
     ended = _read_line(reader)
-    if ended is None:  # lost the zygote: its worker can no longer be waited for
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _say(f"lost the server; worker {pid} killed")
+    if ended is None:
+        # Lost the zygote (killed): the worker runs on, maybe saving a checkpoint;
+        # wait for it, but its exit status went with the zygote.
+        _say(f"lost the server; waiting for worker {pid}, whose exit status is unknown")
+        _wait_for_exit(pid)
         return 1
     code = int(ended["returncode"])
     if code < 0:  # die of the same signal, so torchrun reports it as such
@@ -171,6 +172,18 @@ def run_client(program: Program) -> int:
         time.sleep(1)  # a signal that does not kill by default (ignored, stopped)
         return 128 - code
     return code
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Block until a process that is not our child exits."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    with selectors.DefaultSelector() as sel:
+        sel.register(pidfd, selectors.EVENT_READ)
+        sel.select()
+    os.close(pidfd)
 
 
 # --- server ---------------------------------------------------------------------------
@@ -224,8 +237,11 @@ def serve(path: str, preload: Sequence[str]) -> _Request | None:
     exit code behave as in ``python -m``.
     """
     parent = os.getppid()
-    # Ctrl-C reaches the launcher's whole process group; the launcher stops us itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A stop signal sent to the launcher's whole process group (Ctrl-C, the local
+    # runner's SIGTERM) must not take us down while our workers save their final
+    # checkpoint: we exit when the launcher does, and it kills us once they are done.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     Path(path).unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
