@@ -64,6 +64,7 @@ PRELOAD: Final = (
 _HEADER = struct.Struct("!I")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _PARENT_POLL_SECONDS = 1.0
+_REQUEST_TIMEOUT_SECONDS = 10.0
 
 
 def _say(message: str) -> None:
@@ -224,6 +225,14 @@ def _receive(conn: socket.socket) -> _Request | None:
         return None
 
 
+def _can_watch_children() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def _cuda_initialized() -> bool:
     torch = sys.modules.get("torch")
     return bool(torch is not None and torch.cuda.is_initialized())
@@ -247,6 +256,10 @@ def serve(path: str, preload: Sequence[str]) -> _Request | None:
     listener.bind(path)
     # Listening before the imports: early clients queue instead of falling back.
     listener.listen(64)
+    if not _can_watch_children():
+        _say("this kernel has no pidfd_open (Linux < 5.3): workers start the ordinary way")
+        listener.close()
+        return None
     started = time.monotonic()
     for name in preload:
         try:
@@ -277,7 +290,11 @@ def serve(path: str, preload: Sequence[str]) -> _Request | None:
 
 def _accept(listener: socket.socket, sel: selectors.BaseSelector) -> _Request | None:
     conn, _ = listener.accept()
+    # One server serves every worker of the pod: a client that connects and then
+    # stalls must not hold up the others for long.
+    conn.settimeout(_REQUEST_TIMEOUT_SECONDS)
     request = _receive(conn)
+    conn.settimeout(None)
     if request is None:
         conn.close()
         return None
