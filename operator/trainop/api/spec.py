@@ -6,10 +6,12 @@ through an API server (the local runner) means the same thing as one that did.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -48,6 +50,65 @@ class CleanPodPolicy(StrEnum):
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 SCRIPT_PATTERN = r"^[A-Za-z0-9_./][A-Za-z0-9_./-]*\.py$"
 ArgStr = Annotated[str, Field(max_length=4096)]
+# The API server's own grammars (apimachinery resource.Quantity, validation.IsDNS1123Subdomain,
+# IsQualifiedName). The CRD carries the same patterns; checking here too gives the local runner,
+# and a job stored before a pattern existed, the same clear message instead of a rejected pod.
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+IMAGE_PATTERN = r"^\S+$"
+
+
+def _grammar(pattern: str, max_length: int, what: str, fix: str) -> Callable[[str], str]:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if len(value) > max_length or compiled.fullmatch(value) is None:
+            raise ValueError(f"{value!r} is not {what}; {fix}")
+        return value
+
+    return check
+
+
+_dns_subdomain = _grammar(
+    DNS_SUBDOMAIN_PATTERN,
+    253,
+    "a Kubernetes object name",
+    "use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+)
+ObjectName = Annotated[str, AfterValidator(_dns_subdomain)]
+Image = Annotated[
+    str,
+    Field(min_length=1),
+    AfterValidator(
+        _grammar(IMAGE_PATTERN, 4096, "an image reference", "remove the spaces: repo/image:tag")
+    ),
+]
+
+
+def _quantity(what: str, examples: str) -> AfterValidator:
+    text = _grammar(QUANTITY_PATTERN, 64, f"a {what} quantity", f"write it as {examples}")
+
+    def check(value: int | str) -> int | str:
+        if isinstance(value, str):
+            return text(value)
+        if value < 0:
+            raise ValueError(f"{value} is negative; write a {what} request as {examples}")
+        return value
+
+    return AfterValidator(check)
+
+
+CpuQuantity = Annotated[int | str, _quantity("CPU", "cores (4, 0.5) or millicores (500m)")]
+MemoryQuantity = Annotated[
+    int | str, _quantity("memory", "bytes with a binary suffix (16Gi, 512Mi)")
+]
 
 
 class Entrypoint(_Model):
@@ -79,9 +140,19 @@ class EnvVar(BaseModel):
 
 class Resources(_Model):
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
-    gpu_resource_name: str = "nvidia.com/gpu"
-    cpu: int | str | None = None
-    memory: int | str | None = None
+    gpu_resource_name: Annotated[
+        str,
+        AfterValidator(
+            _grammar(
+                EXTENDED_RESOURCE_PATTERN,
+                316,
+                "an extended resource name",
+                "use the domain/name your device plugin registers: nvidia.com/gpu, amd.com/gpu",
+            )
+        ),
+    ] = "nvidia.com/gpu"
+    cpu: CpuQuantity | None = None
+    memory: MemoryQuantity | None = None
 
 
 class Rendezvous(_Model):
@@ -124,13 +195,28 @@ class Checkpoint(_Model):
     every_steps: Annotated[int, Field(ge=1)] | None = None
     every_seconds: Annotated[int, Field(ge=1)] | None = None
 
+    @field_validator("volume")
+    @classmethod
+    def _claim_name(cls, volume: dict[str, Any] | None) -> dict[str, Any] | None:
+        # The operator looks the claim up by name, so it becomes part of a request path.
+        claim = (volume or {}).get("persistentVolumeClaim")
+        name = claim.get("claimName") if isinstance(claim, dict) else None
+        if name is not None:
+            if not isinstance(name, str):
+                raise ValueError("persistentVolumeClaim.claimName must be a string")
+            try:
+                _dns_subdomain(name)
+            except ValueError as exc:
+                raise ValueError(f"persistentVolumeClaim.claimName: {exc}") from None
+        return volume
+
 
 class Scheduling(_Model):
     node_selector: dict[str, str] | None = None
     tolerations: list[dict[str, Any]] | None = None
     affinity: dict[str, Any] | None = None
-    priority_class_name: str | None = None
-    scheduler_name: str | None = None
+    priority_class_name: ObjectName | None = None
+    scheduler_name: ObjectName | None = None
 
 
 class PodTemplateMeta(_Model):
@@ -146,12 +232,12 @@ class PodTemplate(_Model):
 class Metrics(_Model):
     enabled: bool = True
     port: Annotated[int, Field(ge=1024, le=65535)] = 9400
-    image: str | None = None
+    image: Image | None = None
 
 
 class TrainingJobSpec(_Model):
-    image: Annotated[str, Field(min_length=1)]
-    image_pull_policy: str | None = None
+    image: Image
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     entrypoint: Entrypoint
     env: list[EnvVar] = []
     resources: Resources = Resources()
