@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import os
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainop_runtime import contract
+from trainop_runtime import checkpoint, contract
 from trainop_runtime.checkpoint import (
     CheckpointDir,
     Checkpointer,
@@ -239,6 +243,130 @@ def test_saves_are_atomic_and_pruned(tmp_path: Path) -> None:
         d.save(step, _state(step))
     assert d.steps() == [5, 4]
     assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
+
+
+def _temp(step: int, pid: int) -> str:
+    """The temp file a writer with ``pid`` stages ``step`` in (see _fs.temp_path)."""
+    return f".{checkpoint_name(step)}.tmp.{pid}"
+
+
+OTHER_POD_PID = 7  # pods have their own pid namespaces: a small pid, alive or not here
+
+
+@pytest.mark.parametrize(
+    ("left", "is_writer", "in_flight", "action", "remaining"),
+    [
+        pytest.param(
+            [_temp(20, OTHER_POD_PID)],
+            True,
+            None,
+            "resume",
+            [checkpoint_name(10)],
+            id="killed-writer-removed-on-resume",
+        ),
+        pytest.param(
+            [_temp(20, os.getpid())],
+            True,
+            None,
+            "resume",
+            [checkpoint_name(10)],
+            id="own-pid-but-not-being-written-removed",
+        ),
+        pytest.param(
+            [_temp(20, os.getpid())],
+            True,
+            _temp(20, os.getpid()),
+            "resume",
+            [checkpoint_name(10), _temp(20, os.getpid())],
+            id="being-written-here-kept",
+        ),
+        pytest.param(
+            [_temp(20, OTHER_POD_PID)],
+            False,
+            None,
+            "resume",
+            [checkpoint_name(10), _temp(20, OTHER_POD_PID)],
+            id="reader-rank-deletes-nothing",
+        ),
+        pytest.param(
+            [_temp(20, OTHER_POD_PID), _temp(25, OTHER_POD_PID + 1)],
+            True,
+            None,
+            "save",
+            [checkpoint_name(10), checkpoint_name(30)],
+            id="removed-by-the-prune-after-a-save",
+        ),
+        pytest.param(
+            [".progress.json.tmp.7", ".step_1.ckpt.tmp.7", "notes.txt"],
+            True,
+            None,
+            "resume",
+            [".progress.json.tmp.7", ".step_1.ckpt.tmp.7", checkpoint_name(10), "notes.txt"],
+            id="other-files-untouched",
+        ),
+    ],
+)
+def test_temp_files_of_killed_writers_are_removed(
+    tmp_path: Path,
+    left: list[str],
+    is_writer: bool,
+    in_flight: str | None,
+    action: str,
+    remaining: list[str],
+) -> None:
+    d = CheckpointDir(tmp_path)
+    d.save(10, _state(10))
+    for name in left:  # a SIGKILL during a save leaves its temp file behind
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    ckpt = Checkpointer(d, CheckpointPolicy(), is_writer=is_writer)
+
+    with contextlib.ExitStack() as stack:
+        if in_flight is not None:  # an async save of this process, mid-write
+            stack.enter_context(checkpoint._writing(tmp_path / in_flight))
+        if action == "resume":
+            loaded = ckpt.resume()
+            assert loaded is not None
+            assert loaded.step == 10
+        else:
+            ckpt.save_now(30, lambda: _state(30))
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(remaining)
+
+
+class _FailingDisk(CheckpointDir):
+    """A checkpoint volume whose first ``failures`` writes fail (full, a network blip)."""
+
+    def __init__(self, directory: Path, *, failures: int) -> None:
+        super().__init__(directory)
+        self.failures = failures
+
+    def write(self, step: int, data: bytes) -> Path:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(step, data)
+
+
+@pytest.mark.parametrize("final", [5, 7], ids=["same-step-as-the-failed-one", "a-later-step"])
+def test_a_failed_async_save_does_not_block_the_sigterm_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, final: int
+) -> None:
+    disk = _FailingDisk(tmp_path, failures=1)
+    ckpt = Checkpointer(disk, CheckpointPolicy(every_steps=5), is_writer=True)
+    assert ckpt.maybe_save(5, lambda: _state(5))  # fails on the background thread
+
+    with caplog.at_level(logging.ERROR, logger=checkpoint.__name__):
+        ckpt.save_now(final, lambda: _state(final))
+
+    assert (disk.steps(), ckpt.durable_step) == ([final], final)
+    assert "earlier async checkpoint save failed" in caplog.text
+    assert "No space left on device" in caplog.text
+
+
+def test_a_failed_final_save_is_raised(tmp_path: Path) -> None:
+    ckpt = Checkpointer(_FailingDisk(tmp_path, failures=1), CheckpointPolicy(), is_writer=True)
+    with pytest.raises(RuntimeError, match="checkpoint save failed"):
+        ckpt.save_now(5, lambda: _state(5))
 
 
 @pytest.mark.parametrize(

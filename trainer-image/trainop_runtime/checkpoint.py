@@ -22,6 +22,7 @@ while training goes on. The final save (end of training, SIGTERM) is synchronous
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -31,7 +32,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 
 from trainop_runtime import contract
-from trainop_runtime._fs import atomic_write_bytes
+from trainop_runtime._fs import atomic_write_bytes, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,13 @@ _MAGIC = b"TRNOPCK1"
 # magic, header length (uint32, big endian), then the JSON header, then the payload.
 _PREFIX = struct.Struct(">8sI")
 _NAME = re.compile(r"^step_(\d{9})\.ckpt$")
+# What atomic_write_bytes stages a checkpoint in (``_fs.temp_path``): a writer killed
+# mid-save (SIGKILL, OOM, a lost node) leaves one behind, as big as a checkpoint.
+_TEMP = re.compile(r"^\.step_\d{9}\.ckpt\.tmp\.\d+$")
+
+# Temp files that a save in this process is writing right now, by any CheckpointDir.
+_in_flight: set[Path] = set()
+_in_flight_lock = threading.Lock()
 
 StateDict = dict[str, Any]
 
@@ -143,7 +151,8 @@ class CheckpointDir:
     def write(self, step: int, data: bytes) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / checkpoint_name(step)
-        atomic_write_bytes(path, data, durable=True)
+        with _writing(temp_path(path)):
+            atomic_write_bytes(path, data, durable=True)
         self._prune()
         return path
 
@@ -162,10 +171,48 @@ class CheckpointDir:
             return Loaded(step=step, state=state, path=path)
         return None
 
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete temp files of killed writers; return them. Never one this process is writing.
+
+        Call it from the writer only. A job has one writer at a time (global rank 0
+        of the current worker group), and torchrun stops a group before the next one
+        forms, so a temp file that no save of this process is writing belongs to a
+        dead writer. Its pid cannot tell: pods have their own pid namespaces, so a
+        live pid here says nothing about a file written from another pod.
+        """
+        if not self.directory.is_dir():
+            return []
+        with _in_flight_lock:
+            stale = [
+                p
+                for p in self.directory.iterdir()
+                if _TEMP.match(p.name) and p.resolve() not in _in_flight
+            ]
+        for p in stale:
+            with contextlib.suppress(OSError):
+                size = p.stat().st_size
+                p.unlink()
+                logger.info("removed %s (%d bytes), left by a writer killed mid-save", p, size)
+        return stale
+
     def _prune(self) -> None:
         for step in self.steps()[self.keep :]:
             # Another writer may prune the same file at the same time.
             (self.directory / checkpoint_name(step)).unlink(missing_ok=True)
+        self.remove_stale_temps()
+
+
+@contextlib.contextmanager
+def _writing(tmp: Path) -> Iterator[None]:
+    """Mark ``tmp`` as being written by this process, so no prune removes it meanwhile."""
+    key = tmp.resolve()  # the same file, however the directory was spelled
+    with _in_flight_lock:
+        _in_flight.add(key)
+    try:
+        yield
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard(key)
 
 
 def snapshot_to_cpu(obj: Any) -> Any:
@@ -212,7 +259,14 @@ class Checkpointer:
         return cls(CheckpointDir(directory), CheckpointPolicy.from_env(env), is_writer=is_writer)
 
     def resume(self, *, map_location: str | None = None) -> Loaded | None:
-        """Load the newest valid checkpoint (every rank reads it) and restart the schedule."""
+        """Load the newest valid checkpoint (every rank reads it) and restart the schedule.
+
+        The writer also deletes what killed writers left half-written (see
+        :meth:`CheckpointDir.remove_stale_temps`): otherwise every kill mid-save would
+        leak one checkpoint's worth of disk for good.
+        """
+        if self.is_writer:
+            self.directory.remove_stale_temps()
         loaded = self.directory.load_latest(map_location=map_location)
         if loaded is not None:
             self._last_step = loaded.step
@@ -240,10 +294,21 @@ class Checkpointer:
         return True
 
     def save_now(self, step: int, state_fn: Callable[[], Mapping[str, Any]]) -> None:
-        """Save synchronously (end of training, SIGTERM): durable when this returns."""
+        """Save synchronously (end of training, SIGTERM): durable when this returns.
+
+        An earlier async save that failed is logged, not raised: this save is the one
+        the job resumes from, and a disk that failed once (full, a network blip) may
+        take it. A failure of this save itself is raised.
+        """
         self._mark(step)
         if self.is_writer:
-            self.wait()
+            earlier = self._join()
+            if earlier is not None:
+                logger.error(
+                    "an earlier async checkpoint save failed; writing step %d anyway",
+                    step,
+                    exc_info=earlier,
+                )
             if self.durable_step == step:
                 return
             self._write(step, dict(state_fn()))
@@ -251,12 +316,17 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until the in-flight save (if any) is durable; re-raise its failure."""
+        error = self._join()
+        if error is not None:
+            raise RuntimeError("checkpoint save failed") from error
+
+    def _join(self) -> BaseException | None:
+        """Wait for the in-flight save; return (and forget) the failure of the last one."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise RuntimeError("checkpoint save failed") from error
+        error, self._error = self._error, None
+        return error
 
     def _mark(self, step: int) -> None:
         self._last_step = step
