@@ -1,21 +1,34 @@
 """Lease-based leader election: several operator replicas, exactly one active.
 
-The active replica renews a coordination.k8s.io Lease; the others wait until it
-stops renewing. Writes carry the resourceVersion they read, so two candidates
+The active replica renews a coordination.k8s.io Lease every retry period and
+stops leading once it could not for the renew deadline; the others take the
+lease only after watching it unchanged for a whole lease duration (decisions in
+core/lease.py). Writes carry the resourceVersion they read, so two candidates
 can never both win the same lease.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from trainop.core.lease import build_lease_spec, lease_free_for
+from trainop.core.lease import (
+    LeaseTiming,
+    Observation,
+    assess_health,
+    build_lease_spec,
+    keeps_leading,
+    may_take,
+    observe_lease,
+)
 from trainop.kube.client import Kube, KubeError
 
 log = logging.getLogger("trainop.lease")
+_TRANSIENT = (KubeError, OSError, TimeoutError)
 
 
 class LeaderElector:
@@ -26,14 +39,19 @@ class LeaderElector:
         name: str,
         identity: str,
         *,
-        duration: int = 15,
-        renew_every: float = 5.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        timing: LeaseTiming | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.kube = kube
         self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         self.namespace, self.name, self.identity = namespace, name, identity
-        self.duration, self.renew_every, self.clock = duration, renew_every, clock
+        self.timing = timing or LeaseTiming()
+        self.clock, self.wall_clock = clock, wall_clock
+        self.observed: Observation | None = None
+        # Read by the metrics server's thread (health); plain attribute reads are atomic.
+        self.leading = False
+        self.heartbeat: float | None = None
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the lease. True if we hold it afterwards."""
@@ -44,9 +62,10 @@ class LeaderElector:
                 raise
             lease = None
         now = self.clock()
-        if not lease_free_for(lease, self.identity, now):
+        self.observed = observe_lease(lease, self.observed, now)
+        if not may_take(self.observed, self.identity, now):
             return False
-        spec = build_lease_spec(lease, self.identity, now, self.duration)
+        spec = build_lease_spec(lease, self.identity, self.wall_clock(), int(self.timing.duration))
         try:
             if lease is None:
                 body = {
@@ -70,31 +89,59 @@ class LeaderElector:
         return True
 
     async def acquire(self) -> None:
-        while not await self.try_acquire():  # noqa: ASYNC110 (polling the API server, not a local flag)
-            await asyncio.sleep(self.renew_every)
+        while True:
+            try:
+                if await self.try_acquire():
+                    break
+            except _TRANSIENT as exc:  # an API server restart must not kill a standby
+                log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+            await asyncio.sleep(self.timing.retry_period)
+        self.leading = True
+        self.heartbeat = self.clock()
         log.info("%s leads (lease %s/%s)", self.identity, self.namespace, self.name)
 
     async def hold(self, lost: asyncio.Event) -> None:
-        """Renew until a renewal has failed for a whole lease duration, then set `lost`."""
-        last_ok = asyncio.get_running_loop().time()
+        """Renew every retry period; set `lost` and return as soon as someone else
+        holds the lease or no renewal succeeded for the renew deadline."""
+        beat = asyncio.create_task(self._beat())
+        last_ok = self.clock()
+        try:
+            while True:
+                await asyncio.sleep(self.timing.retry_period)
+                # No attempt may outlast the deadline: a hung request must not keep us leading.
+                left = last_ok + self.timing.renew_deadline - self.clock()
+                try:
+                    ok = await asyncio.wait_for(self.try_acquire(), timeout=max(left, 0.0))
+                except _TRANSIENT as exc:
+                    log.warning("lease renewal failed: %s", exc)
+                    ok = False
+                now = self.clock()
+                if ok:
+                    last_ok = now
+                elif not keeps_leading(self.observed, self.identity, last_ok, now, self.timing):
+                    log.error("lost the lease %s/%s; stopping", self.namespace, self.name)
+                    self.leading = False
+                    lost.set()
+                    return
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    def health(self) -> tuple[bool, str]:
+        """For /healthz, from any thread: a leader is healthy while its loop beats."""
+        return assess_health(self.leading, self.heartbeat, self.clock(), self.timing.renew_deadline)
+
+    async def _beat(self) -> None:
+        # The leader's event loop is the operator's: if this stops, so has Kopf.
         while True:
-            await asyncio.sleep(self.renew_every)
-            try:
-                ok = await self.try_acquire()
-            except (KubeError, OSError, TimeoutError) as exc:
-                log.warning("lease renewal failed: %s", exc)
-                ok = False
-            now = asyncio.get_running_loop().time()
-            if ok:
-                last_ok = now
-            elif not ok and (now - last_ok >= self.duration or await self._taken()):
-                log.error("lost the lease %s/%s; stopping", self.namespace, self.name)
-                lost.set()
-                return
+            self.heartbeat = self.clock()
+            await asyncio.sleep(self.timing.retry_period / 2)
 
     async def release(self) -> None:
         """Hand the lease over at once on a clean shutdown, instead of making the
         standby wait out the lease duration (rolling upgrades)."""
+        self.leading = False
         try:
             lease = await self.kube.request("get", f"{self.path}/{self.name}", resource="leases")
             spec = dict(lease.get("spec") or {})
@@ -109,11 +156,3 @@ class LeaderElector:
             )
         except (KubeError, OSError) as exc:
             log.warning("could not release the lease: %s", exc)
-
-    async def _taken(self) -> bool:
-        try:
-            lease = await self.kube.request("get", f"{self.path}/{self.name}", resource="leases")
-        except (KubeError, OSError):
-            return False
-        holder = (lease.get("spec") or {}).get("holderIdentity")
-        return bool(holder) and holder != self.identity
