@@ -28,7 +28,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.helpers import Query, dashboard_queries, tool, write_rule_file
+from tests.chart.helpers import (
+    Query,
+    dashboard_queries,
+    dashboards,
+    panels,
+    tool,
+    write_rule_file,
+)
 from tests.chart.kube import WORKERS, phase, running_workers, training_job
 from tests.cluster.conftest import Cluster, Operator, localcluster, wait_for
 from tests.procs import stop_group
@@ -199,6 +206,25 @@ def has_data(result: list[dict[str, Any]]) -> bool:
     return any(math.isfinite(float(series["value"][1])) for series in result)
 
 
+def panel_peaks(host: str, title: str, ns: str, since: float) -> dict[str, float]:
+    """Each target of the per-job panel `title`, as Grafana draws it (a range query
+    at a 1 s step since `since`): its legend and the highest value it reached."""
+    (panel,) = [p for p in panels(dashboards()["trainingjob"]) if p["title"] == title]
+    peaks: dict[str, float] = {}
+    for target in panel["targets"]:
+        params = {
+            "query": grafana_expr(target["expr"], ns),
+            "start": f"{since:.3f}",
+            "end": f"{time.time():.3f}",
+            "step": "1",
+        }
+        doc = http_json(host, f"/api/v1/query_range?{urllib.parse.urlencode(params)}")
+        assert doc["status"] == "success", doc
+        values = [float(v) for s in doc["data"]["result"] for _, v in s["values"]]
+        peaks[target["legendFormat"]] = max(values, default=math.nan)
+    return peaks
+
+
 def test_every_dashboard_query_returns_data(crd: Cluster, ns: str, tmp_path: Path) -> None:
     c = crd
     op = Operator(c, tmp_path / "operator.log")
@@ -211,16 +237,24 @@ def test_every_dashboard_query_returns_data(crd: Cluster, ns: str, tmp_path: Pat
         phase(c, ns, JOB, "Running")
         ports = [sidecar(stack, tmp_path, ns, slot) for slot in (0, 1)]
         base = prometheus(stack, tmp_path, op.metrics_port, ports)
+        # Prometheus must have seen the job before its failure, or nothing changes.
+        wait_for(
+            "Prometheus to scrape the job's restart count",
+            lambda: evaluate(base, f'trainop_operator_job_restarts{{trainingjob="{JOB}"}} == 0'),
+            timeout=30,
+        )
         # A worker fails: the operator replaces it and counts the restart.
         c.kubectl(
             "annotate", "pod", pods[0]["metadata"]["name"], "-n", ns,
             "kwok.trainop.dev/exit-code=1",
         )  # fmt: skip
-        wait_for(
-            "the operator to count the restart",
-            lambda: "trainop_operator_restarts_total{" in op.metrics(),
-            timeout=60,
-        )
+        failed_at = time.time()
+
+        def counted() -> int | None:
+            status = c.get("trainingjob", JOB, ns).get("status") or {}
+            return int(status.get("restarts") or 0) or None
+
+        restarts = wait_for("the failure counted in status", counted, timeout=60)
         running_workers(c, ns, JOB, 2)
         queries = dashboard_queries()
 
@@ -238,6 +272,18 @@ def test_every_dashboard_query_returns_data(crd: Cluster, ns: str, tmp_path: Pat
             f"  {q.where}: {grafana_expr(q.expr, ns)}" for q in missing
         )
         assert len(queries) >= 40
+
+        # The restart timeline shows the injected failure: the restarts the API server
+        # counted, the job's budget, and a bar after the moment the worker failed.
+        peaks = panel_peaks(
+            base, "Restart timeline: workers replaced by the operator", ns, failed_at - 5
+        )
+        spec = c.get("trainingjob", JOB, ns)["spec"]
+        assert peaks == {
+            "restarts used": restarts,
+            "restart budget": spec["failurePolicy"]["backoffLimit"],
+            "restarts in interval": pytest.approx(restarts, abs=0.5),
+        }
 
         # The same Prometheus loaded the chart's alert rules and evaluates them cleanly.
         groups = http_json(base, "/api/v1/rules")["data"]["groups"]
