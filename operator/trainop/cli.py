@@ -87,7 +87,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if summary.phase == "Succeeded":
         return 0
-    return 130 if summary.phase == "Interrupted" else 1
+    # Stopped by a signal: the shell's 128+N, so scripts can tell Ctrl-C from a failure.
+    return 128 + summary.signal if summary.signal is not None else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,9 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         help="checkpoints, logs and run dirs go here (default .trainop); "
         "running the same file again resumes from its checkpoints",
     )
-    rn.add_argument("--metrics-port", type=int, default=9400, help="the metrics exporter's port")
     rn.add_argument(
-        "--replicas", type=int, default=None, help="override spec.replicas (within min..max)"
+        "--metrics-port",
+        type=int,
+        default=9400,
+        help="the metrics exporter's port on 127.0.0.1 (default 9400, dcgm-exporter's); "
+        "pick another when that one is taken",
+    )
+    rn.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="override spec.replicas (validated like the file: within minReplicas..maxReplicas)",
     )
     rn.add_argument(
         "--kill-every",

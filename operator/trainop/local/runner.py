@@ -9,18 +9,23 @@ env the operator would give the pod, pointed at 127.0.0.1 and a work dir.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import yaml
@@ -33,17 +38,23 @@ from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import ObservedPod, Termination
 from trainop.core.plan import Observed, Plan, compute_plan
-from trainop.exporter.names import GPU_ENERGY
+from trainop.local import devices, oom
 from trainop.local.chaos import ChaosClock
+from trainop.local.energy import energy_used
 from trainop_runtime import contract as rc
-from trainop_runtime.localjob import free_port, worker_pids
+from trainop_runtime.localjob import free_port, kill_tree, worker_pids
+
+# What stops a run cleanly: Ctrl-C, `kill`, a closed terminal. A second one forces it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class SpecError(Exception):
     """The file is not a valid TrainingJob; the message says what to fix."""
 
 
-def load_job(path: Path) -> tuple[str, TrainingJobSpec]:
+def load_job(path: Path, replicas: int | None = None) -> tuple[str, TrainingJobSpec]:
+    """The file's name and spec, validated as the operator does; `replicas` overrides
+    spec.replicas and goes through the same validation."""
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -58,10 +69,55 @@ def load_job(path: Path) -> tuple[str, TrainingJobSpec]:
     name = str((doc.get("metadata") or {}).get("name") or "")
     if not name or len(name) > 40:
         raise SpecError(f"{path}: metadata.name must be 1-40 characters")
-    spec, error = parse_spec(doc.get("spec"))
+    raw = doc.get("spec")
+    spec, error = parse_spec(raw)
     if spec is None:
-        raise SpecError(f"{path}: {error}")
+        raise SpecError(
+            f"{path}: invalid TrainingJob: {error}\n"
+            f"fix the field(s) named above; `kubectl explain trainingjob.spec.<field>` "
+            f"describes each one"
+        )
+    if replicas is not None and isinstance(raw, dict):
+        overridden, error = parse_spec({**raw, "replicas": replicas})
+        if overridden is None:
+            raise SpecError(
+                f"--replicas {replicas}: {error}; this job allows --replicas "
+                f"{spec.min_nodes}..{spec.max_nodes} (spec.minReplicas..spec.maxReplicas in {path})"
+            )
+        spec = overridden
     return name, spec
+
+
+# prctl(PR_SET_PDEATHSIG): Linux only; elsewhere children outlive a SIGKILLed runner.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_runner(runner: int) -> Callable[[], None]:
+    """preexec_fn: the child gets SIGTERM when the runner dies, even by SIGKILL, so a
+    launcher still checkpoints and exits, as a pod does when its node drains."""
+
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != runner:  # the runner died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _start(argv: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    # Own session: Ctrl-C in the terminal reaches only the runner, which stops the
+    # pods in order (workers checkpoint first, the store goes last).
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_runner(os.getpid()),  # noqa: PLW1509 (the runner starts no threads)
+    )
 
 
 @dataclass
@@ -71,24 +127,33 @@ class LocalPod:
     run_dir: Path
     termination_log: Path
     log: IO[bytes]
+    oom_at_start: int | None
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     kill_at: float | None = None  # SIGKILL deadline after a graceful delete
+    _term: Termination | None = None
 
     @property
     def name(self) -> str:
         return str(self.manifest["metadata"]["name"])
 
+    def termination(self) -> Termination | None:
+        """Read once, when first seen exited: the OOM count must be the one at its death."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        if self._term is None:
+            exit_code = 128 - code if code < 0 else code  # a signal -> 128+N, like a kubelet
+            message = ""
+            with contextlib.suppress(OSError):
+                message = self.termination_log.read_text().strip()
+            reason = oom.termination_reason(exit_code, self.oom_at_start, oom.oom_kill_count())
+            self._term = Termination(exit_code, reason, message)
+        return self._term
+
     def observe(self) -> ObservedPod:
         labels = self.manifest["metadata"]["labels"]
         code = self.proc.poll()
         phase = "Running" if code is None else ("Succeeded" if code == 0 else "Failed")
-        term = None
-        if code is not None:
-            exit_code = 128 - code if code < 0 else code  # a signal -> 128+N, like a kubelet
-            with contextlib.suppress(OSError):
-                message = self.termination_log.read_text().strip()
-                term = Termination(exit_code, "Error" if code else "Completed", message)
-            term = term or Termination(exit_code, "Error" if code else "Completed", "")
         progress: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             progress = json.loads((self.run_dir / rc.PROGRESS_FILE).read_text())
@@ -102,18 +167,28 @@ class LocalPod:
             phase=phase,
             ready=phase == "Running",
             deleting=self.kill_at is not None,
-            trainer=term,
+            trainer=self.termination(),
             progress=progress if isinstance(progress, dict) else {},
         )
+
+    @property
+    def role(self) -> str:
+        return str(self.manifest["metadata"]["labels"][c.LABEL_ROLE])
 
 
 class LocalCluster:
     """Plays the API server and kubelet for one job: plans in, processes out."""
 
     def __init__(
-        self, name: str, spec: TrainingJobSpec, workdir: Path, say: Callable[[str], None]
+        self,
+        name: str,
+        spec: TrainingJobSpec,
+        workdir: Path,
+        say: Callable[[str], None],
+        gpus: devices.Allocation,
     ) -> None:
         self.name, self.spec, self.workdir, self.say = name, spec, workdir, say
+        self.gpus = gpus
         self.job = JobRef(name=name, namespace="local", uid=f"local-{name}", labels={})
         self.port = free_port()
         self.pods: dict[str, LocalPod] = {}
@@ -163,11 +238,14 @@ class LocalCluster:
 
     def _spawn(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
+        labels = obj["metadata"]["labels"]
         container = obj["spec"]["containers"][0]
         run_dir = self.workdir / "run" / name
         run_dir.mkdir(parents=True, exist_ok=True)
+        # A pod's emptyDir starts empty: a previous run's progress would read as this one's.
+        for stale in ("termination-log", rc.PROGRESS_FILE, rc.GPUS_FILE):
+            (run_dir / stale).unlink(missing_ok=True)
         term_log = run_dir / "termination-log"
-        term_log.unlink(missing_ok=True)
         env = {**os.environ}
         for var in container.get("env", []):
             if "value" in var:
@@ -192,20 +270,21 @@ class LocalCluster:
             sys.executable if a == "python" else a
             for a in [*container.get("command", []), *container.get("args", [])]
         ]
-        if obj["metadata"]["labels"][c.LABEL_ROLE] == c.ROLE_STORE:
+        if labels[c.LABEL_ROLE] == c.ROLE_STORE:
             argv = [sys.executable, "-m", rc.STORE_MODULE, "--port", str(self.port)]
+        else:
+            # What the device plugin does for a pod: this slot's GPUs only, or none.
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus.visible_devices(int(labels[c.LABEL_SLOT]))
         log = (self.workdir / "logs" / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.pods[name] = LocalPod(obj, proc, run_dir, term_log, log)
+        proc = _start(argv, env, log)
+        self.pods[name] = LocalPod(obj, proc, run_dir, term_log, log, oom.oom_kill_count())
 
     def _kill(self, pod: LocalPod, sig: signal.Signals) -> None:
+        if sig == signal.SIGKILL:
+            # torchrun starts each worker in its own session: a group kill would miss
+            # them, where a pod's cgroup takes the whole tree.
+            kill_tree(pod.proc.pid, sig)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pod.proc.pid, sig)
 
@@ -223,7 +302,7 @@ class LocalCluster:
         agents = [
             p
             for p in self.pods.values()
-            if p.observe().role == c.ROLE_WORKER and p.proc.poll() is None and p.kill_at is None
+            if p.role == c.ROLE_WORKER and p.proc.poll() is None and p.kill_at is None
         ]
         if not agents:
             return None
@@ -235,15 +314,29 @@ class LocalCluster:
             os.kill(rng.choice(workers), signal.SIGKILL)
         return agent.name
 
-    def shutdown(self) -> None:
-        for pod in self.pods.values():
-            self._kill(pod, signal.SIGTERM)
-        deadline = time.monotonic() + self.spec.termination_grace_period_seconds
-        for pod in list(self.pods.values()):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                pod.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            self._kill(pod, signal.SIGKILL)
-            self._forget(pod)
+    def shutdown(self, forced: Callable[[], bool]) -> None:
+        """Workers get their grace period to checkpoint, then the store goes; `forced()`
+        turning true (a second Ctrl-C) cuts the wait short."""
+        workers = [p for p in self.pods.values() if p.role != c.ROLE_STORE]
+        stores = [p for p in self.pods.values() if p.role == c.ROLE_STORE]
+        for group, grace in (
+            (workers, self.spec.termination_grace_period_seconds),
+            (stores, 5.0),
+        ):
+            for pod in group:
+                self._kill(pod, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while (
+                any(p.proc.poll() is None for p in group)
+                and time.monotonic() < deadline
+                and not forced()
+            ):
+                time.sleep(0.1)
+            if forced() and any(p.proc.poll() is None for p in group):
+                self.say("stopping now: SIGKILL, no checkpoint")
+            for pod in group:
+                self._kill(pod, signal.SIGKILL)
+                self._forget(pod)
 
 
 def utcnow() -> datetime:
@@ -268,24 +361,36 @@ class Summary:
     reason: str
     wall_seconds: float
     steps: int
+    first_step: int | None  # the first step this run reported (> 1 when it resumed)
+    steps_run: int  # steps trained by this run and kept
+    checkpoint_step: int | None
     first_loss: float | None
     last_loss: float | None
     restarts: int
     in_place_restarts: int
     kills: int
     effective_ratio: float | None
+    devices: str
     energy_joules: float | None
+    signal: int | None  # what stopped it early (2: Ctrl-C, 15: SIGTERM, 1: SIGHUP)
 
     def lines(self) -> list[str]:
         ratio = f"{self.effective_ratio:.1%}" if self.effective_ratio is not None else "n/a"
         energy = (
             f"{self.energy_joules / 3.6e6:.4f} kWh ({self.energy_joules:.0f} J)"
             if self.energy_joules is not None
-            else "not measured (no GPU seen)"
+            else "not measured (no GPU of the job was read)"
+        )
+        resumed = (
+            f" (resumed at step {self.first_step})"
+            if self.first_step is not None and self.first_step > 1
+            else ""
         )
         return [
-            f"job {self.phase} ({self.reason}) in {self.wall_seconds:.1f} s",
-            f"steps {self.steps}, loss {self.first_loss} -> {self.last_loss}",
+            f"job {self.phase} ({self.reason}) in {self.wall_seconds:.1f} s, {self.devices}",
+            f"steps {self.steps}, {self.steps_run} in this run{resumed}; "
+            f"last checkpoint at step {self.checkpoint_step}; "
+            f"loss {self.first_loss} -> {self.last_loss}",
             f"restarts: {self.restarts} counted, {self.in_place_restarts} in place, "
             f"{self.kills} injected kills",
             f"effective training time ratio {ratio}",
@@ -298,54 +403,89 @@ class _Tally:
     """What the run loop records for the final summary."""
 
     kills: int = 0
+    first_step: int | None = None
     losses: list[float] = field(default_factory=list)
     step_times: dict[int, float] = field(default_factory=dict)
 
 
+class _Stop:
+    """The first stop signal asks for a clean stop, any later one forces it. The handler
+    only records: the run loop and the shutdown act on it, so no cleanup is cut off."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.forced = False
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+        else:
+            self.forced = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Stop]:
+        previous = {s: signal.signal(s, self) for s in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
 def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Summary:
-    name, spec = load_job(path)
-    if opts.replicas is not None:
-        spec = TrainingJobSpec.model_validate(
-            {**spec.model_dump(by_alias=True, exclude_none=True), "replicas": opts.replicas}
-        )
+    name, spec = load_job(path, opts.replicas)
+    host = devices.restrict(devices.host_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    try:
+        gpus = devices.allocate(spec.replicas, spec.resources.gpus, host)
+    except devices.NotEnoughGpusError as exc:
+        raise SpecError(f"{path}: {exc}") from None
     workdir = opts.workdir / name
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    cluster = LocalCluster(name, spec, workdir, say)
-    exporter = _start_exporter(workdir, name, opts.metrics_port)
-    say(
-        f"running {name}: {spec.replicas} worker(s) x {spec.procs_per_node} process(es); "
-        f"checkpoints in {cluster.checkpoints}; logs in {workdir / 'logs'}"
-    )
-    say(f"metrics: http://127.0.0.1:{opts.metrics_port}/metrics")
-    started = time.monotonic()
-    tally = _Tally()
-    interrupted = False
-    try:
-        _drive(cluster, opts, tally, say)
-    except KeyboardInterrupt:
-        interrupted = True
-        say("stopping: workers get their grace period to save a checkpoint ...")
-    finally:
-        energy = _scrape_energy(opts.metrics_port)
-        cluster.shutdown()
-        exporter.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            exporter.wait(timeout=5)
+    stop = _Stop()
+    with stop.installed():
+        cluster = LocalCluster(name, spec, workdir, say, gpus)
+        metrics = Metrics(workdir, name, opts.metrics_port, gpus)
+        say(
+            f"running {name}: {spec.replicas} worker(s) x {spec.procs_per_node} process(es) "
+            f"{gpus.note}; checkpoints in {cluster.checkpoints}; logs in {workdir / 'logs'}"
+        )
+        started = time.monotonic()
+        tally = _Tally()
+        try:
+            _drive(cluster, metrics, opts, tally, stop, say)
+        finally:
+            if stop.signum is not None:
+                say(
+                    f"stopping ({signal.Signals(stop.signum).name}): workers get "
+                    f"{spec.termination_grace_period_seconds} s to save a checkpoint; "
+                    f"press Ctrl-C again to kill them now"
+                )
+            cluster.shutdown(forced=lambda: stop.forced)
+            energy = metrics.stop()
     st = cluster.status
     wall = time.monotonic() - started
     steps = (st.progress.step or 0) if st.progress else 0
+    steps_run = max(0, steps - tally.first_step + 1) if tally.first_step is not None else 0
+    interrupted = stop.signum is not None
     summary = Summary(
         phase="Interrupted" if interrupted else (st.phase.value if st.phase else "Unknown"),
-        reason="Ctrl-C; run the same command again to resume" if interrupted else (st.reason or ""),
+        reason="stopped; run the same command again to resume"
+        if interrupted
+        else (st.reason or ""),
         wall_seconds=wall,
         steps=steps,
+        first_step=tally.first_step,
+        steps_run=steps_run,
+        checkpoint_step=st.progress.checkpoint_step if st.progress else None,
         first_loss=tally.losses[0] if tally.losses else None,
         last_loss=tally.losses[-1] if tally.losses else None,
         restarts=st.restarts,
         in_place_restarts=_in_place_restarts(cluster),
         kills=tally.kills,
-        effective_ratio=_effective_ratio(tally.step_times, steps, wall),
+        effective_ratio=_effective_ratio(tally.step_times, steps_run, wall),
+        devices=gpus.note,
         energy_joules=energy,
+        signal=stop.signum,
     )
     (workdir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
     for line in summary.lines():
@@ -354,18 +494,24 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
 
 
 def _drive(
-    cluster: LocalCluster, opts: RunOptions, tally: _Tally, say: Callable[[str], None]
+    cluster: LocalCluster,
+    metrics: Metrics,
+    opts: RunOptions,
+    tally: _Tally,
+    stop: _Stop,
+    say: Callable[[str], None],
 ) -> None:
-    """observe -> compute_plan -> act, every tick, until the job is over."""
+    """observe -> compute_plan -> act, every tick, until the job is over or told to stop."""
     rng = random.Random(opts.seed)  # noqa: S311 (choosing chaos victims, not secrets)
     config = OperatorConfig()
     now = time.monotonic()
     next_view = now
     chaos = ChaosClock(seconds=opts.kill_every, steps=opts.kill_every_steps)
-    while True:
+    while stop.signum is None:
+        metrics.check(say)
         cluster.reap()
         cluster.act(compute_plan(cluster.observed(), utcnow(), config))
-        _collect(cluster, tally.losses, tally.step_times)
+        _collect(cluster, tally)
         st = cluster.status
         if st.phase is not None and st.phase.finished and not cluster.running():
             return
@@ -383,27 +529,30 @@ def _drive(
         time.sleep(opts.tick)
 
 
-def _collect(cluster: LocalCluster, losses: list[float], step_times: dict[int, float]) -> None:
+def _collect(cluster: LocalCluster, tally: _Tally) -> None:
     progress = cluster.status.progress
     if progress is None or progress.step is None:
         return
-    if progress.step not in step_times and progress.loss is not None:
-        losses.append(progress.loss)
+    if tally.first_step is None:
+        tally.first_step = progress.step
+    if progress.step not in tally.step_times and progress.loss is not None:
+        tally.losses.append(progress.loss)
     for pod in cluster.pods.values():
         report = pod.observe().progress
         step, took = report.get(rc.P_STEP), report.get(rc.P_STEP_SECONDS)
         if isinstance(step, int) and isinstance(took, int | float):
-            step_times.setdefault(step, float(took))
+            tally.step_times.setdefault(step, float(took))
 
 
-def _effective_ratio(step_times: dict[int, float], steps: int, wall: float) -> float | None:
-    """Time the kept steps took / wall time. Kept steps are 1..final step; each is
-    costed at the median observed step time (we sample progress, not every step)."""
-    if not step_times or steps <= 0 or wall <= 0:
+def _effective_ratio(step_times: dict[int, float], steps_run: int, wall: float) -> float | None:
+    """Time the steps this run kept took / its wall time. Steps an earlier run did are
+    not this run's; each kept step is costed at the median observed step time (we
+    sample progress, not every step)."""
+    if not step_times or steps_run <= 0 or wall <= 0:
         return None
     ordered = sorted(step_times.values())
     median = ordered[len(ordered) // 2]
-    return min(1.0, steps * median / wall)
+    return min(1.0, steps_run * median / wall)
 
 
 def _in_place_restarts(cluster: LocalCluster) -> int:
@@ -432,34 +581,80 @@ def _view_line(cluster: LocalCluster) -> str:
     return " | ".join(parts)
 
 
-def _start_exporter(workdir: Path, name: str, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        rc.ENV_RUN_DIR: str(workdir / "run" / f"{name}-worker-0"),
-        rc.ENV_JOB_NAME: name,
-        rc.ENV_JOB_NAMESPACE: "local",
-        rc.ENV_POD_NAME: f"{name}-worker-0",
-    }
-    log = (workdir / "logs" / "metrics-exporter.log").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "trainop.exporter", "--address", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
-def _scrape_energy(port: int) -> float | None:
-    import urllib.request  # noqa: PLC0415 (only needed once, at the end)
+class Metrics:
+    """The job's metrics sidecar on 127.0.0.1: started, checked, read for energy, stopped.
 
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    total = None
-    for line in text.splitlines():
-        if line.startswith(GPU_ENERGY + "{"):
-            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
-    return total
+    Its run dir is the runner's own: gpus.json names exactly the job's GPUs (a bare
+    host's NVML shows every GPU to every worker) and progress.json links to worker 0's.
+    """
+
+    def __init__(self, workdir: Path, name: str, port: int, gpus: devices.Allocation) -> None:
+        self.port, self.gpus = port, gpus
+        self.url = f"http://127.0.0.1:{port}"
+        run_dir = workdir / "run" / "metrics"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / rc.GPUS_FILE).write_text(json.dumps({"uuids": sorted(gpus.uuids)}))
+        progress = run_dir / rc.PROGRESS_FILE
+        progress.unlink(missing_ok=True)
+        progress.symlink_to(Path("..") / f"{name}-worker-0" / rc.PROGRESS_FILE)
+        env = {
+            **os.environ,
+            rc.ENV_RUN_DIR: str(run_dir),
+            rc.ENV_JOB_NAME: name,
+            rc.ENV_JOB_NAMESPACE: "local",
+            rc.ENV_POD_NAME: f"{name}-worker-0",
+        }
+        self.log_path = workdir / "logs" / "metrics-exporter.log"
+        argv = [sys.executable, "-m", "trainop.exporter", "--address", "127.0.0.1"]
+        with self.log_path.open("ab") as log:
+            self.proc = _start([*argv, "--port", str(port)], env, log)
+        self.up: bool | None = None  # None until it answered /healthz or exited
+        self.first_scrape: str | None = None
+
+    def _get(self, path: str, timeout: float) -> str | None:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:  # noqa: S310 (127.0.0.1)
+                return str(resp.read().decode())
+        except OSError:
+            return None
+
+    def check(self, say: Callable[[str], None]) -> None:
+        """Once per tick until known: is it serving? The first answer is the energy baseline."""
+        if self.up is not None:
+            return
+        if self.proc.poll() is not None:
+            self.up = False
+            why = (
+                f"port {self.port} is already in use (another exporter, or an earlier run?)"
+                if _port_taken(self.port)
+                else f"it exited with {self.proc.returncode} (see {self.log_path})"
+            )
+            say(f"metrics: NOT served: {why}; training goes on. Pick a port: --metrics-port N")
+        elif self._get("/healthz", timeout=0.5) is not None:
+            self.up = True
+            self.first_scrape = self._get("/metrics", timeout=5)
+            say(f"metrics: {self.url}/metrics")
+
+    def stop(self) -> float | None:
+        """Stop the exporter; the job's GPU energy since the first scrape, if it was read."""
+        energy = None
+        if self.up and self.first_scrape is not None and self.gpus.on_gpu:
+            last = self._get("/metrics", timeout=5)
+            if last is not None:
+                energy = energy_used(self.first_scrape, last, self.gpus.uuids)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return energy
