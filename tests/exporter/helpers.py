@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -15,8 +17,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -220,5 +224,29 @@ def exporter_process(
                 proc.wait()
 
 
-def tool(name: str) -> str | None:
-    return shutil.which(name)
+def required_tool(name: str) -> str:
+    """The path of a Prometheus binary; a missing one fails the test, saying how to install it."""
+    # Next to the venv's python first: pytest may run without the venv on PATH.
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(
+            f"{name} is not installed: run hack/setup.sh (it installs the Debian package "
+            "`prometheus`, which ships prometheus and promtool), or apt-get install prometheus"
+        )
+    return found
+
+
+GPU_CHECK = Path(__file__).parents[2] / "bench" / "exporter" / "gpu_check.py"
+
+
+@functools.cache
+def load_gpu_check() -> ModuleType:
+    """bench/exporter/gpu_check.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

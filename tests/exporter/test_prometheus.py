@@ -1,7 +1,7 @@
 """Real Prometheus tools against the real exporter process.
 
-Needs the Debian package `prometheus` (prometheus and promtool on PATH); the
-tests skip, saying so, only where those binaries are absent.
+Needs the Debian package `prometheus` (prometheus and promtool on PATH, which
+hack/setup.sh installs); without them these tests fail, saying how to install them.
 """
 
 from __future__ import annotations
@@ -21,22 +21,13 @@ from tests.exporter.helpers import (
     fake_powercap,
     free_port,
     http_get,
-    tool,
+    required_tool,
     wait_until,
     write_gpus_file,
     write_progress,
 )
 from trainop.exporter import names as n
 from trainop.exporter.fake_nvml import demo_gpus
-
-PROMETHEUS = tool("prometheus")
-PROMTOOL = tool("promtool")
-needs_prometheus = pytest.mark.skipif(
-    PROMETHEUS is None, reason="prometheus binary not on PATH (apt-get install prometheus)"
-)
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool binary not on PATH (apt-get install prometheus)"
-)
 
 # Two of the fake node's four GPUs belong to this pod.
 POD_GPUS = [demo_gpus(4)[1].uuid, demo_gpus(4)[3].uuid]
@@ -55,14 +46,16 @@ def exporter(tmp_path: Path) -> Iterator[ExporterProcess]:
         yield proc
 
 
-@needs_promtool
 def test_promtool_accepts_the_exposition(exporter: ExporterProcess) -> None:
     body = exporter.scrape().text
     assert n.GPU_ENERGY in body  # the lint must see every family, GPU ones included
     assert n.CPU_ENERGY in body
-    assert PROMTOOL is not None
     result = subprocess.run(
-        [PROMTOOL, "check", "metrics"], input=body, capture_output=True, text=True, check=False
+        [required_tool("promtool"), "check", "metrics"],
+        input=body,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "", result.stdout
@@ -78,7 +71,6 @@ def _query(base: str, promql: str) -> list[dict[str, Any]]:
     return result
 
 
-@needs_prometheus
 def test_prometheus_scrapes_and_promql_returns_the_series(
     exporter: ExporterProcess, tmp_path: Path
 ) -> None:
@@ -104,11 +96,11 @@ def test_prometheus_scrapes_and_promql_returns_the_series(
             }
         )
     )
-    assert PROMETHEUS is not None
+    prometheus = required_tool("prometheus")
     log = (tmp_path / "prometheus.log").open("wb")
     server = subprocess.Popen(
         [
-            PROMETHEUS,
+            prometheus,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",
@@ -151,3 +143,8 @@ def test_prometheus_scrapes_and_promql_returns_the_series(
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_a_missing_prometheus_binary_fails_saying_how_to_install_it() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"not installed: run hack/setup\.sh"):
+        required_tool("prometheus-that-is-not-installed")

@@ -1,14 +1,19 @@
 """Replay recorded expositions (tests/exporter/fixtures/*.prom) through the checks.
 
-No GPU was available when this was written, so the only fixture is produced
-by FakeNVML and says so in its name and its first line. It doubles as a
-golden file: renaming a metric or a label changes it, and dashboards with it.
-Regenerate after an intended change with:
+Each fixture says on its first line what produced it:
 
-    TRAINOP_UPDATE_GOLDEN=1 .venv/bin/pytest tests/exporter/test_replay.py
+- ``fake_nvml_exposition.prom``, by FakeNVML (no GPU involved). It doubles as a
+  golden file: renaming a metric or a label changes it, and dashboards with
+  it, and it must hold every family in ``names.SPECS``. Regenerate after an
+  intended change with:
 
-A fixture recorded on a real GPU (e.g. ``h100_under_load.prom``) dropped into
-the same folder gets every check below except the golden comparison.
+      TRAINOP_UPDATE_GOLDEN=1 .venv/bin/pytest tests/exporter/test_replay.py
+
+- ``<model>_under_load.prom``, a REAL GPU recording written by
+  ``bench/exporter/gpu_check.py`` (first line ``# REAL GPU recording: ...``).
+  It is replayed as recorded: its names must be known, its values plausible
+  and promtool must accept it, but it holds only what that device and node
+  could report (no ECC on some boards, no RAPL without root...).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import os
 import subprocess
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,9 +30,10 @@ import pytest
 from tests.exporter.helpers import (
     Exposition,
     fake_powercap,
+    load_gpu_check,
     make_collector,
+    required_tool,
     scrape,
-    tool,
     write_gpus_file,
     write_progress,
 )
@@ -86,55 +93,85 @@ def test_fake_fixture_is_current(tmp_path: Path) -> None:
     )
 
 
-FIXTURE_FILES = sorted(FIXTURES.glob("*.prom"))
-
-
-@pytest.fixture(params=FIXTURE_FILES, ids=[p.name for p in FIXTURE_FILES])
-def recorded(request: pytest.FixtureRequest) -> Exposition:
-    path: Path = request.param
-    return Exposition(path.read_text())
-
-
-def test_recorded_names_are_all_known(recorded: Exposition) -> None:
-    unknown = recorded.names() - n.ALL_METRIC_NAMES
-    assert not unknown, f"not in trainop/exporter/names.py: {sorted(unknown)}"
-
-
-def test_recorded_has_every_declared_family(recorded: Exposition) -> None:
-    # A GPU fixture that is meant to be complete must cover the whole spec.
-    missing = {s.name for s in n.SPECS} - recorded.names()
+def test_fake_fixture_has_every_declared_family() -> None:
+    # The simulated scenario feeds every source, so it must cover the whole spec.
+    missing = {s.name for s in n.SPECS} - Exposition(FAKE_FIXTURE.read_text()).names()
     assert not missing, sorted(missing)
 
 
-def test_recorded_values_are_physically_plausible(recorded: Exposition) -> None:
+FIXTURE_FILES = sorted(FIXTURES.glob("*.prom"))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    path: Path
+    real: bool
+    exposition: Exposition
+
+
+@pytest.fixture(params=FIXTURE_FILES, ids=[p.name for p in FIXTURE_FILES])
+def recorded(request: pytest.FixtureRequest) -> Recorded:
+    path: Path = request.param
+    text = path.read_text()
+    real = text.startswith(load_gpu_check().HEADER_PREFIX)
+    assert real or text.startswith(HEADER), (
+        f"{path.name} does not say what produced it: record real GPUs with "
+        "bench/exporter/gpu_check.py, regenerate the fake one as the module docstring says"
+    )
+    return Recorded(path, real, Exposition(text))
+
+
+def test_recorded_names_are_all_known(recorded: Recorded) -> None:
+    unknown = recorded.exposition.names() - n.ALL_METRIC_NAMES
+    assert not unknown, f"not in trainop/exporter/names.py: {sorted(unknown)}"
+
+
+def test_recorded_gpus_and_training_were_up(recorded: Recorded) -> None:
+    # gpu_check records under load with a live progress.json, as the fake scenario does.
+    assert recorded.exposition.value(n.GPU_UP) == 1
+    assert recorded.exposition.value(n.TRAINING_UP) == 1
+    assert recorded.exposition.value(n.TRAINING_STEP)
+
+
+# name -> (low, high), each bound a number or the name of another series of the same GPU.
+PLAUSIBLE: dict[str, tuple[float | str, float | str]] = {
+    n.GPU_UTILIZATION: (0.0, 1.0),
+    n.GPU_MEMORY_UTILIZATION: (0.0, 1.0),
+    n.GPU_MEMORY_USED: (0.0, n.GPU_MEMORY_TOTAL),
+    n.GPU_MEMORY_TOTAL: (2**30, 2**40),
+    n.GPU_POWER: (1.0, n.GPU_POWER_LIMIT),
+    n.GPU_POWER_LIMIT: (10.0, 2000.0),
+    n.GPU_TEMPERATURE: (10.0, 110.0),
+    n.GPU_SM_CLOCK: (1e8, 5e9),  # in Hz, not MHz
+    n.GPU_ENERGY: (1e-3, math.inf),
+}
+
+
+def test_recorded_values_are_physically_plausible(recorded: Recorded) -> None:
     per_gpu: dict[str, dict[str, float]] = defaultdict(dict)
-    for s in recorded.samples:
+    for s in recorded.exposition.samples:
         if n.L_GPU_UUID in s.labels and n.L_REASON not in s.labels:
             per_gpu[s.labels[n.L_GPU_UUID]][s.name] = s.value
     assert per_gpu, "no GPU series recorded"
-    for uuid, v in per_gpu.items():
-        assert 0 <= v[n.GPU_UTILIZATION] <= 1, uuid
-        assert 0 <= v[n.GPU_MEMORY_USED] <= v[n.GPU_MEMORY_TOTAL], uuid
-        assert 0 < v[n.GPU_POWER] <= 1.2 * v[n.GPU_POWER_LIMIT], uuid
-        assert 10 <= v[n.GPU_TEMPERATURE] <= 110, uuid
-        assert 1e8 <= v[n.GPU_SM_CLOCK] <= 5e9, uuid  # in Hz, not MHz
-        assert v[n.GPU_ENERGY] > 0, uuid
-    for s in recorded.samples:
+    for uuid, values in per_gpu.items():
+        # A real device may not report everything; what it reported must make sense.
+        assert n.GPU_POWER in values or not recorded.real, f"{uuid}: a real GPU without power"
+        for name, (low, high) in PLAUSIBLE.items():
+            if name not in values:
+                continue
+            lo = values.get(low, -math.inf) if isinstance(low, str) else low
+            # Power may overshoot its enforced limit briefly.
+            hi = 1.2 * values.get(high, math.inf) if isinstance(high, str) else high
+            assert lo <= values[name] <= hi, f"{uuid} {name}={values[name]} not in [{lo}, {hi}]"
+    for s in recorded.exposition.samples:
         assert not math.isinf(s.value), s
         assert not n.RESERVED_TARGET_LABELS & set(s.labels), s
 
 
-PROMTOOL = tool("promtool")
-
-
-@pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool binary not on PATH (apt-get install prometheus)"
-)
-def test_recorded_passes_promtool(recorded: Exposition) -> None:
-    assert PROMTOOL is not None
+def test_recorded_passes_promtool(recorded: Recorded) -> None:
     result = subprocess.run(
-        [PROMTOOL, "check", "metrics"],
-        input=recorded.text,
+        [required_tool("promtool"), "check", "metrics"],
+        input=recorded.exposition.text,
         capture_output=True,
         text=True,
         check=False,
