@@ -26,6 +26,33 @@ DEFAULT_RDZV_PORT: Final = 29400
 # Every agent is a client of the dedicated store pod, so losing any worker pod,
 # the first included, never takes the rendezvous store down with it.
 RDZV_CONF_IS_HOST: Final = "is_host=false"
+# Heartbeats of each agent in the store: a dead member leaves the rendezvous after
+# interval x attempts (5 s, against torch's 5 s x 3). Fewer attempts (1 s x 2) let a
+# loaded agent miss beats and be dropped as dead by a rejoining one, splitting the job
+# (bench/recovery/README.md), so 5 attempts is the floor.
+RDZV_KEEP_ALIVE_INTERVAL_SECONDS: Final = 1
+RDZV_KEEP_ALIVE_MAX_ATTEMPT: Final = 5
+# Extra wait for more members once the minimum has joined; spec.rendezvous
+# .lastCallTimeoutSeconds overrides it per job (the CRD default equals this).
+RDZV_LAST_CALL_TIMEOUT_SECONDS: Final = 5
+RDZV_JOIN_TIMEOUT_SECONDS: Final = 600
+
+
+def rdzv_conf(
+    *,
+    join_timeout: int = RDZV_JOIN_TIMEOUT_SECONDS,
+    last_call_timeout: int = RDZV_LAST_CALL_TIMEOUT_SECONDS,
+) -> str:
+    """torchrun's --rdzv-conf ("k=v,k=v") with the agreed heartbeat settings."""
+    parts = [
+        RDZV_CONF_IS_HOST,
+        f"join_timeout={join_timeout}",
+        f"last_call_timeout={last_call_timeout}",
+        f"keep_alive_interval={RDZV_KEEP_ALIVE_INTERVAL_SECONDS}",
+        f"keep_alive_max_attempt={RDZV_KEEP_ALIVE_MAX_ATTEMPT}",
+    ]
+    return ",".join(parts)
+
 
 # --- trainop's own env.
 ENV_JOB_NAME: Final = "TRAINOP_JOB_NAME"

@@ -48,6 +48,16 @@ class LastFailure(_Status):
     time: datetime
 
 
+class LiveWorker(_Status):
+    """A worker pod seen alive that the operator has not deleted or written off."""
+
+    pod: str
+    pod_uid: str = Field(alias="podUID")
+    # High-water mark of the in-place restarts its torchrun agent reported: a lower
+    # report (a torn annotation) never takes back what was counted.
+    restarts: int = 0
+
+
 class Progress(_Status):
     step: int | None = None
     total_steps: int | None = None
@@ -71,14 +81,23 @@ class TrainingJobStatus(_Status):
     desired_replicas: int = 0
     workers: str | None = None
     selector: str | None = None
+    # Every restart against failurePolicy.backoffLimit: pod replacements plus the
+    # in-place worker-group restarts the agents report. Never reset.
     restarts: int = 0
+    in_place_restarts: int = 0  # the in-place part of restarts
+    live_workers: list[LiveWorker] = []
     restarts_summary: str | None = None
     restarts_by_reason: dict[str, int] = Field(default_factory=dict)
     job_generation: int = 0
     last_failure: LastFailure | None = None
     handled_failures: list[str] = []
     retry_after: datetime | None = None
-    start_time: datetime | None = None
+    # When the job was last admitted (created or resumed): activeDeadlineSeconds counts
+    # from here, as for a Kubernetes Job, even if no pod ever runs.
+    admission_time: datetime | None = None
+    start_time: datetime | None = None  # when minReplicas workers first ran since admission
+    # Since when some current worker pod has been waiting (unscheduled or not started).
+    pending_since: datetime | None = None
     completion_time: datetime | None = None
     progress: Progress | None = None
 

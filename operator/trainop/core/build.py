@@ -136,12 +136,8 @@ def build_store_pod(job: JobRef, spec: TrainingJobSpec) -> ObjDict:
 def build_worker_env(job: JobRef, spec: TrainingJobSpec, generation: int) -> list[ObjDict]:
     """The env elastic torchrun and the trainop runtime read (trainop_runtime.contract)."""
     rdzv = spec.rendezvous
-    conf = ",".join(
-        [
-            rc.RDZV_CONF_IS_HOST,
-            f"join_timeout={rdzv.join_timeout_seconds}",
-            f"last_call_timeout={rdzv.last_call_timeout_seconds}",
-        ]
+    conf = rc.rdzv_conf(
+        join_timeout=rdzv.join_timeout_seconds, last_call_timeout=rdzv.last_call_timeout_seconds
     )
     ckpt = spec.checkpoint
     plain = {

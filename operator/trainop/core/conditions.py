@@ -16,6 +16,9 @@ def set_condition(
     now: datetime,
     generation: int | None,
 ) -> list[Condition]:
+    if not reason:
+        # metav1.Condition requires a CamelCase reason; "" is rejected by strict clients.
+        raise ValueError(f"condition {type_} needs a non-empty reason")
     text = "True" if status else "False"
     old = get_condition(conditions, type_)
     new = Condition(

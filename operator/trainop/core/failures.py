@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from trainop.api import constants as c
 from trainop.api.spec import Action, FailurePolicy, FailureRule, Reason
+from trainop.api.status import LiveWorker
 from trainop.core.observe import ObservedPod
+from trainop_runtime import contract as rc
 
 _OOM_REASON = "OOMKilled"
+# DisruptionTarget reasons (k8s.io/api/core/v1) -> our class. Each is a deletion the job
+# did not cause; the victim may still be terminating (and checkpointing) when we see it.
+_DISRUPTIONS: dict[str, Reason] = {
+    "PreemptionByScheduler": Reason.PREEMPTED,
+    "EvictionByEvictionAPI": Reason.EVICTED,  # kubectl drain, PDB-aware evictions
+    "TerminationByKubelet": Reason.EVICTED,  # node pressure or graceful node shutdown
+    "DeletionByTaintManager": Reason.NODE_LOST,  # NoExecute taint, e.g. node unreachable
+    "DeletionByPodGC": Reason.NODE_LOST,  # bound to a node that no longer exists
+}
 
 
 @dataclass(frozen=True)
@@ -26,11 +39,12 @@ def classify(pod: ObservedPod, *, node_lost: bool = False) -> Failure:
         return Failure(Reason.NODE_LOST, exit_code, f"node {pod.node_name} is lost")
     if term is not None and term.reason == _OOM_REASON:
         return Failure(Reason.OOM_KILLED, exit_code, message or "the trainer ran out of memory")
+    # DisruptionTarget=True beats the exit code: a trainer stopped by SIGTERM exits 143.
+    if pod.disruption_reason is not None:
+        reason = _DISRUPTIONS.get(pod.disruption_reason, Reason.PREEMPTED)
+        return Failure(reason, exit_code, message or pod.disruption_reason)
     if pod.status_reason == "Evicted":
         return Failure(Reason.EVICTED, exit_code, message)
-    # DisruptionTarget=True: scheduler preemption, API eviction, taint manager, kubelet.
-    if pod.disruption_reason is not None:
-        return Failure(Reason.PREEMPTED, exit_code, message or str(pod.disruption_reason))
     if pod.status_reason in ("NodeLost", "UnexpectedAdmissionError", "NodeAffinity"):
         return Failure(Reason.NODE_LOST, exit_code, message)
     return Failure(Reason.ERROR, exit_code, message)
@@ -69,3 +83,51 @@ def backoff_seconds(policy: FailurePolicy, restarts: int) -> float:
         return 0.0
     delay = policy.backoff_seconds * 2 ** min(restarts - 1, 30)
     return float(min(delay, policy.max_backoff_seconds))
+
+
+def vanished(pod: LiveWorker) -> Failure:
+    """A worker that disappeared with no failure seen: deleted by a person or a tool."""
+    return Failure(
+        Reason.DELETED,
+        None,
+        f"pod {pod.pod} was deleted by something other than trainop (e.g. kubectl delete)",
+    )
+
+
+@dataclass(frozen=True)
+class Tracked:
+    live: list[LiveWorker]  # what status.liveWorkers becomes
+    new_restarts: dict[str, int]  # pod name -> in-place restarts not counted before
+    gone: list[LiveWorker]  # known pods that vanished
+
+
+def track_workers(
+    known: Sequence[LiveWorker], pods: Sequence[ObservedPod], written_off: Collection[str]
+) -> Tracked:
+    """Follow live worker pods and fold their agents' in-place restarts into the budget.
+
+    Purely computational. Each pod reports its own agent's restart count (torchrun's
+    TORCHELASTIC_RESTART_COUNT): only the agent whose worker failed spends one, so the sum
+    of the per-pod increases counts each failure once. Marks are per pod UID: a
+    replacement starts again from 0 and never lowers what was counted. A pod first seen
+    already deleting, or one in ``written_off`` (failures already handled), is not picked
+    up, so a pod the operator deleted is never counted again nor mistaken for vanished.
+    """
+    by_uid = {w.pod_uid: w for w in known}
+    seen = {p.uid for p in pods}
+    live: list[LiveWorker] = []
+    new: dict[str, int] = {}
+    for pod in pods:
+        if pod.role != c.ROLE_WORKER:
+            continue
+        mark = by_uid.get(pod.uid)
+        if mark is None and (pod.deleting or pod.uid in written_off):
+            continue
+        before = mark.restarts if mark is not None else 0
+        reported = pod.progress.get(rc.P_RESTARTS)
+        now = reported if isinstance(reported, int) and not isinstance(reported, bool) else 0
+        if now > before:
+            new[pod.name] = now - before
+        live.append(LiveWorker(pod=pod.name, pod_uid=pod.uid, restarts=max(now, before)))
+    gone = [w for w in known if w.pod_uid not in seen]
+    return Tracked(live=live, new_restarts=new, gone=gone)

@@ -16,18 +16,31 @@ from trainop.api import constants as c
 from trainop.api.spec import Action, CleanPodPolicy, TrainingJobSpec
 from trainop.api.status import LastFailure, Phase, Progress, TrainingJobStatus
 from trainop.core import build
-from trainop.core.conditions import set_condition
+from trainop.core.conditions import get_condition, set_condition
 from trainop.core.config import OperatorConfig
-from trainop.core.failures import backoff_seconds, classify, counts, decide_action
+from trainop.core.failures import (
+    Failure,
+    backoff_seconds,
+    classify,
+    counts,
+    decide_action,
+    track_workers,
+    vanished,
+)
 from trainop.core.observe import NodeInfo, ObservedPod, quantity_to_int
 from trainop_runtime import contract as rc
 
 # Condition types. The phase conditions mirror status.phase for tools that only read conditions.
 COND_SPEC_VALID = "SpecValid"
 COND_PODS_SCHEDULED = "PodsScheduled"
+# True once some worker pod has waited to start longer than PENDING_TIMEOUT_SECONDS.
+COND_PENDING_TOO_LONG = "PendingTooLong"
+PENDING_TIMEOUT_SECONDS = 300.0
 PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
 # handledFailures only needs the UIDs of failed pods not yet gone; this caps it regardless.
 MAX_HANDLED = 512
+# status.restartsByReason key of the in-place (torchrun) restarts.
+IN_PLACE = "InPlace"
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,9 @@ class Observed:
     # None when nodes cannot be observed (a namespaced install without node RBAC).
     nodes: Mapping[str, NodeInfo] | None = None
     missing_pvc: str | None = None
+    # The API server's message when a dry-run create of the job's first pods was refused
+    # (admission: an unknown PriorityClass, quota, pod validation the schema cannot express).
+    admission_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,8 @@ class Plan:
     requeue_after: float | None = None
     suspend_job: bool = False  # patch spec.suspend=true (Kueue queue label on a new job)
     delete_job: bool = False  # ttlSecondsAfterFinished elapsed
+    # Every failure handled in this pass (status.lastFailure keeps only the last one).
+    failures: tuple[LastFailure, ...] = ()
 
 
 @dataclass
@@ -83,6 +101,7 @@ class _Draft:
     waits: list[float] = field(default_factory=list)
     suspend_job: bool = False
     delete_job: bool = False
+    failures: list[LastFailure] = field(default_factory=list)
 
     def delete(self, pod: ObservedPod, grace: int | None, why: str) -> None:
         if pod.name not in self.deletes:
@@ -104,6 +123,7 @@ class _Draft:
             requeue_after=min(positive) if positive else None,
             suspend_job=self.suspend_job,
             delete_job=self.delete_job,
+            failures=tuple(self.failures),
         )
 
 
@@ -118,14 +138,15 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         _spec_valid(draft, obs, now, "InvalidSpec", problem)
         return _finish(draft, obs)
     ctx = _Ctx(draft, obs, obs.spec, now, config)
+    _release_lost(ctx)
     ctx.draft.status.restarts_summary = (
         f"{ctx.draft.status.restarts}/{ctx.spec.failure_policy.backoff_limit}"
     )
     for stage in (
         _stage_finished,
         _stage_suspended,
-        _stage_validate,
         _stage_deadline,
+        _stage_validate,
         _stage_failures,
         _stage_succeeded,
     ):
@@ -175,6 +196,7 @@ def _stage_suspended(ctx: _Ctx) -> bool:
         if not pod.deleting:
             draft.delete(pod, None, "job suspended")
     draft.status.start_time = None
+    draft.status.admission_time = None
     draft.status.retry_after = None
     _set_phase(draft, obs, ctx.now, Phase.SUSPENDED, "Suspended", "the job is suspended")
     _counts(draft, obs, spec, desired=0)
@@ -182,8 +204,9 @@ def _stage_suspended(ctx: _Ctx) -> bool:
 
 
 def _stage_validate(ctx: _Ctx) -> bool:
-    if any(p.active for p in ctx.workers):
-        # Already running: a node or PVC that went away later is not a spec problem.
+    if ctx.draft.status.start_time is not None or any(p.active for p in ctx.workers):
+        # Started before: nodes or a PVC that went away later are not a spec problem;
+        # the replacements' PodsScheduled condition says what is short.
         _spec_valid(ctx.draft, ctx.obs, ctx.now, "Valid", None)
         return False
     problem = _validate(ctx.spec, ctx.obs)
@@ -197,9 +220,13 @@ def _stage_validate(ctx: _Ctx) -> bool:
 
 
 def _stage_deadline(ctx: _Ctx) -> bool:
+    st = ctx.draft.status
+    if st.admission_time is None:
+        # A status written before admissionTime existed started its clock at startTime.
+        st.admission_time = st.start_time or ctx.now
     deadline = ctx.spec.run_policy.active_deadline_seconds
-    start = ctx.draft.status.start_time
-    if deadline is None or start is None:
+    start = st.admission_time
+    if deadline is None:
         return False
     left = (start + timedelta(seconds=deadline) - ctx.now).total_seconds()
     if left > 0:
@@ -211,7 +238,8 @@ def _stage_deadline(ctx: _Ctx) -> bool:
         ctx.spec,
         ctx.now,
         "DeadlineExceeded",
-        f"the job ran longer than activeDeadlineSeconds={deadline}",
+        f"the job was active longer than activeDeadlineSeconds={deadline} "
+        f"(admitted at {start.isoformat()})",
     )
     return True
 
@@ -225,7 +253,12 @@ def _stage_succeeded(ctx: _Ctx) -> bool:
     for pod in ctx.workers:
         if pod.job_generation != draft.status.job_generation and not pod.deleting:
             draft.delete(pod, 0 if pod.finished else None, "replaced by a job restart")
-    done = [p for p in ctx.current if p.phase == "Succeeded"]
+    # A worker stopped on purpose (scaled away, deleted) may exit 0 on SIGTERM: not the end.
+    done = [
+        p
+        for p in ctx.current
+        if p.phase == "Succeeded" and not p.deleting and (p.slot or 0) < ctx.spec.replicas
+    ]
     if not done:
         return False
     # torchrun agents exit 0 only once the whole worker group finished training.
@@ -283,11 +316,21 @@ def _validate(spec: TrainingJobSpec, obs: Observed) -> tuple[str, str] | None:
             f"PersistentVolumeClaim {obs.missing_pvc!r} of spec.checkpoint.volume does not exist "
             f"in namespace {obs.job.namespace}; create it or change spec.checkpoint.volume",
         )
+    if obs.admission_error is not None:
+        return (
+            "AdmissionRejected",
+            f"the API server refuses the job's pods: {obs.admission_error}; "
+            "fix the spec field (or the missing object) it names",
+        )
     return None
 
 
 def _node_lost(pod: ObservedPod, obs: Observed, now: datetime, config: OperatorConfig) -> bool:
-    if obs.nodes is None or not pod.node_name or pod.finished:
+    return not pod.finished and _on_lost_node(pod, obs, now, config)
+
+
+def _on_lost_node(pod: ObservedPod, obs: Observed, now: datetime, config: OperatorConfig) -> bool:
+    if obs.nodes is None or not pod.node_name:
         return False
     node = obs.nodes.get(pod.node_name)
     if node is None:
@@ -295,6 +338,20 @@ def _node_lost(pod: ObservedPod, obs: Observed, now: datetime, config: OperatorC
     if node.ready or node.not_ready_since is None:
         return False
     return (now - node.not_ready_since).total_seconds() >= config.node_lost_seconds
+
+
+def _release_lost(ctx: _Ctx) -> None:
+    """Force-delete pods a lost node will never confirm gone, in every stage: a pod
+    stuck Terminating there would hold its name (and quota) forever. Live workers are
+    also classified NodeLost by the failure stage; cleanPodPolicy None keeps live pods."""
+    phase = ctx.obs.status.phase
+    keep = phase is not None and phase.finished
+    keep = keep and ctx.spec.run_policy.clean_pod_policy is CleanPodPolicy.NONE
+    for pod in ctx.obs.pods:
+        if not _on_lost_node(pod, ctx.obs, ctx.now, ctx.config):
+            continue
+        if pod.deleting or not (pod.finished or keep):
+            ctx.draft.delete(pod, 0, f"node {pod.node_name} is lost")
 
 
 def _account_failures(
@@ -307,8 +364,12 @@ def _account_failures(
 ) -> bool:
     """Count each failed pod once, apply the policy. True when the job has failed."""
     st = draft.status
-    policy = spec.failure_policy
+    known = {w.pod_uid for w in st.live_workers}
     handled = [u for u in st.handled_failures if any(p.uid == u for p in workers)]
+    tracked = track_workers(st.live_workers, workers, handled)
+    st.live_workers = tracked.live
+    if _account_in_place(draft, obs, spec, now, tracked.new_restarts):
+        return True
     for pod in sorted(workers, key=lambda p: (p.slot is None, p.slot, p.name)):
         lost = _node_lost(pod, obs, now, config)
         if obs.nodes is not None and pod.node_name and not lost and not pod.finished:
@@ -316,70 +377,140 @@ def _account_failures(
             if node is not None and node.not_ready_since is not None:
                 left = config.node_lost_seconds - (now - node.not_ready_since).total_seconds()
                 draft.waits.append(max(left, 0.5))
-        if not (pod.phase == "Failed" or lost):
+        # Preemption, API eviction and the taint manager delete their victim: it may
+        # still be Running (checkpointing) while deleting, or Failed and deleting.
+        disrupted = pod.deleting and pod.disruption_reason is not None
+        if not (pod.phase == "Failed" or lost or disrupted):
             continue
         if pod.uid in handled:
-            draft.delete(pod, 0, "failure already handled")
+            _dispose(draft, pod, "failure already handled")
             continue
         stale = pod.job_generation != st.job_generation
-        if stale or (pod.deleting and not lost) or (pod.slot or 0) >= spec.replicas:
-            # Pods we replaced or scaled away end as they end; not a new failure.
-            draft.delete(pod, 0, "finished after being replaced")
+        ours = pod.deleting and not (lost or disrupted or pod.uid in known)
+        if stale or ours or (pod.slot or 0) >= spec.replicas:
+            # Pods we replaced, scaled away or deleted end as they end; not a new failure.
+            _dispose(draft, pod, "finished after being replaced")
             continue
         handled.append(pod.uid)
         failure = classify(pod, node_lost=lost)
-        action = decide_action(policy, failure)
-        counted = counts(action)
-        over_budget = counted and st.restarts + 1 > policy.backoff_limit
-        code = f" with exit code {failure.exit_code}" if failure.exit_code is not None else ""
-        detail = f"worker {pod.name} failed ({failure.reason.value}{code})"
-        if failure.message:
-            detail += f": {failure.message[:512]}"
-        st.last_failure = LastFailure(
-            pod=pod.name,
-            pod_uid=pod.uid,
-            exit_code=failure.exit_code,
-            reason=failure.reason.value,
-            message=failure.message[:1024],
-            action=Action.FAIL_JOB.value if over_budget else action.value,
-            counted=counted and not over_budget,
-            time=now,
-        )
-        draft.warn("WorkerFailed", f"{detail}; action {st.last_failure.action}")
-        ending = (
-            ("BackoffLimitExceeded", f"the restart budget of {policy.backoff_limit} is used up")
-            if over_budget
-            else ("FailedByRule", "a failurePolicy rule says FailJob")
-            if action is Action.FAIL_JOB
-            else None
-        )
-        if ending is not None:
+        action = _record_failure(draft, obs, spec, now, pod.name, pod.uid, failure)
+        if action is None:
             st.handled_failures = handled[-MAX_HANDLED:]
-            _fail(draft, obs, spec, now, ending[0], f"{detail}; {ending[1]}")
             return True
-        if counted:
-            st.restarts += 1
-            key = failure.reason.value
-            st.restarts_by_reason[key] = st.restarts_by_reason.get(key, 0) + 1
-            delay = backoff_seconds(policy, st.restarts)
-            st.retry_after = now + timedelta(seconds=delay) if delay else None
-        if action is Action.RESTART_JOB:
-            st.job_generation += 1
-            draft.note("RestartingJob", f"recreating every worker after {pod.name} failed")
-        draft.delete(pod, 0, f"replacing failed worker ({action.value})")
-        st.restarts_summary = f"{st.restarts}/{policy.backoff_limit}"
+        _dispose(draft, pod, f"replacing failed worker ({action.value})")
     st.handled_failures = handled[-MAX_HANDLED:]
+    for gone in tracked.gone:
+        if _record_failure(draft, obs, spec, now, gone.pod, gone.pod_uid, vanished(gone)) is None:
+            return True
     return False
+
+
+def _dispose(draft: _Draft, pod: ObservedPod, why: str) -> None:
+    # A victim still terminating keeps its grace period to checkpoint; a dead one goes now.
+    if pod.finished or not pod.deleting:
+        draft.delete(pod, 0, why)
+
+
+def _record_failure(
+    draft: _Draft,
+    obs: Observed,
+    spec: TrainingJobSpec,
+    now: datetime,
+    pod: str,
+    uid: str,
+    failure: Failure,
+) -> Action | None:
+    """Record one worker failure in status and apply the policy.
+    The action taken, or None when the failure ended the job."""
+    st = draft.status
+    policy = spec.failure_policy
+    action = decide_action(policy, failure)
+    counted = counts(action)
+    over_budget = counted and st.restarts + 1 > policy.backoff_limit
+    code = f" with exit code {failure.exit_code}" if failure.exit_code is not None else ""
+    detail = f"worker {pod} failed ({failure.reason.value}{code})"
+    if failure.message:
+        detail += f": {failure.message[:512]}"
+    st.last_failure = LastFailure(
+        pod=pod,
+        pod_uid=uid,
+        exit_code=failure.exit_code,
+        reason=failure.reason.value,
+        message=failure.message[:1024],
+        action=Action.FAIL_JOB.value if over_budget else action.value,
+        counted=counted and not over_budget,
+        time=now,
+    )
+    draft.failures.append(st.last_failure)
+    draft.warn("WorkerFailed", f"{detail}; action {st.last_failure.action}")
+    ending = (
+        ("BackoffLimitExceeded", f"the restart budget of {policy.backoff_limit} is used up")
+        if over_budget
+        else ("FailedByRule", "a failurePolicy rule says FailJob")
+        if action is Action.FAIL_JOB
+        else None
+    )
+    if ending is not None:
+        _fail(draft, obs, spec, now, ending[0], f"{detail}; {ending[1]}")
+        return None
+    if counted:
+        st.restarts += 1
+        key = failure.reason.value
+        st.restarts_by_reason[key] = st.restarts_by_reason.get(key, 0) + 1
+        # The backoff grows with pod replacements; in-place restarts never waited on it.
+        delay = backoff_seconds(policy, st.restarts - st.in_place_restarts)
+        st.retry_after = now + timedelta(seconds=delay) if delay else None
+    if action is Action.RESTART_JOB:
+        st.job_generation += 1
+        draft.note("RestartingJob", f"recreating every worker after {pod} failed")
+    st.restarts_summary = f"{st.restarts}/{policy.backoff_limit}"
+    return action
+
+
+def _account_in_place(
+    draft: _Draft, obs: Observed, spec: TrainingJobSpec, now: datetime, new: dict[str, int]
+) -> bool:
+    """Fold the in-place restarts the agents reported into the one budget.
+    True when they used it up (the job has failed)."""
+    total = sum(new.values())
+    if not total:
+        return False
+    st = draft.status
+    limit = spec.failure_policy.backoff_limit
+    st.restarts += total
+    st.in_place_restarts += total
+    st.restarts_by_reason[IN_PLACE] = st.restarts_by_reason.get(IN_PLACE, 0) + total
+    st.restarts_summary = f"{st.restarts}/{limit}"
+    where = ", ".join(f"{name} (+{n})" for name, n in sorted(new.items()))
+    detail = f"{total} in-place worker-group restart(s) reported by {where}"
+    draft.warn("InPlaceRestart", f"{detail}; restarts {st.restarts_summary}")
+    if st.restarts <= limit:
+        return False
+    _fail(
+        draft,
+        obs,
+        spec,
+        now,
+        "BackoffLimitExceeded",
+        f"{detail}; the restart budget of {limit} is used up",
+    )
+    return True
 
 
 def _ensure_children(
     draft: _Draft, obs: Observed, spec: TrainingJobSpec, now: datetime, config: OperatorConfig
 ) -> None:
+    if obs.admission_error is not None:
+        # A running job the API server refuses more pods for (e.g. quota): keep what runs and
+        # leave the asking again to the reconciler's backoff.
+        return
     st = draft.status
     if not obs.service_exists:
         draft.creates.append(build.build_service(obs.job, spec))
     store = next((p for p in obs.pods if p.role == c.ROLE_STORE), None)
-    if store is None:
+    gone = draft.deletes.get(store.name) if store is not None else None
+    # A store force-deleted from a lost node is gone before this plan creates.
+    if store is None or (gone is not None and gone.grace_seconds == 0):
         draft.creates.append(build.build_store_pod(obs.job, spec))
     elif store.finished and not store.deleting:
         draft.delete(store, 0, "rendezvous store ended")
@@ -454,6 +585,7 @@ def _running_phase(
             now,
             obs.generation,
         )
+    _pending_too_long(draft, obs, live, now)
     if running >= spec.min_nodes:
         if st.start_time is None:
             st.start_time = now
@@ -488,6 +620,47 @@ def _running_phase(
             "Starting",
             f"{running} of at least {spec.min_nodes} worker(s) running",
         )
+
+
+def _pending_too_long(draft: _Draft, obs: Observed, live: list[ObservedPod], now: datetime) -> None:
+    """A worker that never starts wastes every GPU its peers hold: say so, with the
+    scheduler's reason, once it has waited longer than PENDING_TIMEOUT_SECONDS."""
+    st = draft.status
+    pending = [p for p in live if p.phase == "Pending"]
+    old = get_condition(st.conditions, COND_PENDING_TOO_LONG)
+    if not pending:
+        st.pending_since = None
+        if old is not None:
+            st.conditions = set_condition(
+                st.conditions,
+                COND_PENDING_TOO_LONG,
+                False,
+                "Started",
+                "no worker pod is waiting to start",
+                now,
+                obs.generation,
+            )
+        return
+    if st.pending_since is None:
+        st.pending_since = now
+    waited = (now - st.pending_since).total_seconds()
+    if waited < PENDING_TIMEOUT_SECONDS:
+        draft.waits.append(PENDING_TIMEOUT_SECONDS - waited)
+        return
+    first = next((p for p in pending if p.unschedulable), pending[0])
+    if first.unschedulable:
+        reason, _, why = first.unschedulable.partition(": ")
+    else:
+        reason, why = "NotStarted", "scheduled, but its containers have not started"
+    message = (
+        f"{len(pending)} worker pod(s) waiting to start for {int(waited)}s "
+        f"(limit {int(PENDING_TIMEOUT_SECONDS)}s); {first.name}: {why}"
+    )
+    if old is None or old.status != "True":
+        draft.warn("PendingTooLong", message)
+    st.conditions = set_condition(
+        st.conditions, COND_PENDING_TOO_LONG, True, reason, message, now, obs.generation
+    )
 
 
 def _progress(draft: _Draft, current: list[ObservedPod]) -> None:
@@ -585,8 +758,9 @@ def _set_phase(
                 st.conditions,
                 type_,
                 on,
-                reason if on else "",
-                message if on else "",
+                # An inactive phase condition says which phase holds instead, and why.
+                reason,
+                message if on else f"the job is {phase.value}: {message}",
                 now,
                 obs.generation,
             )
@@ -594,6 +768,17 @@ def _set_phase(
 
 def _finish(draft: _Draft, obs: Observed) -> Plan:
     st, before = draft.status, obs.status
+    if st.phase in (Phase.SUSPENDED, Phase.SUCCEEDED, Phase.FAILED):
+        st.live_workers = []
+        st.pending_since = None
+    else:
+        # Pods this plan deletes or has written off are no longer followed, so their
+        # end is never taken for a hand deletion nor their restarts counted again.
+        dropped = {d.uid for d in draft.deletes.values()} | set(st.handled_failures)
+        seen = {p.uid for p in obs.pods}
+        st.live_workers = [
+            w for w in st.live_workers if w.pod_uid in seen and w.pod_uid not in dropped
+        ]
     if st.phase != before.phase and st.phase is not None:
         kind = "Warning" if st.phase in (Phase.FAILED, Phase.RESTARTING) else "Normal"
         if st.phase is Phase.PENDING and st.reason not in ("Starting", None):
