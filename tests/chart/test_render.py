@@ -64,12 +64,12 @@ def test_the_operator_runs_locked_down(args: tuple[str, ...]) -> None:
     assert "memory" in container["resources"]["limits"]
     # Probes ask Kopf's liveness endpoint, which the operator is told to serve; a
     # standby waiting for the Lease runs no Kopf yet, so with leader election they
-    # ask the metrics server that every replica starts first.
+    # ask the /healthz of the metrics server that every replica starts first.
     health = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]
     assert f"--liveness=http://0.0.0.0:{health}/healthz" in container["args"]
     want = {"path": "/healthz", "port": "health"}
     if "--leader-elect" in container["args"]:
-        want = {"path": "/metrics", "port": "metrics"}
+        want = {"path": "/healthz", "port": "metrics"}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == want
     assert container["args"][0] == "operator"
