@@ -7,6 +7,10 @@ Prometheus does. CPU is the exporter process's utime+stime from /proc, so it
 includes the HTTP server, the collector and the Python runtime.
 
     nice -n 15 .venv/bin/python bench/exporter/bench_scrape.py --out bench/exporter/results.json
+
+On a GPU machine, ``--real-nvml`` reads the real NVML instead, with
+``--all-gpus`` (every GPU of the machine; ``--gpus`` is then ignored). It
+stops, with the exporter's log, if the exporter cannot read a GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_LATENCY_S = 0.020
@@ -111,19 +117,26 @@ def run_scenario(name: str, url: str, pid: int, interval: float, duration: float
     return summarise(name, interval, latencies, size, wall, cpu_seconds(pid) - cpu0)
 
 
-def start_exporter(run_dir: Path, gpus: int, port: int) -> subprocess.Popen[bytes]:
-    uuids = [f"GPU-fa4e0000-0000-4000-8000-{i:012d}" for i in range(gpus)]
-    (run_dir / "gpus.json").write_text(json.dumps({"uuids": uuids}))
+def start_exporter(
+    run_dir: Path, gpus: int, port: int, *, real_nvml: bool
+) -> subprocess.Popen[bytes]:
     progress = {"step": 1200, "totalSteps": 10000, "samples": 38400, "loss": 2.1}
     progress |= {"stepSeconds": 0.4, "restarts": 0, "worldSize": 8, "time": time.time() + 3600}
     (run_dir / "progress.json").write_text(json.dumps(progress))
     argv = [sys.executable, "-m", "trainop.exporter", "--address", "127.0.0.1"]
-    argv += ["--port", str(port), "--run-dir", str(run_dir), "--fake-nvml-gpus", str(gpus)]
+    argv += ["--port", str(port), "--run-dir", str(run_dir)]
+    if real_nvml:
+        argv.append("--all-gpus")
+    else:
+        uuids = [f"GPU-fa4e0000-0000-4000-8000-{i:012d}" for i in range(gpus)]
+        (run_dir / "gpus.json").write_text(json.dumps({"uuids": uuids}))
+        argv += ["--fake-nvml-gpus", str(gpus)]
     env = {**os.environ, "TRAINOP_JOB_NAME": "bench", "TRAINOP_JOB_NAMESPACE": "bench"}
     env["TRAINOP_POD_NAME"] = "bench-worker-0"
-    proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+    with (run_dir / "exporter.log").open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             scrape(f"http://127.0.0.1:{port}/healthz")
         except OSError:
@@ -131,7 +144,24 @@ def start_exporter(run_dir: Path, gpus: int, port: int) -> subprocess.Popen[byte
         else:
             return proc
     proc.kill()
-    raise SystemExit("exporter did not start")
+    raise SystemExit(f"exporter did not start:\n{exporter_log(run_dir)}")
+
+
+def exporter_log(run_dir: Path) -> str:
+    return (run_dir / "exporter.log").read_text(errors="replace")[-4000:]
+
+
+def gpus_read(url: str) -> tuple[float, int]:
+    """trainop_gpu_up and trainop_gpu_devices on one scrape."""
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310  # 127.0.0.1 only
+        body = resp.read().decode()
+    values = {
+        s.name: s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+        if s.name in ("trainop_gpu_up", "trainop_gpu_devices")
+    }
+    return values.get("trainop_gpu_up", 0.0), int(values.get("trainop_gpu_devices", 0))
 
 
 def main() -> int:
@@ -142,15 +172,27 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=500, help="back-to-back scrapes")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds with no scrape")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--real-nvml",
+        action="store_true",
+        help="read this machine's GPUs through the real NVML (all of them), not FakeNVML",
+    )
     args = parser.parse_args()
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start_exporter(Path(tmp), args.gpus, port)
+        proc = start_exporter(Path(tmp), args.gpus, port, real_nvml=args.real_nvml)
         url = f"http://127.0.0.1:{port}/metrics"
         try:
             for _ in range(20):  # warm-up: imports, first NVML init, allocator
                 scrape(url)
+            gpu_up, gpus = gpus_read(url)
+            if gpu_up != 1.0 or gpus == 0:
+                # Timing a scrape that reads no GPU would pass off the floor as NVML's cost.
+                raise SystemExit(
+                    f"the exporter reads no GPU (trainop_gpu_up {gpu_up}, {gpus} devices); "
+                    f"its log:\n{exporter_log(Path(tmp))}"
+                )
             health = f"http://127.0.0.1:{port}/healthz"
             results = [
                 # The floor: an HTTP round trip that reads nothing, on the same
@@ -175,7 +217,8 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "gpus": args.gpus,
+        "nvml": "real" if args.real_nvml else "FakeNVML",
+        "gpus": gpus,
         "results": [asdict(r) for r in results],
         "idle_core_percent": round(idle_percent, 3),
         "healthz_floor_p99_ms": floor.p99_ms,
