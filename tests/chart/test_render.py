@@ -22,6 +22,9 @@ from tests.chart.helpers import (
     template,
     template_error,
 )
+from tests.factories import JOB, spec
+from trainop.core.build import build_store_pod, build_worker_pod
+from trainop.core.config import OperatorConfig
 
 VARIANTS = {
     "default": (),
@@ -189,17 +192,70 @@ def test_monitoring_objects_fail_loudly_without_the_prometheus_operator(kind: st
 
 def test_monitoring_on_renders_every_monitoring_object() -> None:
     r = template(*MONITORING_ON)
-    sm = r.one("ServiceMonitor")
-    svc = r.one("Service", "-metrics")
-    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
-    assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
-    pm = r.one("PodMonitor")
-    # What core/build.py puts on worker pods and their sidecar.
-    assert pm["spec"]["selector"]["matchLabels"] == {"trainop.dev/role": "worker"}
-    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
-    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    assert r.one("ServiceMonitor")
+    assert r.one("PodMonitor")
     assert r.one("PrometheusRule")["spec"]["groups"]
     assert template().of_kind("ServiceMonitor") == []
+
+
+def selects(selector: Obj, labels: dict[str, str]) -> bool:
+    """A metav1.LabelSelector, evaluated the way the API server does."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        held = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not held:
+            return False
+    return True
+
+
+def in_namespaces(selector: Obj, namespace: str) -> bool:
+    return bool(selector.get("any")) or namespace in selector.get("matchNames", [])
+
+
+def container_ports(pod_spec: Obj) -> set[str]:
+    """Named ports of every container, native sidecars (restartable init containers) too."""
+    containers = pod_spec.get("containers", []) + pod_spec.get("initContainers", [])
+    return {p["name"] for ctr in containers for p in ctr.get("ports", []) if "name" in p}
+
+
+@pytest.mark.parametrize("args", [(), NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_the_service_monitor_scrapes_the_operator_through_its_service(
+    args: tuple[str, ...],
+) -> None:
+    r = template(*MONITORING_ON, *args)
+    sm, svc, deployment = r.one("ServiceMonitor"), r.one("Service", "-metrics"), r.one("Deployment")
+    assert selects(sm["spec"]["selector"], svc["metadata"]["labels"])
+    assert in_namespaces(sm["spec"]["namespaceSelector"], svc["metadata"]["namespace"])
+    (endpoint,) = sm["spec"]["endpoints"]
+    (port,) = [p for p in svc["spec"]["ports"] if p["name"] == endpoint["port"]]
+    # The Service reaches the operator pods, on a port their container names.
+    pod = deployment["spec"]["template"]
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert port["targetPort"] in container_ports(pod["spec"])
+
+
+@pytest.mark.parametrize("args", [(), NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_the_pod_monitor_scrapes_the_sidecar_of_the_worker_pods_the_operator_builds(
+    args: tuple[str, ...],
+) -> None:
+    pm = template(*MONITORING_ON, *args).one("PodMonitor")
+    job_spec = spec()
+    worker = build_worker_pod(JOB, job_spec, 0, 0, OperatorConfig())
+    rdzv_store = build_store_pod(JOB, job_spec)
+    assert selects(pm["spec"]["selector"], worker["metadata"]["labels"])
+    assert not selects(pm["spec"]["selector"], rdzv_store["metadata"]["labels"])
+    # JOB runs in team-a, one of NAMESPACED's watched namespaces.
+    assert in_namespaces(pm["spec"]["namespaceSelector"], worker["metadata"]["namespace"])
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in container_ports(worker["spec"])
+    assert endpoint["port"] not in container_ports(rdzv_store["spec"])
 
 
 def test_dashboards_are_configmaps_with_the_configurable_label_and_the_json_verbatim() -> None:
