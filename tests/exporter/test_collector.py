@@ -273,6 +273,39 @@ def test_transient_error_is_counted_and_gpu_stays(run_dir: Path) -> None:
     assert scrape(collector).value(n.GPU_POWER) == 70.0
 
 
+@pytest.mark.parametrize(
+    ("error", "inits", "up", "exported", "errors"),
+    [
+        # NVML's catch-all for one failed query: that series is dropped, NVML is left alone.
+        pytest.param("Unknown", 1, 1.0, True, 7, id="Unknown: transient"),
+        pytest.param("Timeout", 1, 1.0, True, 7, id="Timeout: transient"),
+        # Lost but still enumerated: re-init right away, then once per 120 s, not per scrape.
+        pytest.param("GpuIsLost", 3, 0.0, False, 0, id="GpuIsLost: rate-limited re-init"),
+        pytest.param("ResetRequired", 3, 0.0, False, 0, id="ResetRequired: rate-limited"),
+    ],
+)
+def test_a_failing_reading_never_reinitialises_nvml_on_every_scrape(
+    run_dir: Path, error: str, inits: int, up: float, exported: bool, errors: int
+) -> None:
+    write_gpus_file(run_dir, [uuid(0)])
+    fake = FakeNVML([FakeGpu(uuid(0), errors={"nvmlDeviceGetPowerUsage": error})])
+    now = [0.0]
+    collector = TrainopCollector(
+        run_dir=run_dir,
+        gpu_reader=GpuReader(lambda: Nvml(fake), monotonic=lambda: now[0], rescan_seconds=120),
+        rapl_reader=RaplReader(None),
+        identity=IDENTITY,
+    )
+    for t in (0.0, 15.0, 30.0, 60.0, 119.0, 121.0, 135.0):
+        now[0] = t
+        expo = scrape(collector)
+        assert expo.value(n.GPU_UP) == up
+        assert expo.value(n.GPU_POWER) is None
+        assert (expo.value(n.GPU_ENERGY) is not None) == exported
+    assert fake.calls["nvmlInit"] == inits
+    assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == errors
+
+
 def test_nvml_initialised_once_and_handles_cached(run_dir: Path) -> None:
     write_gpus_file(run_dir, [uuid(0), uuid(1)])
     fake = FakeNVML(gpus(2))

@@ -1,7 +1,8 @@
 """GPU readings from NVML, with NVML's lifecycle handled once, here.
 
 NVML is initialised once and device handles are cached; a read that says the
-GPU is lost triggers a shutdown + init before the next scrape. When NVML
+GPU is lost triggers a shutdown + init before the next scrape, then at most
+once per rescan interval while it stays lost. When NVML
 cannot start (no driver, no library, no nvidia-ml-py) the reader says why once
 and retries now and then, so the sidecar keeps serving training metrics and
 never crash-loops on a node without a GPU.
@@ -237,7 +238,9 @@ class GpuReader:
             except _GpuLostError:
                 lost = True
         if lost:
-            self._reinit = True
+            # A GPU that stays lost but enumerated would otherwise cost an
+            # nvmlInit on every scrape.
+            self._schedule_rescan()
         readings.sort(key=lambda r: r.index)
         up = bool(readings) and not lost and not selection.missing
         return GpuSnapshot(
@@ -249,7 +252,8 @@ class GpuReader:
 
     def _schedule_rescan(self) -> None:
         # A GPU back from a reset only shows up in a fresh enumeration; re-init
-        # is slow on some nodes, so at most once per rescan interval.
+        # is slow on some nodes, so at most once per rescan interval, whether a
+        # GPU is missing or lost.
         now = self._monotonic()
         if now >= self._next_rescan_at:
             self._next_rescan_at = now + self._rescan_seconds
@@ -264,7 +268,8 @@ class GpuReader:
             if err.lost:
                 self._states.set(
                     f"lost/{device.uuid}",
-                    f"GPU {device.index} ({device.uuid}) is lost ({err}); re-initialising NVML",
+                    f"GPU {device.index} ({device.uuid}) is lost ({err}); re-initialising "
+                    f"NVML, then at most every {self._rescan_seconds:.0f} s while it stays lost",
                     logging.ERROR,
                 )
                 raise _GpuLostError from err

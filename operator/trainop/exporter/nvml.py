@@ -33,7 +33,9 @@ EventSet = NewType("EventSet", object)
 # Error names as pynvml spells its classes, minus the "NVMLError_" prefix.
 _UNSUPPORTED = frozenset({"NotSupported", "FunctionNotFound", "NoPermission"})
 # The device or the library's state is gone: only shutdown + init can help.
-_LOST = frozenset({"GpuIsLost", "Uninitialized", "ResetRequired", "Unknown"})
+# Not "Unknown": NVML's catch-all for one failed query, which the next scrape
+# usually answers; taking it for a lost GPU re-initialised NVML on every scrape.
+_LOST = frozenset({"GpuIsLost", "Uninitialized", "ResetRequired"})
 # nvmlInit failures that mean "no usable GPU on this machine", not a bug.
 _ABSENT = frozenset({"LibraryNotFound", "DriverNotLoaded", "ModuleNotFound"})
 
