@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -28,6 +28,9 @@ log = logging.getLogger("trainop.reconcile")
 ObjDict = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 T = TypeVar("T")
+# Backoff between tries of a create the API server refused (e.g. over quota).
+REFUSED_BASE_SECONDS = 5.0
+REFUSED_MAX_SECONDS = 300.0
 
 
 def utcnow() -> datetime:
@@ -56,6 +59,14 @@ class NodeCache:
         return dict(self.nodes) if self.synced else None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    generation: int  # of the spec that was refused
+    message: str
+    tries: int
+    until: float  # time.monotonic() before which the API server is not asked again
+
+
 class Reconciler:
     def __init__(
         self,
@@ -73,6 +84,9 @@ class Reconciler:
         self.phases: dict[Key, str] = {}
         # node name -> jobs with pods there, so a node going NotReady wakes exactly those jobs.
         self.jobs_on_node: dict[str, set[Key]] = {}
+        # Jobs whose children the API server refused. Such a job is asked about again
+        # (dry-run first) only after a growing pause, or at once when its spec changes.
+        self.refusals: dict[Key, Refusal] = {}
 
     async def reconcile(self, key: Key) -> float | None:
         """Converge one job. Returns seconds until it must be looked at again, if any."""
@@ -89,12 +103,64 @@ class Reconciler:
             self._forget(key)
             return None
         obs = await self.observe(job)
-        plan = compute_plan(obs, self.clock(), self.config)
-        await self.act(job, obs, plan)
+        now = self.clock()
+        plan = compute_plan(obs, now, self.config)
+        refused = await self._admission(key, obs, plan)
+        if refused is not None:
+            obs = replace(obs, admission_error=refused)
+            plan = compute_plan(obs, now, self.config)
+        retry = await self.act(job, obs, plan)
         self._remember(key, plan.status, obs.pods)
         if obs.spec is not None:
             m.JOB_RESTART_BUDGET.labels(*key).set(obs.spec.failure_policy.backoff_limit)
-        return plan.requeue_after
+        waits = [w for w in (plan.requeue_after, retry) if w is not None]
+        return min(waits) if waits else None
+
+    async def _admission(self, key: Key, obs: Observed, plan: Plan) -> str | None:
+        """Why the API server would refuse the children this plan creates, if it would.
+
+        Asked (by dry-run) before a job's first child exists, so a refusal leaves nothing
+        half-created, and again after a refused create once its pause is over."""
+        if not plan.creates:
+            return None
+        refusal = self.refusals.get(key)
+        if refusal is not None and refusal.generation != obs.generation:
+            del self.refusals[key]  # the spec changed: ask again now
+            refusal = None
+        if refusal is not None and time.monotonic() < refusal.until:
+            return refusal.message
+        if refusal is None and (obs.pods or obs.service_exists):
+            return None
+        message = await self._dry_run(plan.creates)
+        if message is None:
+            self.refusals.pop(key, None)
+        else:
+            self._refused(key, obs.generation, message)
+        return message
+
+    def _refused(self, key: Key, generation: int, message: str) -> float:
+        before = self.refusals.get(key)
+        tries = before.tries + 1 if before is not None else 1
+        pause = min(REFUSED_BASE_SECONDS * 2.0 ** (tries - 1), REFUSED_MAX_SECONDS)
+        self.refusals[key] = Refusal(generation, message, tries, time.monotonic() + pause)
+        return pause
+
+    async def _dry_run(self, creates: Iterable[ObjDict]) -> str | None:
+        """The API server's message if it refuses one of the objects; every worker is
+        built the same way, so one of each kind and role stands for all of them."""
+        samples: dict[tuple[str, str], ObjDict] = {}
+        for obj in creates:
+            role = obj["metadata"].get("labels", {}).get(c.LABEL_ROLE, "")
+            samples.setdefault((obj["kind"], role), obj)
+        results = await asyncio.gather(
+            *(self.kube.create(obj, dry_run=True) for obj in samples.values()),
+            return_exceptions=True,
+        )
+        for obj, result in zip(samples.values(), results, strict=True):
+            if isinstance(result, KubeError) and result.refused:
+                return f"{obj['kind']} {obj['metadata']['name']}: {result.message}"
+        _raise_first(results)
+        return None
 
     async def observe(self, job: ObjDict) -> Observed:
         meta = job["metadata"]
@@ -130,31 +196,64 @@ class Reconciler:
             missing_pvc=missing_pvc,
         )
 
-    async def act(self, job: ObjDict, obs: Observed, plan: Plan) -> None:
+    async def act(self, job: ObjDict, obs: Observed, plan: Plan) -> float | None:
         """Status first: a failure is recorded as handled before its pod is deleted,
-        so an operator killed in between never counts it twice or loses it."""
+        so an operator killed in between never counts it twice or loses it.
+
+        Returns seconds until a refused create may be tried again, if one was refused."""
         new_status = plan.status.to_api()
         if new_status != (job.get("status") or {}):
             await self.kube.replace_job_status(job, new_status)
-        ns = obs.job.namespace
-        if plan.suspend_job:
-            await self.kube.patch_job(ns, obs.job.name, {"spec": {"suspend": True}})
-        await _gather(
-            self._bounded(self.kube.delete_pod(ns, d.name, d.uid, d.grace_seconds))
-            for d in plan.deletes
-        )
-        await _gather(self._bounded(self.kube.create(obj)) for obj in plan.creates)
-        # Events only after the status they describe is stored.
+        # Events and counters right after the status they describe is stored, so a
+        # delete or create failing below cannot lose them.
         for ev in plan.events:
             await self._emit(job, ev)
-        if plan.status.last_failure is not None and (
-            obs.status.last_failure is None
-            or obs.status.last_failure.pod_uid != plan.status.last_failure.pod_uid
-        ):
-            lf = plan.status.last_failure
+        for lf in plan.failures:
             m.RESTARTS.labels(lf.reason, str(lf.counted).lower()).inc()
+        ns = obs.job.namespace
+        key = (ns, obs.job.name)
+        if plan.suspend_job:
+            await self.kube.patch_job(ns, obs.job.name, {"spec": {"suspend": True}})
+        _raise_first(
+            await asyncio.gather(
+                *(
+                    self._bounded(self.kube.delete_pod(ns, d.name, d.uid, d.grace_seconds))
+                    for d in plan.deletes
+                ),
+                return_exceptions=True,
+            )
+        )
+        results = await asyncio.gather(
+            *(self._bounded(self.kube.create(obj)) for obj in plan.creates),
+            return_exceptions=True,
+        )
+        refused = [
+            (obj, r)
+            for obj, r in zip(plan.creates, results, strict=True)
+            if isinstance(r, KubeError) and r.refused
+        ]
+        _raise_first([r for r in results if not (isinstance(r, KubeError) and r.refused)])
+        retry = None
+        if refused:
+            # Sending the same object again gets the same answer: say so once per try,
+            # and try again only after a growing pause (quota may free up meanwhile).
+            obj, exc = refused[0]
+            what = f"{obj['kind']} {obj['metadata']['name']}"
+            retry = self._refused(key, obs.generation, f"{what}: {exc.message}")
+            log.warning(
+                "job %s/%s: %d create(s) refused, e.g. %s: %s; next try in %.0fs",
+                *key,
+                len(refused),
+                what,
+                exc,
+                retry,
+            )
+            await self._emit(
+                job, Event("Warning", "CreateRejected", f"{what} was refused: {exc.message}")
+            )
         if plan.delete_job:
             await self.kube.delete_job(ns, obs.job.name, obs.job.uid)
+        return retry
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         async with self._writes:
@@ -214,6 +313,7 @@ class Reconciler:
                     gauge.remove(*key)
         for jobs in self.jobs_on_node.values():
             jobs.discard(key)
+        self.refusals.pop(key, None)
         self._export_phases()
 
     def _export_phases(self) -> None:
@@ -227,9 +327,8 @@ def _owned_by(obj: ObjDict, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-async def _gather(calls: Iterable[Any]) -> None:
-    """Run API calls concurrently; raise the first error after all have finished."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
+def _raise_first(results: Iterable[object]) -> None:
+    """Raise the first error of calls gathered with return_exceptions (after all finished)."""
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]

@@ -89,8 +89,13 @@ class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
                     tries = self._failures.get(key, 0) + 1
                     self._failures[key] = tries
                     delay = min(self._base * 2 ** (tries - 1), self._max)
-                    log.exception(
-                        "reconcile of %s failed (try %d); retrying in %.1fs", key, tries, delay
+                    # The traceback once per streak; a retry failing the same way adds one line.
+                    log.warning(
+                        "reconcile of %s failed (try %d); retrying in %.1fs",
+                        key,
+                        tries,
+                        delay,
+                        exc_info=tries == 1,
                     )
                     self.add_after(key, delay)
                 else:

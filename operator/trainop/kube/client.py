@@ -37,6 +37,13 @@ class KubeError(Exception):
     def __str__(self) -> str:
         return f"{self.status} {self.reason}: {self.message}"
 
+    @property
+    def refused(self) -> bool:
+        """The server judged the request itself (invalid, forbidden by admission or quota):
+        sending it again unchanged gets the same answer. Conflicts (409), throttling (429)
+        and server errors (5xx) are worth retrying as they are."""
+        return 400 <= self.status < 500 and self.status not in (404, 408, 409, 429)
+
 
 def _ns_path(api_version: str, resource: str, namespace: str, name: str | None = None) -> str:
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -152,12 +159,16 @@ class Kube:
         )
         return list(data["items"])
 
-    async def create(self, obj: ObjDict) -> ObjDict | None:
-        """Create; None when it already exists (a retried reconcile is not an error)."""
+    async def create(self, obj: ObjDict, *, dry_run: bool = False) -> ObjDict | None:
+        """Create; None when it already exists (a retried reconcile is not an error).
+
+        dry_run asks the API server to run validation and every admission plugin
+        (PriorityClass, quota, LimitRange, PodSecurity, webhooks) and store nothing."""
         api_version, resource = _PATHS[obj["kind"]]
         path = _ns_path(api_version, resource, obj["metadata"]["namespace"])
+        query = {"dryRun": "All"} if dry_run else None
         try:
-            return await self.request("create", path, resource=resource, body=obj)
+            return await self.request("create", path, resource=resource, body=obj, query=query)
         except KubeError as exc:
             if exc.status == 409:
                 return None
