@@ -1,0 +1,303 @@
+"""Job lifecycle as tables: deadline, lost nodes in every stage, capacity, success,
+pods pending too long, condition shape."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests.factories import NOW, failed, node, observed, spec, store, worker
+from trainop.api.status import Phase, TrainingJobStatus
+from trainop.core.conditions import set_condition
+from trainop.core.config import OperatorConfig
+from trainop.core.observe import ObservedPod
+from trainop.core.plan import PENDING_TIMEOUT_SECONDS, Plan, compute_plan
+
+CFG = OperatorConfig()
+# metav1.Condition's validation of reason.
+METAV1_REASON = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
+UNSCHEDULABLE = "Unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+
+
+def plan_for(**kw: Any) -> Plan:
+    return compute_plan(observed(**kw), NOW, CFG)
+
+
+def ago(seconds: float) -> str:
+    return (NOW - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def deleted(plan: Plan) -> dict[str, int | None]:
+    return {d.name: d.grace_seconds for d in plan.deletes}
+
+
+def condition(plan: Plan, type_: str) -> Any:
+    return next((cd for cd in plan.status.conditions if cd.type == type_), None)
+
+
+@pytest.mark.parametrize(
+    ("status", "pods", "failed_now", "requeue"),
+    [
+        pytest.param(
+            {"phase": "Pending", "admissionTime": ago(61)},
+            [store(), worker(0, "Pending", unschedulable=UNSCHEDULABLE)],
+            True,
+            None,
+            id="never-scheduled",
+        ),
+        pytest.param(
+            {"phase": "Pending", "admissionTime": ago(20)},
+            [store(), worker(0, "Pending")],
+            False,
+            40,
+            id="not-yet",
+        ),
+        pytest.param({}, [], False, 60, id="clock-starts-at-admission"),
+        pytest.param(
+            {"phase": "Running", "startTime": ago(90)},
+            [store(), worker(0), worker(1)],
+            True,
+            None,
+            id="status-from-before-admission-time",
+        ),
+    ],
+)
+def test_deadline_counts_from_admission(
+    status: dict[str, Any], pods: list[ObservedPod], failed_now: bool, requeue: float | None
+) -> None:
+    the_spec = spec(runPolicy={"activeDeadlineSeconds": 60})
+    plan = plan_for(pods=pods, the_spec=the_spec, status=status)
+    assert plan.status.admission_time is not None
+    if failed_now:
+        assert plan.status.phase is Phase.FAILED
+        assert plan.status.reason == "DeadlineExceeded"
+        assert set(deleted(plan)) == {p.name for p in pods}
+    else:
+        assert plan.status.phase is not Phase.FAILED
+        assert plan.requeue_after == requeue
+
+
+def test_deadline_fires_even_while_the_spec_cannot_be_scheduled() -> None:
+    the_spec = spec(runPolicy={"activeDeadlineSeconds": 60})
+    plan = plan_for(
+        the_spec=the_spec,
+        nodes=[node(gpus=1)],
+        status={"phase": "Pending", "admissionTime": ago(61)},
+    )
+    assert plan.status.reason == "DeadlineExceeded"
+
+
+def test_suspend_stops_the_deadline_clock_and_resume_restarts_it() -> None:
+    the_spec = spec(suspend=True, runPolicy={"activeDeadlineSeconds": 60})
+    held = plan_for(
+        pods=[], the_spec=the_spec, status={"phase": "Running", "admissionTime": ago(50)}
+    )
+    assert held.status.admission_time is None
+    resumed = compute_plan(
+        observed(
+            the_spec=spec(runPolicy={"activeDeadlineSeconds": 60}), status=held.status.to_api()
+        ),
+        NOW,
+        CFG,
+    )
+    assert resumed.status.admission_time == NOW
+    assert resumed.requeue_after == 60
+
+
+LOST = NOW - timedelta(seconds=CFG.node_lost_seconds + 1)
+
+
+@pytest.mark.parametrize(
+    ("the_spec", "status", "pod", "grace"),
+    [
+        pytest.param(
+            spec(suspend=True),
+            {"phase": "Suspended"},
+            worker(0, deleting=True, node_name="gone"),
+            0,
+            id="suspended-stuck-terminating",
+        ),
+        pytest.param(
+            spec(suspend=True),
+            {"phase": "Running"},
+            worker(0, node_name="gone"),
+            0,
+            id="suspending-on-lost-node",
+        ),
+        pytest.param(
+            spec(),
+            {"phase": "Succeeded", "completionTime": ago(5)},
+            worker(0, deleting=True, node_name="gone"),
+            0,
+            id="finished-stuck-terminating",
+        ),
+        pytest.param(
+            spec(runPolicy={"cleanPodPolicy": "None"}),
+            {"phase": "Failed", "completionTime": ago(5)},
+            worker(0, node_name="gone"),
+            None,
+            id="clean-pod-policy-none-keeps-live-pods",
+        ),
+        pytest.param(
+            spec(),
+            {"phase": "Running", "startTime": ago(100)},
+            replace(store(), node_name="gone"),
+            0,
+            id="store-on-lost-node",
+        ),
+        pytest.param(
+            spec(),
+            {"phase": "Running", "startTime": ago(100)},
+            failed(0, 143, deleting=True, node_name="gone"),
+            0,
+            id="dead-worker-stuck-terminating",
+        ),
+    ],
+)
+def test_pods_on_a_lost_node_are_force_deleted_in_every_stage(
+    the_spec: Any, status: dict[str, Any], pod: ObservedPod, grace: int | None
+) -> None:
+    nodes = [node(), node("gone", ready=False, not_ready_since=LOST)]
+    plan = plan_for(pods=[pod, worker(1)], the_spec=the_spec, status=status, nodes=nodes)
+    assert deleted(plan).get(pod.name, "kept") == ("kept" if grace is None else grace)
+
+
+def test_store_on_a_lost_node_is_replaced_in_the_same_pass() -> None:
+    lost_store = replace(store(), node_name="gone")
+    plan = plan_for(
+        pods=[lost_store, worker(0), worker(1)],
+        nodes=[node(), node("gone", ready=False, not_ready_since=LOST)],
+        status={"phase": "Running", "startTime": ago(100)},
+    )
+    assert deleted(plan) == {"llm-rdzv": 0}
+    assert [o["metadata"]["name"] for o in plan.creates] == ["llm-rdzv"]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "spec_valid"),
+    [
+        pytest.param({}, "InsufficientGPUCapacity", "False", id="before-first-start"),
+        pytest.param(
+            {"phase": "Running", "startTime": ago(100)}, "Restarting", "True", id="after-start"
+        ),
+    ],
+)
+def test_capacity_is_a_spec_problem_only_before_the_first_start(
+    status: dict[str, Any], reason: str, spec_valid: str
+) -> None:
+    # Every node went NotReady mid-run: the failed worker must still be accounted for.
+    down = [node(ready=False, not_ready_since=NOW - timedelta(seconds=5))]
+    the_spec = spec(replicas=2, minReplicas=2)
+    pods = [store(), failed(0, 1), worker(1)] if status else []
+    plan = plan_for(pods=pods, the_spec=the_spec, status=status, nodes=down)
+    assert plan.status.reason == reason
+    assert condition(plan, "SpecValid").status == spec_valid
+    if status:
+        assert plan.status.restarts == 1
+        assert plan.status.last_failure is not None
+
+
+@pytest.mark.parametrize(
+    ("pods", "phase"),
+    [
+        pytest.param([store(), worker(0, "Succeeded"), worker(1)], Phase.SUCCEEDED, id="done"),
+        pytest.param(
+            [store(), worker(0), worker(1), worker(2, "Succeeded")],
+            Phase.RUNNING,
+            id="scaled-away-exit-0",
+        ),
+        pytest.param(
+            [store(), worker(0), worker(1, "Succeeded", deleting=True)],
+            Phase.RUNNING,
+            id="deleting-exit-0",
+        ),
+    ],
+)
+def test_only_a_worker_that_ended_on_its_own_finishes_the_job(
+    pods: list[ObservedPod], phase: Phase
+) -> None:
+    plan = plan_for(pods=pods, the_spec=spec(replicas=2), status={"phase": "Running"})
+    assert plan.status.phase is phase
+
+
+@pytest.mark.parametrize(
+    ("pod", "since", "status", "reason"),
+    [
+        pytest.param(
+            worker(0, "Pending", unschedulable=UNSCHEDULABLE),
+            PENDING_TIMEOUT_SECONDS + 1,
+            "True",
+            "Unschedulable",
+            id="unschedulable-too-long",
+        ),
+        pytest.param(
+            worker(0, "Pending"),
+            PENDING_TIMEOUT_SECONDS + 1,
+            "True",
+            "NotStarted",
+            id="scheduled-never-started",
+        ),
+        pytest.param(
+            worker(0, "Pending", unschedulable=UNSCHEDULABLE), 10, None, None, id="not-yet"
+        ),
+    ],
+)
+def test_a_pod_pending_too_long_gets_a_condition_with_the_reason(
+    pod: ObservedPod, since: float, status: str | None, reason: str | None
+) -> None:
+    plan = plan_for(
+        pods=[store(), pod, worker(1)], status={"phase": "Running", "pendingSince": ago(since)}
+    )
+    cond = condition(plan, "PendingTooLong")
+    if status is None:
+        assert cond is None
+        assert plan.requeue_after == PENDING_TIMEOUT_SECONDS - since
+        return
+    assert (cond.status, cond.reason) == (status, reason)
+    assert "llm-worker-0" in cond.message
+    if pod.unschedulable:
+        assert "Insufficient nvidia.com/gpu" in cond.message
+    assert [e.type for e in plan.events if e.reason == "PendingTooLong"] == ["Warning"]
+    # Said once, not on every reconcile; cleared when the pod runs.
+    again = compute_plan(
+        observed(pods=[store(), pod, worker(1)], status=plan.status.to_api()), NOW, CFG
+    )
+    assert not any(e.reason == "PendingTooLong" for e in again.events)
+    started = compute_plan(
+        observed(pods=[store(), worker(0), worker(1)], status=again.status.to_api()), NOW, CFG
+    )
+    assert condition(started, "PendingTooLong").status == "False"
+    assert started.status.pending_since is None
+
+
+@pytest.mark.parametrize(
+    ("the_spec", "pods", "status"),
+    [
+        pytest.param(spec(), [store(), worker(0), worker(1)], {}, id="running"),
+        pytest.param(spec(suspend=True), [], {"phase": "Running"}, id="suspended"),
+        pytest.param(
+            spec(), [store(), failed(0, 1), worker(1)], {"phase": "Running"}, id="restart"
+        ),
+        pytest.param(spec(), [store(), worker(0, "Succeeded")], {"phase": "Running"}, id="done"),
+    ],
+)
+def test_every_condition_has_a_reason(
+    the_spec: Any, pods: list[ObservedPod], status: dict[str, Any]
+) -> None:
+    # Walk through phases so inactive phase conditions exist too.
+    seen = TrainingJobStatus.model_validate(status)
+    for _ in range(2):
+        plan = compute_plan(observed(pods=pods, the_spec=the_spec, status=seen.to_api()), NOW, CFG)
+        seen = plan.status
+    assert seen.conditions
+    for cond in seen.conditions:
+        assert METAV1_REASON.fullmatch(cond.reason), cond
+
+
+def test_set_condition_refuses_an_empty_reason() -> None:
+    with pytest.raises(ValueError, match="non-empty reason"):
+        set_condition([], "Running", False, "", "", NOW, 1)
