@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import urllib.error
 from pathlib import Path
 
@@ -11,11 +12,13 @@ import pytest
 from tests.exporter.helpers import exporter_process, http_get, write_progress
 from trainop.exporter import names as n
 from trainop.exporter.app import (
+    ANY_IPV4,
     DEFAULT_PORT,
     ExporterConfig,
     RunningExporter,
     build_collector,
     identity_from_env,
+    listen_address,
     parse_config,
 )
 from trainop.exporter.nvml import NvmlError, load_real
@@ -25,7 +28,7 @@ from trainop_runtime import contract
 def test_defaults_suit_a_pod() -> None:
     config = parse_config([], {})
     assert config.port == DEFAULT_PORT == 9400
-    assert config.address == "0.0.0.0"  # noqa: S104  # reachable by Prometheus on the pod IP
+    assert config.address == "::"  # every interface, IPv4 and IPv6: Prometheus uses the pod IP
     assert config.run_dir == Path(contract.DEFAULT_RUN_DIR)
     assert config.all_gpus is False
     assert config.identity == {}
@@ -79,6 +82,60 @@ def test_http_endpoints(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as err:
             http_get(f"{base}/")
         assert err.value.code == 404
+    finally:
+        exporter.stop()
+
+
+@pytest.mark.parametrize(
+    ("requested", "dual_stack", "bound"),
+    [
+        pytest.param("::", True, "::", id="default, IPv6 host: dual-stack"),
+        pytest.param("::", False, ANY_IPV4, id="default, no IPv6: IPv4 only"),
+        pytest.param(ANY_IPV4, True, ANY_IPV4, id="asked for IPv4 only"),
+        pytest.param("127.0.0.1", False, "127.0.0.1", id="one address"),
+    ],
+)
+def test_listen_address(requested: str, dual_stack: bool, bound: str) -> None:
+    assert listen_address(requested, dual_stack=dual_stack) == bound
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("host_dual_stack", "bound", "reachable_on"),
+    [
+        # Where the host has no IPv6 loopback (a container with IPv6 off) only IPv4 is probed.
+        pytest.param(
+            True, "::", ["127.0.0.1", *(["::1"] if _ipv6_loopback() else [])], id="dual-stack"
+        ),
+        pytest.param(False, ANY_IPV4, ["127.0.0.1"], id="IPv4 fallback"),
+    ],
+)
+def test_default_address_serves_ipv4_and_ipv6(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    host_dual_stack: bool,
+    bound: str,
+    reachable_on: list[str],
+) -> None:
+    if not host_dual_stack:
+        monkeypatch.setattr(socket, "has_dualstack_ipv6", lambda: False)
+    config = ExporterConfig(port=0, run_dir=tmp_path, fake_nvml_gpus=1, all_gpus=True)
+    exporter = RunningExporter(config, build_collector(config))
+    try:
+        assert exporter.address == bound
+        for host in reachable_on:
+            url_host = f"[{host}]" if ":" in host else host
+            status, body = http_get(f"http://{url_host}:{exporter.port}/metrics")
+            assert status == 200, host
+            assert f"{n.GPU_UP} 1.0" in body, host
     finally:
         exporter.stop()
 

@@ -47,8 +47,12 @@ ENV_POWERCAP_ROOT = "TRAINOP_EXPORTER_POWERCAP_ROOT"
 ENV_LOG_LEVEL = "TRAINOP_EXPORTER_LOG_LEVEL"
 # dcgm-exporter's port: what PodMonitors and firewall rules already expect.
 DEFAULT_PORT = 9400
-# Prometheus scrapes the pod IP, so a pod must listen on every interface.
-DEFAULT_ADDRESS = "0.0.0.0"  # noqa: S104
+# Prometheus scrapes the pod IP, so a pod must listen on every interface, of
+# either family: "::" with IPV6_V6ONLY off takes IPv4 and IPv6 connections
+# (IPv6-only and dual-stack clusters), and becomes 0.0.0.0 where the kernel
+# has no IPv6 at all.
+DEFAULT_ADDRESS = "::"
+ANY_IPV4 = "0.0.0.0"  # noqa: S104
 DEFAULT_STALE_SECONDS = 300.0
 METRICS_PATH = "/metrics"
 
@@ -87,7 +91,10 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         "for Prometheus.",
     )
     parser.add_argument(
-        "--address", default=env(ENV_ADDRESS, DEFAULT_ADDRESS), help=f"env {ENV_ADDRESS}"
+        "--address",
+        default=env(ENV_ADDRESS, DEFAULT_ADDRESS),
+        help=f"listen address; the default {DEFAULT_ADDRESS} takes IPv4 and IPv6 "
+        f"({ANY_IPV4} on a host without IPv6) (env {ENV_ADDRESS})",
     )
     parser.add_argument(
         "--port", type=int, default=env(ENV_PORT, DEFAULT_PORT), help=f"env {ENV_PORT}"
@@ -163,6 +170,26 @@ class _ThreadingServerV6(_ThreadingServer):
     address_family = socket.AF_INET6
 
 
+class _DualStackServer(_ThreadingServerV6):
+    def server_bind(self) -> None:
+        # Explicit: with net.ipv6.bindv6only=1 "::" would refuse IPv4.
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def listen_address(requested: str, *, dual_stack: bool) -> str:
+    """The address to bind: the default falls back to IPv4 without IPv6. Purely computational."""
+    if requested == DEFAULT_ADDRESS and not dual_stack:
+        return ANY_IPV4
+    return requested
+
+
+def _server_class(address: str) -> type[_ThreadingServer]:
+    if address == DEFAULT_ADDRESS:
+        return _DualStackServer
+    return _ThreadingServerV6 if ":" in address else _ThreadingServer
+
+
 def build_wsgi_app(registry: CollectorRegistry) -> WSGIApplication:
     renderer = TextRenderer()
     # One scrape at a time: the renderer's caches and NVML are shared state,
@@ -217,16 +244,19 @@ class RunningExporter:
         self.registry = CollectorRegistry()
         self.registry.register(collector)
         ProcessCollector(namespace=names.PROCESS_NAMESPACE, registry=self.registry)
-        server_class = _ThreadingServerV6 if ":" in config.address else _ThreadingServer
+        self.address = listen_address(config.address, dual_stack=socket.has_dualstack_ipv6())
+        if self.address != config.address:
+            log.info("no IPv6 on this host: listening on IPv4 only (%s)", self.address)
         self._server = make_server(
-            config.address,
+            self.address,
             config.port,
             build_wsgi_app(self.registry),
-            server_class=server_class,
+            server_class=_server_class(self.address),
             handler_class=_QuietHandler,
         )
         self.port: int = self._server.server_port
-        self.url = f"http://{config.address}:{self.port}{METRICS_PATH}"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        self.url = f"http://{host}:{self.port}{METRICS_PATH}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="trainop-exporter-http", daemon=True
         )
@@ -254,7 +284,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         exporter = RunningExporter(config, collector)
     except OSError as err:
-        log.error("cannot listen on %s:%d: %s", config.address, config.port, err)
+        log.error("cannot listen on %s port %d: %s", config.address, config.port, err)
         collector.close()
         return 1
     log.info(
