@@ -6,34 +6,41 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from trainop.api.parse import parse_spec
-from trainop.local.runner import SpecError, load_job
-from trainop_runtime.localjob import free_port
+from trainop import cli
+from trainop.local import devices
+from trainop.local.runner import load_job
+from trainop_runtime.localjob import free_port, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+# Every process the runner starts inherits its env: this tells ours from anyone else's.
+MARK = "TRAINOP_E2E_RUN"
 
 
-def quickstart(tmp: Path, steps: int, **spec: Any) -> Path:
+def quickstart(tmp: Path, steps: int, *args: str, **spec: Any) -> Path:
     """The shipped quickstart, shortened for CI (same file, fewer steps)."""
     doc = yaml.safe_load(QUICKSTART.read_text())
-    doc["spec"]["entrypoint"]["args"] = ["--steps", str(steps)]
+    doc["spec"]["entrypoint"]["args"] = ["--steps", str(steps), *args]
     doc["spec"].update(spec)
     path = tmp / "job.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
-def trainop_run(job: Path, workdir: Path, *extra: str) -> subprocess.Popen[str]:
+def trainop_run(
+    job: Path, workdir: Path, *extra: str, mark: str = "", port: int | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -44,7 +51,7 @@ def trainop_run(job: Path, workdir: Path, *extra: str) -> subprocess.Popen[str]:
             "--workdir",
             str(workdir),
             "--metrics-port",
-            str(free_port()),
+            str(port or free_port()),
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -52,7 +59,40 @@ def trainop_run(job: Path, workdir: Path, *extra: str) -> subprocess.Popen[str]:
         text=True,
         cwd=ROOT,
         start_new_session=True,
+        env={**os.environ, MARK: mark},
     )
+
+
+def processes_marked(mark: str) -> list[str]:
+    """Live processes started by one runner (zombies have no environ to read)."""
+    needle = f"{MARK}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append(f"{entry.name}: {cmd[:120]}")
+    return found
+
+
+def no_process_left(mark: str, within: float) -> list[str]:
+    deadline = time.monotonic() + within
+    while (left := processes_marked(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def wait_for_step(progress: Path, step: int, proc: subprocess.Popen[str]) -> int:
+    deadline = time.monotonic() + 240
+    seen = 0
+    while time.monotonic() < deadline and seen < step and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            seen = int(json.loads(progress.read_text()).get("step") or 0)
+        time.sleep(0.5)
+    assert seen >= step, "training never got going"
+    return seen
 
 
 def test_every_shipped_example_is_valid_for_the_runner_and_the_cluster() -> None:
@@ -62,19 +102,66 @@ def test_every_shipped_example_is_valid_for_the_runner_and_the_cluster() -> None
         assert spec.replicas >= 1, path
         doc = yaml.safe_load(path.read_text())
         assert doc["apiVersion"] == f"{crd['spec']['group']}/v1alpha1"
+    # `trainop run` with no file runs the packaged copy: it must be the example, verbatim.
+    packaged = ROOT / "operator" / "trainop" / "local" / "quickstart.yaml"
+    assert packaged.read_text() == QUICKSTART.read_text()
 
 
-def test_invalid_file_gets_the_operators_message_and_exit_code_2(tmp_path: Path) -> None:
-    bad = quickstart(tmp_path, 10, replicas=9)  # maxReplicas is 3
-    with pytest.raises(SpecError) as err:
-        load_job(bad)
-    _, operator_message = parse_spec(yaml.safe_load(bad.read_text())["spec"])
-    assert operator_message is not None
-    assert operator_message in str(err.value)
-    proc = trainop_run(bad, tmp_path / "w")
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 2
-    assert "spec.replicas must be <= spec.maxReplicas" in out
+FIX_HINT = (
+    "fix the field(s) named above; `kubectl explain trainingjob.spec.<field>` describes each one"
+)
+# (spec changes, CLI flags) -> what the user reads on stderr ({path}: the file)
+BAD_INPUT: dict[str, tuple[dict[str, Any], list[str], str]] = {
+    "replicas above maxReplicas": (
+        {"replicas": 9},
+        [],
+        "{path}: invalid TrainingJob: spec: spec.replicas must be <= spec.maxReplicas\n" + FIX_HINT,
+    ),
+    "a misspelt field": (
+        {"replica": 2},
+        [],
+        "{path}: invalid TrainingJob: spec.replica: Extra inputs are not permitted\n" + FIX_HINT,
+    ),
+    "--replicas out of range": (
+        {},
+        ["--replicas", "9"],
+        "--replicas 9: spec: spec.replicas must be <= spec.maxReplicas; this job allows "
+        "--replicas 1..3 (spec.minReplicas..spec.maxReplicas in {path})",
+    ),
+    "--replicas 0": (
+        {},
+        ["--replicas", "0"],
+        "--replicas 0: spec.replicas: Input should be greater than or equal to 1; this job "
+        "allows --replicas 1..3 (spec.minReplicas..spec.maxReplicas in {path})",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=list(BAD_INPUT))
+def test_bad_input_says_which_field_and_how_to_fix_it_with_exit_code_2(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changes, flags, message = BAD_INPUT[case]
+    bad = quickstart(tmp_path, 10, **changes)
+    code = cli.main(["run", str(bad), "--workdir", str(tmp_path / "w"), *flags])
+    assert code == 2
+    assert capsys.readouterr().err == "error: " + message.format(path=bad) + "\n"
+    assert not (tmp_path / "w" / "quickstart" / "logs").exists(), "refused, yet it started"
+
+
+def test_a_gpu_job_too_big_for_the_machine_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A one-GPU machine, as nvidia-smi -L would list it; the quickstart wants 2 x 1.
+    monkeypatch.setattr(devices, "host_gpus", lambda: [devices.HostGpu(0, "GPU-0")])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    job = quickstart(tmp_path, 10)
+    code = cli.main(["run", str(job), "--workdir", str(tmp_path / "w")])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: {job}: 2 worker(s) x spec.resources.gpus 1 need 2 GPUs, this machine has 1: "
+        "run fewer workers (--replicas 1)\n"
+    )
 
 
 @pytest.mark.torch
@@ -91,6 +178,8 @@ def test_quickstart_survives_fault_injection_and_learns(tmp_path: Path) -> None:
     assert summary["steps"] == 60
     assert summary["kills"] >= 1, out[-3000:]
     assert summary["last_loss"] < summary["first_loss"]
+    assert 0 < summary["effective_ratio"] <= 1
+    assert "on CPU: this machine has no GPU" in summary["devices"]
     assert "metrics: http://127.0.0.1:" in out
     assert "[chaos] killed a worker process" in out
 
@@ -98,32 +187,81 @@ def test_quickstart_survives_fault_injection_and_learns(tmp_path: Path) -> None:
 @pytest.mark.torch
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None:
-    job = quickstart(tmp_path, 40, checkpoint={"everySteps": 1000})  # only the SIGTERM save
+    train_log = tmp_path / "train.jsonl"  # rank 0's own record of every step it trained
+    job = quickstart(
+        tmp_path, 40, "--log-jsonl", str(train_log), checkpoint={"everySteps": 1000}
+    )  # only the stop's save
     workdir = tmp_path / "w"
     proc = trainop_run(job, workdir)
     progress = workdir / "quickstart" / "run" / "quickstart-worker-0" / "progress.json"
-    deadline = time.monotonic() + 240
-    step = 0
-    while time.monotonic() < deadline and step < 8:
-        with contextlib.suppress(OSError, ValueError):
-            step = int(json.loads(progress.read_text()).get("step") or 0)
-        time.sleep(0.5)
-    assert step >= 8, "training never got going"
-    os.killpg(proc.pid, signal.SIGINT)
+    reached = wait_for_step(progress, 8, proc)
+    proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     first = json.loads((workdir / "quickstart" / "summary.json").read_text())
     assert first["phase"] == "Interrupted"
-    saved = sorted((workdir / "quickstart" / "checkpoints").iterdir())
-    assert saved, "no checkpoint written on Ctrl-C"
+    saved = first["checkpoint_step"]
+    assert saved is not None, "no checkpoint written on Ctrl-C"
+    assert saved >= reached
+    first_run_end = max(e["time"] for e in read_jsonl(train_log))
 
     again = trainop_run(job, workdir)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out[-3000:]
     second = json.loads((workdir / "quickstart" / "summary.json").read_text())
     assert second["steps"] == 40
-    # Resumed, not restarted: its first loss is already below a fresh model's.
-    assert second["first_loss"] < first["first_loss"]
+    # Resumed from the Ctrl-C checkpoint: the first step it reports comes after it
+    # (the first run's last report, were it read again, is exactly that step).
+    assert second["first_step"] > saved, out[-3000:]
+    assert 0 < second["steps_run"] <= 40 - saved
+    rerun = [e for e in read_jsonl(train_log) if e["time"] > first_run_end]
+    assert rerun[0]["event"] == "start"
+    assert rerun[0]["resumed_step"] == saved
+    assert min(e["step"] for e in rerun if e["event"] == "step") == saved + 1, "redid steps"
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_sigterm_stops_everything_after_a_checkpoint(tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    job = quickstart(tmp_path, 400, checkpoint={"everySteps": 1000})
+    workdir = tmp_path / "w"
+    with socket.socket() as taken:  # someone else's server on the metrics port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = trainop_run(job, workdir, mark=mark, port=port)
+        progress = workdir / "quickstart" / "run" / "quickstart-worker-0" / "progress.json"
+        reached = wait_for_step(progress, 5, proc)
+        assert processes_marked(mark), "the marker does not reach the runner's children"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    summary = json.loads((workdir / "quickstart" / "summary.json").read_text())
+    assert summary["phase"] == "Interrupted"
+    assert summary["checkpoint_step"] >= reached
+    assert no_process_left(mark, within=10) == []
+    assert (
+        f"metrics: NOT served: port {port} is already in use (another exporter, or an "
+        "earlier run?); training goes on. Pick a port: --metrics-port N"
+    ) in out
+    assert f"metrics: http://127.0.0.1:{port}" not in out
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_children_do_not_outlive_a_killed_runner(tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    grace = 20
+    job = quickstart(tmp_path, 400, terminationGracePeriodSeconds=grace)
+    proc = trainop_run(job, tmp_path / "w", mark=mark)
+    progress = tmp_path / "w" / "quickstart" / "run" / "quickstart-worker-0" / "progress.json"
+    wait_for_step(progress, 3, proc)
+    proc.kill()
+    proc.communicate(timeout=30)
+    # Each child got SIGTERM with the runner's death: workers may still save, within
+    # the grace period, and then nothing of the job is left.
+    assert no_process_left(mark, within=grace + 20) == []
 
 
 @pytest.mark.torch

@@ -192,6 +192,7 @@ class LocalCluster:
         self.job = JobRef(name=name, namespace="local", uid=f"local-{name}", labels={})
         self.port = free_port()
         self.pods: dict[str, LocalPod] = {}
+        self.worker_run_dirs: set[Path] = set()
         self.status = TrainingJobStatus()
         self.checkpoints = workdir / "checkpoints"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -275,6 +276,7 @@ class LocalCluster:
         else:
             # What the device plugin does for a pod: this slot's GPUs only, or none.
             env["CUDA_VISIBLE_DEVICES"] = self.gpus.visible_devices(int(labels[c.LABEL_SLOT]))
+            self.worker_run_dirs.add(run_dir)
         log = (self.workdir / "logs" / f"{name}.log").open("ab")
         proc = _start(argv, env, log)
         self.pods[name] = LocalPod(obj, proc, run_dir, term_log, log, oom.oom_kill_count())
@@ -293,6 +295,17 @@ class LocalCluster:
             pod.proc.wait(timeout=5)
         pod.log.close()
         self.pods.pop(pod.name, None)
+
+    def last_reports(self) -> list[dict[str, Any]]:
+        """Every worker's last progress report, read after the pods are gone: the final
+        step and checkpoint come after the last plan saw them."""
+        reports = []
+        for run_dir in sorted(self.worker_run_dirs):
+            with contextlib.suppress(OSError, ValueError):
+                doc = json.loads((run_dir / rc.PROGRESS_FILE).read_text())
+                if isinstance(doc, dict):
+                    reports.append(doc)
+        return reports
 
     def running(self) -> bool:
         return any(p.proc.poll() is None for p in self.pods.values())
@@ -464,7 +477,9 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
             energy = metrics.stop()
     st = cluster.status
     wall = time.monotonic() - started
-    steps = (st.progress.step or 0) if st.progress else 0
+    reports = cluster.last_reports()
+    steps = max([(st.progress.step or 0) if st.progress else 0, *_ints(reports, rc.P_STEP)])
+    checkpoints = _ints(reports, rc.P_CHECKPOINT_STEP)
     steps_run = max(0, steps - tally.first_step + 1) if tally.first_step is not None else 0
     interrupted = stop.signum is not None
     summary = Summary(
@@ -476,7 +491,7 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
         steps=steps,
         first_step=tally.first_step,
         steps_run=steps_run,
-        checkpoint_step=st.progress.checkpoint_step if st.progress else None,
+        checkpoint_step=max(checkpoints) if checkpoints else None,
         first_loss=tally.losses[0] if tally.losses else None,
         last_loss=tally.losses[-1] if tally.losses else None,
         restarts=st.restarts,
@@ -491,6 +506,10 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
     for line in summary.lines():
         say(line)
     return summary
+
+
+def _ints(reports: list[dict[str, Any]], key: str) -> list[int]:
+    return [r[key] for r in reports if isinstance(r.get(key), int)]
 
 
 def _drive(

@@ -1,0 +1,167 @@
+"""The local runner's pure decisions, as tables: which GPUs each worker gets, how much
+energy the job's GPUs used, when a SIGKILL was the OOM killer. No processes here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.exporter.helpers import gpus as fake_gpus
+from tests.exporter.helpers import make_collector, scrape
+from trainop.exporter.fake_nvml import FakeNVML
+from trainop.local.devices import (
+    HostGpu,
+    NotEnoughGpusError,
+    allocate,
+    parse_gpu_list,
+    restrict,
+)
+from trainop.local.energy import energy_used
+from trainop.local.oom import parse_oom_kills, termination_reason
+
+SMI = """\
+GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaaaaaa-0000-0000-0000-000000000000)
+GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bbbbbbbb-0000-0000-0000-000000000000)
+  MIG 3g.40gb     Device  0: (UUID: MIG-cccccccc-0000-0000-0000-000000000000)
+GPU 2: NVIDIA H100 80GB HBM3 (UUID: GPU-dddddddd-0000-0000-0000-000000000000)
+"""
+
+
+def host(n: int) -> list[HostGpu]:
+    return [HostGpu(i, f"GPU-{i}") for i in range(n)]
+
+
+def test_nvidia_smi_list_gives_whole_gpus_in_order() -> None:
+    assert [(g.index, g.uuid[:12]) for g in parse_gpu_list(SMI)] == [
+        (0, "GPU-aaaaaaaa"),
+        (1, "GPU-bbbbbbbb"),
+        (2, "GPU-dddddddd"),
+    ]
+    assert parse_gpu_list("NVIDIA-SMI has failed because it couldn't communicate") == []
+
+
+# (replicas, gpus per worker, host GPUs) -> CUDA_VISIBLE_DEVICES per worker slot
+ALLOCATIONS = {
+    "one GPU each, no sharing": (2, 1, host(2), ["GPU-0", "GPU-1"]),
+    "a slice of two each": (2, 2, host(4), ["GPU-0,GPU-1", "GPU-2,GPU-3"]),
+    "spare GPUs stay unused": (1, 2, host(8), ["GPU-0,GPU-1"]),
+    "GPU job, CPU-only machine: CPU": (2, 1, host(0), ["", ""]),
+    "CPU job on a GPU machine sees no GPU": (2, 0, host(4), ["", ""]),
+}
+
+
+@pytest.mark.parametrize("case", ALLOCATIONS, ids=list(ALLOCATIONS))
+def test_each_worker_gets_its_own_gpus(case: str) -> None:
+    replicas, per_worker, machine, want = ALLOCATIONS[case]
+    got = allocate(replicas, per_worker, machine)
+    assert [got.visible_devices(slot) for slot in range(replicas)] == want
+    assert got.on_gpu is any(want)
+    assert ("on CPU" in got.note) is not any(want)
+
+
+# (replicas, gpus per worker, host GPUs) -> what the refusal tells the user to do
+TOO_FEW = {
+    "two workers, one GPU": (
+        2,
+        1,
+        1,
+        "need 2 GPUs, this machine has 1: run fewer workers (--replicas 1)",
+    ),
+    "one worker wants more than the machine": (
+        1,
+        8,
+        2,
+        "need 8 GPUs, this machine has 2: lower spec.resources.gpus to 2 or less",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TOO_FEW, ids=list(TOO_FEW))
+def test_a_gpu_job_larger_than_the_machine_is_refused(case: str) -> None:
+    replicas, per_worker, machine, message = TOO_FEW[case]
+    with pytest.raises(NotEnoughGpusError) as err:
+        allocate(replicas, per_worker, host(machine))
+    assert message in str(err.value)
+
+
+RESTRICT = {
+    "unset: every GPU": (None, [0, 1, 2]),
+    "indices": ("2,0", [0, 2]),
+    "a UUID": ("GPU-1", [1]),
+    "empty: none": ("", []),
+}
+
+
+@pytest.mark.parametrize("case", RESTRICT, ids=list(RESTRICT))
+def test_a_users_cuda_visible_devices_limits_the_machine(case: str) -> None:
+    visible, want = RESTRICT[case]
+    assert [g.index for g in restrict(host(3), visible)] == want
+
+
+def test_energy_is_the_increase_on_the_jobs_gpus_only(tmp_path: Path) -> None:
+    # Exposition text from the exporter's collector over FakeNVML (fake GPUs): the
+    # counters start far from zero, as NVML's count from driver load does.
+    fake = FakeNVML(fake_gpus(3, energy_mj=5_000_000_000))
+    collector = make_collector(tmp_path, fake, all_gpus=True)
+    start = scrape(collector).text
+    job, other, idle = (g.uuid for g in fake.gpus)
+    fake.gpu(job).energy_mj += 1_500_000  # 1500 J
+    fake.gpu(other).energy_mj += 9_000_000  # a neighbour's work, not the job's
+    end = scrape(collector).text
+    assert energy_used(start, end, {job}) == pytest.approx(1500.0)
+    assert energy_used(start, end, {job, idle}) == pytest.approx(1500.0)
+    assert energy_used(start, end, {"GPU-not-on-this-host"}) is None
+
+
+COUNTER_CASES = {
+    "steady": ({"GPU-a": 1000.0}, {"GPU-a": 1250.0}, 250.0),
+    "two GPUs add up": ({"GPU-a": 10.0, "GPU-b": 20.0}, {"GPU-a": 15.0, "GPU-b": 30.0}, 15.0),
+    "counter reset (driver reload) counts from zero": ({"GPU-a": 1000.0}, {"GPU-a": 40.0}, 40.0),
+    "GPU missing at the start is not guessed": ({}, {"GPU-a": 40.0}, None),
+}
+
+
+def exposition(joules: dict[str, float]) -> str:
+    lines = ["# TYPE trainop_gpu_energy_joules counter"]
+    lines += [
+        f'trainop_gpu_energy_joules_total{{gpu="0",gpu_uuid="{u}",model="x"}} {j}'
+        for u, j in joules.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("case", COUNTER_CASES, ids=list(COUNTER_CASES))
+def test_energy_counter_arithmetic(case: str) -> None:
+    start, end, want = COUNTER_CASES[case]
+    got = energy_used(exposition(start), exposition(end), {"GPU-a", "GPU-b"})
+    assert got == (pytest.approx(want) if want is not None else None)
+
+
+# (exit code, oom_kill count at spawn, at exit) -> the reason failure rules match on
+REASONS = {
+    "clean exit": (0, 3, 3, "Completed"),
+    "SIGKILL while the cgroup counted an OOM kill": (137, 3, 4, "OOMKilled"),
+    "SIGKILL with no OOM kill (chaos, kill -9)": (137, 3, 3, "Error"),
+    "OOM kill, but the pod exited otherwise": (1, 3, 4, "Error"),
+    "no cgroup count readable": (137, None, None, "Error"),
+}
+
+
+@pytest.mark.parametrize("case", REASONS, ids=list(REASONS))
+def test_oom_kill_is_told_from_other_kills(case: str) -> None:
+    code, before, after, want = REASONS[case]
+    assert termination_reason(code, before, after) == want
+
+
+OOM_FILES = {
+    "cgroup v2 memory.events": ("low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n", 1),
+    "cgroup v1 memory.oom_control": ("oom_kill_disable 0\nunder_oom 0\noom_kill 7\n", 7),
+    "no count (old kernel)": ("oom_kill_disable 0\nunder_oom 0\n", None),
+}
+
+
+@pytest.mark.parametrize("case", OOM_FILES, ids=list(OOM_FILES))
+def test_oom_kill_count_is_read_from_either_cgroup_version(case: str) -> None:
+    text, want = OOM_FILES[case]
+    assert parse_oom_kills(text) == want
