@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.chart.helpers import CHART, Obj, helm_bin
+from tests.chart.helpers import CHART, ROOT, Obj, helm_bin
 from tests.cluster.conftest import Cluster, localcluster, wait_for
 from tests.procs import stop_group
 
@@ -81,6 +81,23 @@ def install(cluster: Cluster, *values: str) -> Release:
     result = release.helm("install", name, str(CHART), *values)
     assert result.returncode == 0, result.stderr
     return release
+
+
+@contextmanager
+def bare_cluster(tmp: Path) -> Iterator[Cluster]:
+    """A local control plane of its own (hack/localcluster.py in its own
+    TRAINOP_CLUSTER_DIR), stopped on exit: one that has never seen the CRD, which
+    the session's cluster got from the `crd` fixture before any helm install."""
+    env = {**os.environ, "TRAINOP_CLUSTER_DIR": str(tmp / "cluster")}
+    script = [sys.executable, str(ROOT / "hack" / "localcluster.py")]
+    try:
+        up = subprocess.run(
+            [*script, "up"], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield Cluster(tmp / "cluster" / "kubeconfig", localcluster.bins(build=False))
+    finally:
+        subprocess.run([*script, "down"], env=env, capture_output=True, timeout=60, check=False)
 
 
 def uninstall(release: Release) -> None:
