@@ -3,6 +3,10 @@ ships the real binary) and checked for what the chart's securityContext relies o
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from tests.chart.helpers import ROOT, run, template
 from tests.dockerfiles import hadolint, instructions
 
@@ -43,3 +47,73 @@ def test_it_installs_the_gpu_extra_and_runs_trainop() -> None:
     assert ("ENTRYPOINT", '["trainop"]') in ins
     # The sidecar runs `python -m trainop.exporter` from the same image (core/build.py).
     assert "trainop-image" not in runs
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """One .dockerignore line as moby's patternmatcher reads it: `**` any number of
+    path segments, `*` and `?` within one."""
+    out = ""
+    for part in re.split(r"(\*\*/?|\*|\?)", pattern.strip("/")):
+        if part.startswith("**"):
+            out += "(?:.*/)?" if part.endswith("/") else ".*"
+        elif part == "*":
+            out += "[^/]*"
+        elif part == "?":
+            out += "[^/]"
+        else:
+            out += re.escape(part)
+    return re.compile(out)
+
+
+def sent_to_the_builder(path: str) -> bool:
+    """Whether the build context keeps `path`: the last matching line wins, and a
+    line matching a parent directory matches everything under it."""
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    parents = ["/".join(path.split("/")[: i + 1]) for i in range(path.count("/") + 1)]
+    kept = True
+    for line in (ln for ln in lines if ln and not ln.startswith("#")):
+        negated = line.startswith("!")
+        pattern = _pattern(line.removeprefix("!"))
+        if any(pattern.fullmatch(p) for p in parents):
+            kept = negated
+    return kept
+
+
+def copied_sources() -> list[str]:
+    """Every path the two Dockerfiles COPY from the build context."""
+    out = []
+    for dockerfile in (DOCKERFILE, ROOT / "trainer-image" / "Dockerfile"):
+        for keyword, rest in instructions(dockerfile):
+            words = rest.split()
+            if keyword == "COPY" and not any(w.startswith("--from") for w in words):
+                out += [w.rstrip("/") for w in words[:-1] if not w.startswith("--")]
+    return out
+
+
+def test_the_build_context_holds_every_tracked_file_the_dockerfiles_copy() -> None:
+    sources = copied_sources()
+    assert {"pyproject.toml", "README.md", "operator", "trainer-image"} <= {
+        s.split("/")[0] for s in sources
+    }
+    tracked = run(["git", "ls-files", "--", *sources], cwd=ROOT).stdout.split()
+    assert len(tracked) > 20
+    dropped = [p for p in tracked if not sent_to_the_builder(p)]
+    assert dropped == [], "files a COPY needs are left out of the build context"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".trainop/quickstart/ckpt/step-40.pt",
+        "bench/recovery/results.json",
+        "tests/unit/test_plan.py",
+        "trainop.egg-info/PKG-INFO",
+        "operator/trainop/__pycache__/cli.cpython-311.pyc",
+        "trainer-image/trainop_runtime/.pytest_cache/v/cache/nodeids",
+        "operator/.trainop/run-0/progress.json",
+    ],
+)
+def test_the_build_context_leaves_out_the_working_tree_s_own_files(path: str) -> None:
+    assert not sent_to_the_builder(path)
