@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.exporter.helpers import exporter_process, http_get, write_progress
+from tests.exporter.helpers import Exposition, exporter_process, http_get, write_progress
 from trainop.exporter import names as n
 from trainop.exporter.app import (
     ANY_IPV4,
@@ -17,7 +17,6 @@ from trainop.exporter.app import (
     ExporterConfig,
     RunningExporter,
     build_collector,
-    identity_from_env,
     listen_address,
     parse_config,
 )
@@ -58,13 +57,37 @@ def test_env_configures_everything_and_flags_win() -> None:
     }
 
 
-def test_identity_never_uses_prometheus_target_label_names() -> None:
-    everything = {
-        contract.ENV_JOB_NAME: "j",
-        contract.ENV_JOB_NAMESPACE: "ns",
-        contract.ENV_POD_NAME: "p",
+def test_identity_from_env_never_collides_with_target_labels(tmp_path: Path) -> None:
+    # Values that look like target label names stay values of our own labels.
+    env = {
+        contract.ENV_JOB_NAME: "job",
+        contract.ENV_JOB_NAMESPACE: "namespace",
+        contract.ENV_POD_NAME: "pod",
     }
-    assert not n.RESERVED_TARGET_LABELS & set(identity_from_env(everything))
+    argv = ["--address", "127.0.0.1", "--port", "0", "--run-dir", str(tmp_path)]
+    config = parse_config([*argv, "--fake-nvml-gpus", "1", "--all-gpus"], env)
+    write_progress(tmp_path, time=None)
+    exporter = RunningExporter(config, build_collector(config))
+    try:
+        expo = Exposition(http_get(f"http://127.0.0.1:{exporter.port}/metrics")[1])
+    finally:
+        exporter.stop()
+    ours = [s for s in expo.samples if not s.name.startswith(n.PROCESS_NAMESPACE + "_process")]
+    assert {s.name for s in ours} >= {n.GPU_POWER, n.TRAINING_STEP}
+    for sample in ours:
+        assert not n.RESERVED_TARGET_LABELS & set(sample.labels), sample
+        assert sample.labels[n.L_TRAININGJOB] == "job"
+        assert sample.labels[n.L_TRAININGJOB_NAMESPACE] == "namespace"
+        assert sample.labels[n.L_TRAININGJOB_POD] == "pod"
+
+
+@pytest.mark.parametrize("label", sorted(n.RESERVED_TARGET_LABELS))
+def test_an_identity_with_a_target_label_is_refused_at_start(tmp_path: Path, label: str) -> None:
+    config = ExporterConfig(run_dir=tmp_path, identity={label: "x"}, fake_nvml_gpus=1)
+    with pytest.raises(ValueError, match=rf"\['{label}'\] are target labels") as err:
+        build_collector(config)
+    assert f"exported_{label}" in str(err.value)
+    assert "trainingjob, trainingjob_namespace, trainingjob_pod instead" in str(err.value)
 
 
 def test_http_endpoints(tmp_path: Path) -> None:

@@ -474,6 +474,46 @@ def test_rapl_energy_survives_counter_wraparound(run_dir: Path, tmp_path: Path) 
     assert third.value(n.CPU_ENERGY, zone="intel-rapl:0", zone_name="package-0") == 1070.0
 
 
+# zone -> (name, energy in J); what the kernel lists under /sys/class/powercap.
+XEON_2_SOCKETS = {
+    "intel-rapl:0": ("package-0", 100),
+    "intel-rapl:0:0": ("dram", 10),
+    "intel-rapl:1": ("package-1", 200),
+    "intel-rapl:1:0": ("dram", 20),
+}
+INTEL_CLIENT = {
+    "intel-rapl:0": ("package-0", 100),
+    "intel-rapl:0:0": ("core", 60),
+    "intel-rapl:0:1": ("uncore", 5),
+    "intel-rapl:0:2": ("dram", 10),
+    "intel-rapl:1": ("psys", 150),
+}
+AMD_ZEN = {"intel-rapl:0": ("package-0", 100), "intel-rapl:0:0": ("core", 70)}
+
+
+@pytest.mark.parametrize(
+    ("tree", "exported", "total"),
+    [
+        pytest.param(XEON_2_SOCKETS, set(XEON_2_SOCKETS), 330, id="Xeon: packages + their DRAM"),
+        pytest.param(
+            INTEL_CLIENT, {"intel-rapl:0", "intel-rapl:0:2"}, 110, id="client: no core/uncore/psys"
+        ),
+        pytest.param(AMD_ZEN, {"intel-rapl:0"}, 100, id="AMD: package, not its cores"),
+    ],
+)
+def test_rapl_exports_only_zones_that_sum_without_double_counting(
+    run_dir: Path, tmp_path: Path, tree: dict[str, tuple[str, int]], exported: set[str], total: int
+) -> None:
+    zones = {zone: (name, joules * 1_000_000, 10**12) for zone, (name, joules) in tree.items()}
+    root = fake_powercap(tmp_path / "powercap", zones)
+    expo = scrape(make_collector(run_dir, FakeNVML([]), powercap=root))
+    series = expo.series(n.CPU_ENERGY)
+    assert {s.labels[n.L_ZONE] for s in series} == exported
+    assert {s.labels[n.L_ZONE_NAME] for s in series} == {tree[z][0] for z in exported}
+    # What `sum(trainop_cpu_energy_joules_total)` shows a user: the node's CPU + DRAM energy.
+    assert sum(s.value for s in series) == total
+
+
 @pytest.mark.parametrize(
     "powercap",
     [
@@ -489,7 +529,10 @@ def test_rapl_absent_is_not_an_error(run_dir: Path, powercap: Path | None) -> No
 
 
 def test_rapl_root_only_counters_say_so(
-    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     root = fake_powercap(tmp_path / "powercap", {"intel-rapl:0": ("package-0", 1, 10)})
     real_read_text = Path.read_text
@@ -500,8 +543,19 @@ def test_rapl_root_only_counters_say_so(
         return real_read_text(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Path, "read_text", read_text)
-    expo = scrape(make_collector(run_dir, FakeNVML([]), powercap=root))
-    assert expo.value(n.CPU_ENERGY_UP) == 0
+    collector = make_collector(run_dir, FakeNVML([]), powercap=root)
+    with caplog.at_level(logging.INFO, logger="trainop.exporter"):
+        for _ in range(3):
+            expo = scrape(collector)
+            assert expo.value(n.CPU_ENERGY_UP) == 0
+            assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_RAPL) == 0  # not a fault
+    said = [r.getMessage() for r in caplog.records if "RAPL" in r.getMessage()]
+    assert len(said) == 1, said  # once, not per scrape
+    # What happened, to which file, and both ways out.
+    assert f"{root / 'intel-rapl:0' / 'energy_uj'} is not readable" in said[0]
+    assert "root only" in said[0]
+    assert "make energy_uj readable on the node" in said[0]
+    assert "TRAINOP_EXPORTER_POWERCAP_ROOT=" in said[0]
 
 
 # --- conventions: what any Prometheus user relies on ------------------------------

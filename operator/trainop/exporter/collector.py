@@ -170,6 +170,17 @@ def _add_rapl(f: _Families, snap: RaplSnapshot) -> None:
         f.add(n.CPU_ENERGY, zone.joules, zone.zone, zone.name)
 
 
+def check_identity(identity: Mapping[str, str]) -> None:
+    """Refuse identity labels that Prometheus attaches itself. Purely computational."""
+    reserved = sorted(n.RESERVED_TARGET_LABELS.intersection(identity))
+    if reserved:
+        raise ValueError(
+            f"identity label(s) {reserved} are target labels that Prometheus attaches to every "
+            f"series it scrapes; ours would be renamed exported_{reserved[0]}. Name the job with "
+            f"{', '.join(n.IDENTITY_LABELS)} instead"
+        )
+
+
 def build_metrics(
     snapshot: Snapshot,
     identity: Mapping[str, str],
@@ -181,9 +192,7 @@ def build_metrics(
     Purely computational, apart from ``label_sets``, a cache the caller may
     keep across scrapes (it must have been made for the same ``identity``).
     """
-    reserved = n.RESERVED_TARGET_LABELS.intersection(identity)
-    if reserved:
-        raise ValueError(f"identity labels {sorted(reserved)} collide with target labels")
+    check_identity(identity)
     if label_sets is None:
         label_sets = LabelSets(identity)
     label_sets.new_scrape()
@@ -215,6 +224,7 @@ class TrainopCollector:
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        check_identity(identity)  # at start-up, not as a failed scrape every 15 s
         self._progress_path = run_dir / contract.PROGRESS_FILE
         self._gpus_path = run_dir / contract.GPUS_FILE
         self._gpu_reader = gpu_reader

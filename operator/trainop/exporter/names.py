@@ -207,7 +207,8 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         CPU_ENERGY,
         "counter",
-        "CPU energy of a whole RAPL zone of the node (not only this pod), in joules.",
+        "CPU package or DRAM energy of the whole node (not only this pod), in joules; "
+        "zones do not overlap, so sum() is the node's total.",
         (L_ZONE, L_ZONE_NAME),
     ),
     MetricSpec(EXPORTER_BUILD_INFO, "gauge", "trainop exporter version (always 1).", (L_VERSION,)),

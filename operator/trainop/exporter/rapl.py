@@ -6,9 +6,11 @@ running total and adds one range per wrap it sees. A wrap is only seen if
 the exporter is scraped more often than the counter wraps, which any
 Prometheus interval is.
 
-Zones are node-wide (a CPU package, its DRAM), not this pod's share. Since
-CVE-2020-8694 most kernels make ``energy_uj`` readable by root only; then
-``trainop_cpu_energy_up`` is 0 and the reason is logged once.
+Zones are node-wide (a CPU package, its DRAM), not this pod's share. Only
+zones whose counters do not overlap are exported (``sums_cleanly``), so
+``sum()`` over them counts no joule twice. Since CVE-2020-8694 most kernels
+make ``energy_uj`` readable by root only; then ``trainop_cpu_energy_up`` is 0
+and the reason is logged once.
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ class _Zone:
     wrapped_uj: int = 0
 
 
+def sums_cleanly(zone: str, name: str) -> bool:
+    """Whether a zone's energy adds to the other exported zones' without overlap.
+
+    Purely computational. Top-level zones (``intel-rapl:0``) are CPU packages,
+    and on client parts ``psys``, the whole platform, which contains them.
+    Sub-zones (``intel-rapl:0:0``) are parts of their package (``core``,
+    ``uncore``), except ``dram``: the kernel files it under the package, but
+    the package's counter does not include memory.
+    """
+    if zone.count(":") == 1:
+        return name != "psys"
+    return name == "dram"
+
+
 def _accumulate(zone: _Zone, raw_uj: int) -> int:
     """Running total in µJ, adding one full range per wrap. Mutates ``zone``."""
     if zone.last_raw_uj is not None and raw_uj < zone.last_raw_uj:
@@ -66,6 +82,7 @@ class RaplReader:
 
     def _discover(self, root: Path) -> list[_Zone]:
         zones: list[_Zone] = []
+        overlapping: list[str] = []
         # The class dir lists every zone and sub-zone flat: intel-rapl:0, intel-rapl:0:0...
         for path in sorted(root.glob("intel-rapl:*")):
             try:
@@ -73,7 +90,16 @@ class RaplReader:
                 max_range = int((path / "max_energy_range_uj").read_text())
             except (OSError, ValueError):
                 continue
+            if not sums_cleanly(path.name, name):
+                overlapping.append(f"{name} ({path.name})")
+                continue
             zones.append(_Zone(path=path, zone=path.name, name=name, max_range_uj=max_range))
+        if overlapping:
+            log.info(
+                "RAPL: not exporting %s: their energy is already in a package's counter "
+                "(psys: the packages' is in it), so sum() would count it twice",
+                ", ".join(overlapping),
+            )
         return zones
 
     def read(self) -> RaplSnapshot:
@@ -93,8 +119,11 @@ class RaplReader:
             except PermissionError:
                 self._states.set(
                     "read",
-                    f"RAPL {zone.path / 'energy_uj'} is not readable by this process "
-                    "(root only on most kernels): CPU energy is not exported",
+                    f"RAPL {zone.path / 'energy_uj'} is not readable by this process (root "
+                    "only on most kernels since CVE-2020-8694): CPU energy is not exported. "
+                    "To export it, make energy_uj readable on the node (chmod o+r at boot, "
+                    "which reopens that side channel to local users); to stop trying, set "
+                    "TRAINOP_EXPORTER_POWERCAP_ROOT= (empty)",
                     logging.INFO,
                 )
                 return RaplSnapshot(up=False, read_errors=self._errors)
