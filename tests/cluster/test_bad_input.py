@@ -1,0 +1,94 @@
+"""Bad input against the real API server: what it holds afterwards is the proof.
+
+A spec the schema accepts but that cannot run ends with SpecValid=False and a Warning
+Event saying why; nothing is created for it, the operator stays up and quiet, and the
+next job in the same namespace runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import Operator, wait_for, wait_until
+from tests.cluster.test_operator import status, tj, until_running
+
+pytestmark = pytest.mark.cluster
+
+
+def _noise(operator: Operator, ns: str, name: str) -> tuple[str, int, int]:
+    """What a retry loop on one job would change: its resourceVersion (status rewrites),
+    its Events, and the operator's log lines about it (the metrics are not per job)."""
+    c = operator.cluster
+    version = c.get("trainingjob", name, ns)["metadata"]["resourceVersion"]
+    events = sum(int(e.get("count") or 1) for e in c.events(ns, name))
+    lines = operator.log.read_text(errors="replace").splitlines()
+    said = sum(1 for line in lines if ns in line and name in line)
+    return version, events, said
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "says"),
+    [
+        pytest.param(
+            {"scheduling": {"priorityClassName": "no-such-class"}},
+            "AdmissionRejected",
+            "no PriorityClass with name no-such-class was found",
+            id="unknown-priority-class",
+        ),
+        pytest.param(
+            # A negative integer passes the CRD's int-or-string schema; the model stops it.
+            {"resources": {"gpus": 1, "cpu": -2}},
+            "InvalidSpec",
+            "spec.resources.cpu: -2 is negative",
+            id="negative-cpu",
+        ),
+    ],
+)
+def test_refused_spec_gets_condition_and_event_creates_nothing_and_does_not_retry(
+    operator: Operator, ns: str, spec: dict[str, Any], reason: str, says: str
+) -> None:
+    c = operator.cluster
+    c.apply(tj("bad", **spec), ns)
+    st = wait_until(reason, lambda: status(c, ns, "bad"), lambda s: s.get("reason") == reason)
+    assert st["phase"] == "Pending"
+    assert says in st["message"]
+    cond = next(x for x in st["conditions"] if x["type"] == "SpecValid")
+    assert (cond["status"], cond["reason"]) == ("False", reason)
+    wait_for(
+        "a Warning Event with the API server's reason",
+        lambda: [e for e in c.events(ns, "bad") if e["type"] == "Warning" and says in e["message"]],
+    )
+    assert c.list("pods", ns) == []
+    assert c.list("services", ns) == []
+
+    settled = _noise(operator, ns, "bad")
+    time.sleep(10)
+    assert _noise(operator, ns, "bad") == settled, "the operator keeps retrying a refused job"
+    assert c.list("pods", ns) == []
+    assert operator.alive()
+
+    c.apply(tj("good"), ns)
+    until_running(c, ns, "good", 2)
+    assert status(c, ns, "bad")["reason"] == reason
+
+
+def test_a_bad_quantity_string_is_refused_by_the_schema_before_the_operator_sees_it(
+    operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    out = c.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=json.dumps(tj("words", resources={"cpu": "4 cores"})),
+        check=False,
+    )
+    assert "spec.resources.cpu" in out
+    assert c.get_or_none("trainingjob", "words", ns) is None
+    assert c.list("pods", ns) == []
