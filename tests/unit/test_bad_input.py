@@ -283,3 +283,20 @@ def test_reconciler_leaves_transient_errors_to_the_queues_backoff(error: KubeErr
     kube = FakeKube(job(), refuse={"Pod": error})
     with pytest.raises(KubeError):
         reconcile(kube)
+
+
+@pytest.mark.parametrize(
+    ("status", "refused"),
+    [
+        pytest.param(400, True, id="bad-request"),
+        pytest.param(403, True, id="admission-or-quota"),
+        pytest.param(422, True, id="invalid"),
+        pytest.param(401, False, id="expired-token"),
+        pytest.param(409, False, id="conflict"),
+        pytest.param(429, False, id="throttled"),
+        pytest.param(500, False, id="server-error"),
+        pytest.param(503, False, id="unavailable"),
+    ],
+)
+def test_only_answers_that_would_repeat_count_as_refusals(status: int, refused: bool) -> None:
+    assert KubeError(status, "", "").refused is refused

@@ -39,10 +39,11 @@ class KubeError(Exception):
 
     @property
     def refused(self) -> bool:
-        """The server judged the request itself (invalid, forbidden by admission or quota):
-        sending it again unchanged gets the same answer. Conflicts (409), throttling (429)
-        and server errors (5xx) are worth retrying as they are."""
-        return 400 <= self.status < 500 and self.status not in (404, 408, 409, 429)
+        """The server judged the request itself (malformed, forbidden by admission, RBAC or
+        quota, too large, invalid): sending it again unchanged gets the same answer.
+        Expired credentials (401), conflicts (409), throttling (429) and server errors
+        (5xx) are worth retrying as they are."""
+        return self.status in (400, 403, 413, 422)
 
 
 def _ns_path(api_version: str, resource: str, namespace: str, name: str | None = None) -> str:
