@@ -29,6 +29,7 @@ from trainop.exporter.exposition import TextRenderer
 from trainop.exporter.fake_nvml import FakeGpu, FakeNVML
 from trainop.exporter.gpu import GpuReader
 from trainop.exporter.nvml import Nvml
+from trainop.exporter.progress import DEFAULT_STALE_SECONDS
 from trainop.exporter.rapl import RaplReader
 from trainop_runtime import contract
 
@@ -97,7 +98,7 @@ def make_collector(
     now: float = NOW,
     all_gpus: bool = False,
     powercap: Path | None = None,
-    stale_after: float = 300.0,
+    stale_after: float = DEFAULT_STALE_SECONDS,
 ) -> TrainopCollector:
     return TrainopCollector(
         run_dir=run_dir,

@@ -7,7 +7,12 @@ import math
 
 import pytest
 
-from trainop.exporter.progress import Progress, assess_progress, parse_progress
+from trainop.exporter.progress import (
+    DEFAULT_STALE_SECONDS,
+    Progress,
+    assess_progress,
+    parse_progress,
+)
 
 
 def test_parse_full_report() -> None:
@@ -104,3 +109,25 @@ def test_assess_freshness(
     assert view.report_time == report_time
     # A stale or missing report must not leak its values into the scrape.
     assert (view.progress is not None) is up
+
+
+@pytest.mark.parametrize(
+    ("age", "step_seconds", "up"),
+    [
+        pytest.param(5.0, 0.4, True, id="live: reports every second"),
+        pytest.param(59.0, 0.4, True, id="a 59 s pause"),
+        pytest.param(61.0, 0.4, False, id="hung: down after a minute, not five"),
+        pytest.param(61.0, None, False, id="no step time: the minute alone"),
+        pytest.param(85.0, 30.0, True, id="30 s steps: 3 steps of silence allowed"),
+        pytest.param(95.0, 30.0, False, id="30 s steps: 3 missed"),
+    ],
+)
+def test_default_staleness_follows_the_writers_cadence(
+    age: float, step_seconds: float | None, up: bool
+) -> None:
+    progress = Progress(step=7, step_seconds=step_seconds, time=1000.0 - age)
+    view = assess_progress(progress, file_mtime=None, now=1000.0, stale_after=DEFAULT_STALE_SECONDS)
+    assert view.up is up
+    if not up:
+        limit = max(DEFAULT_STALE_SECONDS, 3 * (step_seconds or 0))
+        assert view.reason == f"last report is {age:.0f} s old (stale after {limit:.0f} s)"

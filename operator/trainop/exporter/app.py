@@ -33,6 +33,7 @@ from trainop.exporter.collector import TrainopCollector
 from trainop.exporter.exposition import CONTENT_TYPE, TextRenderer
 from trainop.exporter.gpu import GpuReader
 from trainop.exporter.nvml import Nvml, load_real
+from trainop.exporter.progress import DEFAULT_STALE_SECONDS
 from trainop.exporter.rapl import DEFAULT_POWERCAP_ROOT, RaplReader
 from trainop_runtime import contract
 
@@ -53,7 +54,6 @@ DEFAULT_PORT = 9400
 # has no IPv6 at all.
 DEFAULT_ADDRESS = "::"
 ANY_IPV4 = "0.0.0.0"  # noqa: S104
-DEFAULT_STALE_SECONDS = 300.0
 METRICS_PATH = "/metrics"
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -118,8 +118,8 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         type=float,
         default=env(ENV_STALE_SECONDS, DEFAULT_STALE_SECONDS),
         metavar="SECONDS",
-        help=f"a progress report older than this sets trainop_training_up 0 "
-        f"(env {ENV_STALE_SECONDS})",
+        help=f"a progress report older than this (or than 3 of its step durations, if "
+        f"longer) sets trainop_training_up 0 (env {ENV_STALE_SECONDS})",
     )
     parser.add_argument(
         "--powercap-root",

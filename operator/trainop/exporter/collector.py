@@ -24,7 +24,12 @@ from trainop import __version__
 from trainop.exporter import names as n
 from trainop.exporter import visibility
 from trainop.exporter.gpu import GpuReader, GpuSnapshot
-from trainop.exporter.progress import TrainingView, assess_progress, parse_progress
+from trainop.exporter.progress import (
+    DEFAULT_STALE_SECONDS,
+    TrainingView,
+    assess_progress,
+    parse_progress,
+)
 from trainop.exporter.rapl import RaplReader, RaplSnapshot
 from trainop.exporter.statelog import StateLog
 from trainop_runtime import contract
@@ -220,7 +225,7 @@ class TrainopCollector:
         rapl_reader: RaplReader,
         identity: Mapping[str, str],
         all_gpus: bool = False,
-        stale_after_seconds: float = 300.0,
+        stale_after_seconds: float = DEFAULT_STALE_SECONDS,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:

@@ -85,6 +85,16 @@ def parse_progress(text: str) -> tuple[Progress, tuple[str, ...]]:
     return progress, tuple(bad)
 
 
+# The trainer writes a report after every step, at most once a second
+# (trainop_runtime.progress): a minute of silence is a hung or dead trainer,
+# or a pause longer than that (a synchronous checkpoint, an eval), which is
+# when to raise --stale-after.
+DEFAULT_STALE_SECONDS = 60.0
+# A job whose steps outlast --stale-after must not flap to "stale" between
+# two reports: it gets this many of its own steps of silence.
+STALE_AFTER_STEPS = 3
+
+
 @dataclass(frozen=True)
 class TrainingView:
     """What to export about training on this scrape."""
@@ -105,17 +115,20 @@ def assess_progress(
     """Decide freshness. Purely computational.
 
     The report's own ``time`` wins over the file's mtime (a copied or
-    restored file keeps an old ``time`` but a new mtime).
+    restored file keeps an old ``time`` but a new mtime). A report is stale
+    when older than ``stale_after`` or ``STALE_AFTER_STEPS`` of its own step
+    durations, whichever is longer.
     """
     if progress is None:
         return TrainingView(up=False, progress=None, report_time=file_mtime, reason="no report")
     report_time = progress.time if progress.time is not None else file_mtime
-    if report_time is not None and now - report_time > stale_after:
+    limit = max(stale_after, STALE_AFTER_STEPS * (progress.step_seconds or 0.0))
+    if report_time is not None and now - report_time > limit:
         age = now - report_time
         return TrainingView(
             up=False,
             progress=None,
             report_time=report_time,
-            reason=f"last report is {age:.0f} s old (stale after {stale_after:.0f} s)",
+            reason=f"last report is {age:.0f} s old (stale after {limit:.0f} s)",
         )
     return TrainingView(up=True, progress=progress, report_time=report_time, reason="fresh")
