@@ -117,7 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=_operator)
-    rn = sub.add_parser("run", help="run a TrainingJob file on this machine, no cluster")
+    rn = sub.add_parser(
+        "run",
+        help="run a TrainingJob file on this machine, no cluster",
+        description="Run a TrainingJob here, validated and supervised as the operator would. "
+        "Each worker gets its own spec.resources.gpus GPUs (CPU when the machine has none). "
+        "Ctrl-C, SIGTERM or SIGHUP stops after a final checkpoint (a second one kills the "
+        "workers at once); the same command resumes. Exit code: 0 succeeded, 1 failed, "
+        "2 invalid input, 128+N stopped by signal N.",
+    )
     rn.add_argument(
         "file",
         nargs="?",

@@ -250,6 +250,28 @@ def test_sigterm_stops_everything_after_a_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.torch
 @pytest.mark.slow
+def test_a_second_ctrl_c_kills_at_once_and_still_cleans_up(tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    # 40 s per step: a clean stop waits for the step in flight, so only the forced
+    # one can end within seconds.
+    job = quickstart(tmp_path, 400, "--step-sleep", "40")
+    proc = trainop_run(job, tmp_path / "w", mark=mark)
+    progress = tmp_path / "w" / "quickstart" / "run" / "quickstart-worker-0" / "progress.json"
+    wait_for_step(progress, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(2)
+    forced_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - forced_at
+    assert proc.returncode == 128 + signal.SIGINT, out[-3000:]
+    assert took < 20, f"took {took:.0f} s after the second Ctrl-C"
+    assert "stopping now: SIGKILL, no checkpoint" in out
+    assert no_process_left(mark, within=10) == []
+
+
+@pytest.mark.torch
+@pytest.mark.slow
 def test_children_do_not_outlive_a_killed_runner(tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
     grace = 20
