@@ -1,0 +1,184 @@
+"""Failure lifecycle against the real control plane: evictions, hand deletions, the
+deadline of a job that never starts, and in-place restarts spending the one budget."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import Cluster, Operator, wait_for, wait_until
+from tests.cluster.test_operator import status, tj, until_phase, until_running, workers
+
+pytestmark = pytest.mark.cluster
+HOLD = "trainop.dev/test-hold"
+
+
+def uid(pod: dict[str, Any]) -> str:
+    return str(pod["metadata"]["uid"])
+
+
+def warnings(c: Cluster, ns: str, name: str, reason: str) -> list[str]:
+    return [
+        e["message"]
+        for e in c.events(ns, name)
+        if e.get("type") == "Warning" and e.get("reason") == reason
+    ]
+
+
+def report_progress(c: Cluster, ns: str, pod: str, **report: Any) -> None:
+    """What the metrics sidecar does with the trainer's progress.json."""
+    c.kubectl(
+        "annotate",
+        "pod",
+        pod,
+        "-n",
+        ns,
+        "--overwrite",
+        f"trainop.dev/progress={json.dumps(report)}",
+    )
+
+
+def test_pod_evicted_through_the_eviction_api_is_recorded_and_replaced_for_free(
+    operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    c.apply(tj("evict"), ns)
+    victim = until_running(c, ns, "evict", 2)[0]
+    name = victim["metadata"]["name"]
+    # A real kubelet takes the grace period to stop the victim; kwok removes it at once.
+    # A finalizer holds it Terminating, as a kubelet would, so the operator sees it then.
+    c.kubectl(
+        "patch",
+        "pod",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"metadata": {"finalizers": [HOLD]}}),
+    )
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": ns},
+    }
+    c.kubectl(
+        "create",
+        "--raw",
+        f"/api/v1/namespaces/{ns}/pods/{name}/eviction",
+        "-f",
+        "-",
+        input=json.dumps(eviction),
+    )
+    held = c.get("pod", name, ns)
+    reasons = {cd["type"]: cd.get("reason") for cd in held["status"].get("conditions", [])}
+    assert reasons.get("DisruptionTarget") == "EvictionByEvictionAPI"
+
+    st = wait_until(
+        "the eviction in status",
+        lambda: status(c, ns, "evict"),
+        lambda s: (s.get("lastFailure") or {}).get("podUID") == uid(victim),
+    )
+    lf = st["lastFailure"]
+    assert (lf["reason"], lf["action"], lf["counted"]) == ("Evicted", "Ignore", False)
+    assert st["restarts"] == 0
+    assert wait_for("a WorkerFailed event", lambda: warnings(c, ns, "evict", "WorkerFailed"))
+
+    c.kubectl(
+        "patch",
+        "pod",
+        name,
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        '[{"op": "remove", "path": "/metadata/finalizers"}]',
+    )
+    pods = wait_for(
+        "a replacement with a new uid",
+        lambda: [
+            p
+            for p in workers(c, ns, "evict")
+            if p["metadata"]["name"] == name and uid(p) != uid(victim)
+        ],
+    )
+    assert pods
+    until_running(c, ns, "evict", 2)
+    st = status(c, ns, "evict")
+    assert st["restarts"] == 0  # recorded once: not again as a hand deletion
+    assert st["lastFailure"]["reason"] == "Evicted"
+
+
+def test_worker_deleted_by_hand_is_recorded_and_replaced(operator: Operator, ns: str) -> None:
+    c = operator.cluster
+    c.apply(tj("byhand"), ns)
+    victim = until_running(c, ns, "byhand", 2)[1]
+    # Seen alive in status before it goes, so its disappearance is noticed.
+    wait_until(
+        "both workers followed",
+        lambda: status(c, ns, "byhand"),
+        lambda s: len(s.get("liveWorkers") or []) == 2,
+    )
+    c.kubectl("delete", "pod", victim["metadata"]["name"], "-n", ns, "--wait=false")
+    st = wait_until(
+        "the deletion in status",
+        lambda: status(c, ns, "byhand"),
+        lambda s: (s.get("lastFailure") or {}).get("podUID") == uid(victim),
+    )
+    assert (st["lastFailure"]["reason"], st["lastFailure"]["counted"]) == ("Deleted", False)
+    assert wait_for("a WorkerFailed event", lambda: warnings(c, ns, "byhand", "WorkerFailed"))
+    pods = until_running(c, ns, "byhand", 2)
+    assert uid(victim) not in {uid(p) for p in pods}
+
+
+def test_deadline_fails_a_job_that_never_gets_scheduled(operator: Operator, ns: str) -> None:
+    c = operator.cluster
+    body = tj(
+        "nowhere",
+        runPolicy={"activeDeadlineSeconds": 5},
+        scheduling={"nodeSelector": {"trainop.dev/no-such-node": "true"}},
+    )
+    c.apply(body, ns)
+    pending = wait_for(
+        "unschedulable workers",
+        lambda: [
+            p
+            for p in workers(c, ns, "nowhere")
+            if any(
+                cd.get("type") == "PodScheduled" and cd.get("status") == "False"
+                for cd in p["status"].get("conditions", [])
+            )
+        ],
+    )
+    assert pending
+    st = until_phase(c, ns, "nowhere", "Failed", timeout=30)
+    assert st["reason"] == "DeadlineExceeded"
+    assert "admissionTime" in st
+    assert "startTime" not in st  # it never ran
+    # No pod is left holding (or waiting for) a GPU.
+    wait_until("no live worker", lambda: workers(c, ns, "nowhere"), lambda pods: pods == [])
+
+
+def test_in_place_restarts_reported_by_pods_spend_the_budget(operator: Operator, ns: str) -> None:
+    c = operator.cluster
+    c.apply(tj("inplace", failurePolicy={"backoffLimit": 2, "backoffSeconds": 0}), ns)
+    first, second = until_running(c, ns, "inplace", 2)
+    report_progress(c, ns, first["metadata"]["name"], step=7, restarts=1, time=1_795_000_000)
+    st = wait_until(
+        "one in-place restart counted",
+        lambda: status(c, ns, "inplace"),
+        lambda s: s.get("inPlaceRestarts") == 1,
+    )
+    assert (st["restarts"], st["restartsSummary"], st["phase"]) == (1, "1/2", "Running")
+    row = c.kubectl("get", "tj", "inplace", "-n", ns, "--no-headers")
+    assert "1/2" in row
+
+    report_progress(c, ns, second["metadata"]["name"], step=8, restarts=2, time=1_795_000_001)
+    st = until_phase(c, ns, "inplace", "Failed")
+    assert st["reason"] == "BackoffLimitExceeded"
+    assert (st["restarts"], st["inPlaceRestarts"]) == (3, 3)
+    assert st["restartsByReason"]["InPlace"] == 3
+    assert warnings(c, ns, "inplace", "InPlaceRestart")
+    wait_until("no live worker", lambda: workers(c, ns, "inplace"), lambda pods: pods == [])
