@@ -321,3 +321,20 @@ def test_pods_the_operator_deletes_are_never_reported_deleted_by_hand(
     later = again(first, pods=left, the_spec=the_spec)
     lf = later.status.last_failure
     assert lf is None or lf.reason != "Deleted", lf
+
+
+@pytest.mark.parametrize(
+    ("marks", "recorded"),
+    [
+        pytest.param(live((0, 0)), True, id="followed-so-not-ours"),
+        pytest.param([], False, id="unknown-so-ours"),
+    ],
+)
+def test_failed_pod_already_deleting_counts_unless_the_operator_deleted_it(
+    marks: list[dict[str, Any]], recorded: bool
+) -> None:
+    pods = [store(), failed(0, 1, deleting=True), worker(1)]
+    plan = plan_for(pods=pods, status={**RUNNING, "liveWorkers": marks})
+    assert plan.status.restarts == (1 if recorded else 0)
+    lf = plan.status.last_failure
+    assert (lf.reason if lf else None) == ("Error" if recorded else None)
