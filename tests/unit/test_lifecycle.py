@@ -263,10 +263,12 @@ def test_a_pod_pending_too_long_gets_a_condition_with_the_reason(
         assert "Insufficient nvidia.com/gpu" in cond.message
     assert [e.type for e in plan.events if e.reason == "PendingTooLong"] == ["Warning"]
     # Said once, not on every reconcile; cleared when the pod runs.
+    later = NOW + timedelta(seconds=60)
     again = compute_plan(
-        observed(pods=[store(), pod, worker(1)], status=plan.status.to_api()), NOW, CFG
+        observed(pods=[store(), pod, worker(1)], status=plan.status.to_api()), later, CFG
     )
     assert not any(e.reason == "PendingTooLong" for e in again.events)
+    assert condition(again, "PendingTooLong") == cond  # no status write per reconcile
     started = compute_plan(
         observed(pods=[store(), worker(0), worker(1)], status=again.status.to_api()), NOW, CFG
     )

@@ -529,7 +529,7 @@ def _ensure_children(
         draft.creates.append(build.build_worker_pod(obs.job, spec, slot, st.job_generation, config))
     if missing:
         draft.note(
-            "CreatedWorkers", f"created {len(missing)} worker pod(s): slots " + _ranges(missing)
+            "CreatedWorkers", f"creating {len(missing)} worker pod(s): slots " + _ranges(missing)
         )
 
 
@@ -652,9 +652,10 @@ def _pending_too_long(draft: _Draft, obs: Observed, live: list[ObservedPod], now
         reason, _, why = first.unschedulable.partition(": ")
     else:
         reason, why = "NotStarted", "scheduled, but its containers have not started"
+    # No running clock in the text: the status must not change on every reconcile.
     message = (
-        f"{len(pending)} worker pod(s) waiting to start for {int(waited)}s "
-        f"(limit {int(PENDING_TIMEOUT_SECONDS)}s); {first.name}: {why}"
+        f"{len(pending)} worker pod(s) waiting to start for over "
+        f"{int(PENDING_TIMEOUT_SECONDS)}s; {first.name}: {why}"
     )
     if old is None or old.status != "True":
         draft.warn("PendingTooLong", message)
