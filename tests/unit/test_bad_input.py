@@ -8,8 +8,10 @@ import copy
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.factories import NOW, failed, observed, spec, worker
+from trainop.api import constants as c
 from trainop.api.parse import parse_spec
 from trainop.api.status import Phase
 from trainop.core.config import OperatorConfig
@@ -150,6 +152,7 @@ class FakeKube:
         self.objects: list[dict[str, Any]] = []
         self.dry_runs: list[str] = []
         self.refused: list[str] = []
+        self.delete_error: KubeError | None = None
         self.events: list[dict[str, Any]] = []
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -176,13 +179,16 @@ class FakeKube:
                 self.refused.append(obj["metadata"]["name"])
             raise error
         if not dry_run:
-            self.objects.append(obj)
+            uid = f"uid-{obj['metadata']['name']}"
+            self.objects.append({**obj, "metadata": {**obj["metadata"], "uid": uid}})
 
     async def create_event(self, body: dict[str, Any]) -> None:
         self.events.append(body)
 
-    async def delete_pod(self, *args: Any) -> None:
-        raise AssertionError("nothing to delete")
+    async def delete_pod(self, namespace: str, name: str, *args: Any) -> None:
+        if self.delete_error is not None:
+            raise self.delete_error
+        self.objects = [o for o in self.objects if o["metadata"]["name"] != name]
 
 
 def job(generation: int = 1, **overrides: Any) -> dict[str, Any]:
@@ -300,3 +306,35 @@ def test_reconciler_leaves_transient_errors_to_the_queues_backoff(error: KubeErr
 )
 def test_only_answers_that_would_repeat_count_as_refusals(status: int, refused: bool) -> None:
     assert KubeError(status, "", "").refused is refused
+
+
+def _fail(pod: dict[str, Any], exit_code: int) -> None:
+    pod["status"] = {
+        "phase": "Failed",
+        "containerStatuses": [
+            {
+                "name": c.TRAINER_CONTAINER,
+                "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}},
+            }
+        ],
+    }
+
+
+def test_events_and_restart_counts_survive_a_delete_that_fails_after_the_status_write() -> None:
+    kube = FakeKube(job())
+    rec = Reconciler(kube, CFG, clock=lambda: NOW)  # type: ignore[arg-type]
+    asyncio.run(rec.reconcile(("team-a", "llm")))
+    for pod in kube.objects:
+        if pod["metadata"]["name"].startswith("llm-worker-"):
+            _fail(pod, 1)
+    kube.delete_error = KubeError(500, "InternalError", "etcd leader changed")
+    labels = {"reason": "Error", "counted": "true"}
+    before = REGISTRY.get_sample_value("trainop_operator_restarts_total", labels) or 0.0
+    with pytest.raises(KubeError):
+        asyncio.run(rec.reconcile(("team-a", "llm")))
+    assert kube.job["status"]["restarts"] == 2
+    failed_events = [e["message"] for e in kube.events if e["reason"] == "WorkerFailed"]
+    assert len(failed_events) == 2
+    # Both failures of the pass are counted, not only the last one.
+    after = REGISTRY.get_sample_value("trainop_operator_restarts_total", labels) or 0.0
+    assert after - before == 2

@@ -130,6 +130,15 @@ def test_classify(pod: ObservedPod, node_lost: bool, reason: Reason) -> None:
         pytest.param([], [reporting(0, 4)], ["pod-0"], {}, {}, [], id="written-off"),
         pytest.param([], [reporting(0, True)], [], {}, {"pod-0": 0}, [], id="bool-is-no-count"),
         pytest.param([], [store()], [], {}, {}, [], id="store-not-a-worker"),
+        pytest.param(
+            [],
+            [reporting(1, 0), reporting(0, 0)],
+            [],
+            {},
+            {"pod-0": 0, "pod-1": 0},
+            [],
+            id="list-order-does-not-matter",
+        ),
     ],
 )
 def test_track_workers(
@@ -142,7 +151,7 @@ def test_track_workers(
 ) -> None:
     tracked = track_workers(known, pods, written_off)
     assert tracked.new_restarts == new
-    assert {w.pod_uid: w.restarts for w in tracked.live} == marks
+    assert [(w.pod_uid, w.restarts) for w in tracked.live] == sorted(marks.items())
     assert [w.pod_uid for w in tracked.gone] == gone
 
 

@@ -130,4 +130,6 @@ def track_workers(
             new[pod.name] = now - before
         live.append(LiveWorker(pod=pod.name, pod_uid=pod.uid, restarts=max(now, before)))
     gone = [w for w in known if w.pod_uid not in seen]
+    # Sorted: the API's list order must not make an otherwise equal status differ.
+    live.sort(key=lambda w: (w.pod, w.pod_uid))
     return Tracked(live=live, new_restarts=new, gone=gone)
