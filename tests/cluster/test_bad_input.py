@@ -76,19 +76,20 @@ def test_refused_spec_gets_condition_and_event_creates_nothing_and_does_not_retr
     assert status(c, ns, "bad")["reason"] == reason
 
 
-def test_a_bad_quantity_string_is_refused_by_the_schema_before_the_operator_sees_it(
-    operator: Operator, ns: str
+@pytest.mark.parametrize(
+    ("name", "spec", "says"),
+    [
+        pytest.param("words", {"resources": {"cpu": "4 cores"}}, "spec.resources.cpu", id="cpu"),
+        pytest.param("gpu", {"resources": {"gpuResourceName": "gpu"}}, "gpuResourceName", id="gpu"),
+        pytest.param("img", {"image": "trainer:1 --privileged"}, "spec.image", id="image-space"),
+        pytest.param("my.job", {}, "metadata.name must start with a letter", id="dotted-name"),
+    ],
+)
+def test_what_the_schema_can_express_is_refused_before_the_operator_sees_it(
+    operator: Operator, ns: str, name: str, spec: dict[str, Any], says: str
 ) -> None:
     c = operator.cluster
-    out = c.kubectl(
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        "-",
-        input=json.dumps(tj("words", resources={"cpu": "4 cores"})),
-        check=False,
-    )
-    assert "spec.resources.cpu" in out
-    assert c.get_or_none("trainingjob", "words", ns) is None
+    out = c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(tj(name, **spec)), check=False)
+    assert says in out
+    assert c.get_or_none("trainingjob", name, ns) is None
     assert c.list("pods", ns) == []
