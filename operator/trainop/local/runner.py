@@ -445,7 +445,18 @@ class _Stop:
                 signal.signal(s, handler)
 
 
+def _never_fails(say: Callable[[str], None]) -> Callable[[str], None]:
+    """After SIGHUP the terminal is gone and writes fail: that must not cut cleanup short."""
+
+    def tolerant(line: str) -> None:
+        with contextlib.suppress(OSError):
+            say(line)
+
+    return tolerant
+
+
 def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Summary:
+    say = _never_fails(say)
     name, spec = load_job(path, opts.replicas)
     host = devices.restrict(devices.host_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     try:
