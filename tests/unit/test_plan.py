@@ -343,27 +343,3 @@ def test_progress_is_taken_from_the_most_advanced_pod() -> None:
     progress = plan_for(pods=pods).status.progress
     assert progress is not None
     assert (progress.step, progress.loss, progress.summary) == (41, 2.4, "41/200 (20%)")
-
-
-@pytest.mark.parametrize(
-    ("holder", "renewed_ago", "me", "free"),
-    [
-        (None, 0, "a", True),
-        ("a", 1, "a", True),
-        ("b", 5, "a", False),
-        ("b", 15, "a", True),
-        ("b", 60, "a", True),
-    ],
-    ids=["unheld", "mine", "held", "expired-at-duration", "long-expired"],
-)
-def test_lease_is_taken_only_when_free_or_expired(
-    holder: str | None, renewed_ago: int, me: str, free: bool
-) -> None:
-    from trainop.core.lease import build_lease_spec, lease_free_for
-
-    stamp = (NOW - timedelta(seconds=renewed_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    lease = {"spec": {"holderIdentity": holder, "renewTime": stamp, "leaseDurationSeconds": 15}}
-    assert lease_free_for(lease, me, NOW) is free
-    spec = build_lease_spec(lease, me, NOW, 15)
-    assert spec["holderIdentity"] == me
-    assert spec["leaseTransitions"] == (0 if holder == me else 1)
