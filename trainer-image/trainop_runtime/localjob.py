@@ -201,6 +201,13 @@ class LocalJob:
         log.close()
         wait_for(self._store_reachable, timeout=60, what="the store to listen")
 
+    def kill_store(self) -> None:
+        """The store pod lost with its node (SIGKILL); :meth:`start_store` brings it back
+        on the same port, as a recreated pod behind the same Service."""
+        if self.store is not None:
+            self.store.kill()
+            self.store.wait(timeout=30)
+
     def _store_reachable(self) -> bool | None:
         try:
             with socket.create_connection(("127.0.0.1", self.store_port), timeout=0.5):
