@@ -5,15 +5,15 @@ directory. A file is a small header (magic, payload length, SHA-256) followed by
 a ``torch.save`` payload, so a torn or corrupted file is detected on load and the
 next older one is used instead.
 
-Why not ``torch.distributed.checkpoint`` (DCP): the example trains with DDP, whose
-model and optimizer state is replicated, identical on every rank. DCP pays when
-state is *sharded* (FSDP, tensor parallel): each rank writes its own shard and
+Why not ``torch.distributed.checkpoint`` (DCP) here: the example trains with DDP,
+whose model and optimizer state is replicated, identical on every rank. DCP pays
+when state is *sharded* (FSDP, tensor parallel): each rank writes its own shard and
 loading reshards to a new world size. For replicated state DCP deduplicates down to
 what this module does anyway, one writer with the full state, and its per-rank
 metadata and collective planning only add latency, on the save that must finish
 inside a SIGTERM grace period too. World-size changes are free here because the
-state is not sharded. A sharded model should use DCP (``dcp.async_save``) with the
-same schedule and directory; this module's policy and progress parts still apply.
+state is not sharded. Sharded state uses :mod:`trainop_runtime.sharded` instead:
+DCP with the same :class:`CheckpointPolicy`, in the same directory.
 
 What does pay is asynchrony: a periodic save only blocks for a copy of the state
 to host memory; serialising, writing and fsyncing happen on a background thread
