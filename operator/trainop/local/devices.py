@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from trainop_runtime import gpus
+
 # `nvidia-smi -L`: "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-5b1e...)"; MIG lines are indented.
 _GPU_LINE = re.compile(r"^GPU (\d+): .*\(UUID: (GPU-[0-9a-fA-F-]+)\)\s*$")
 
@@ -62,10 +64,11 @@ def restrict(host: list[HostGpu], visible: str | None) -> list[HostGpu]:
 
 
 def host_gpus() -> list[HostGpu]:
-    """This machine's GPUs; none when nvidia-smi is absent or fails (no driver)."""
+    """This machine's GPUs, from nvidia-smi -L, else NVML; none without a driver."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return []
+        uuids = gpus.uuids_from_nvml() or []
+        return [HostGpu(i, u) for i, u in enumerate(uuids) if u.startswith("GPU-")]
     try:
         done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
