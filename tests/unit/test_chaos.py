@@ -47,3 +47,19 @@ def test_chaos_schedule(case: str) -> None:
         if got:
             assert step is not None
             clock.killed(step)
+
+
+RESUMED = {
+    # (first step this run reported, then (step, due?) ticks)
+    "steps count from the resume point": (31, 20, [(31, False), (49, False), (50, True)]),
+    "a fresh run counts from step 0": (1, 20, [(1, False), (19, False), (20, True)]),
+}
+
+
+@pytest.mark.parametrize("case", RESUMED, ids=list(RESUMED))
+def test_a_resumed_run_is_not_killed_on_its_first_report(case: str) -> None:
+    first, every, ticks = RESUMED[case]
+    clock = ChaosClock(steps=every)
+    clock.resumed(first)
+    for now, (step, want) in enumerate(ticks):
+        assert clock.due(float(now), step) is want, (case, step)

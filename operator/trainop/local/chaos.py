@@ -36,6 +36,11 @@ class ChaosClock:
             return True
         return bool(self.seconds) and now - self.progress_since >= (self.seconds or 0.0)
 
+    def resumed(self, first_step: int) -> None:
+        """The first step this run reported: a run resumed from a checkpoint counts its
+        new progress from there, or its first report would already be due."""
+        self.baseline = max(self.baseline, first_step - 1)
+
     def killed(self, step: int) -> None:
         """Arm for the next kill: it needs new progress past this step."""
         self.baseline = max(self.baseline, step)

@@ -537,6 +537,7 @@ def _drive(
     now = time.monotonic()
     next_view = now
     chaos = ChaosClock(seconds=opts.kill_every, steps=opts.kill_every_steps)
+    resumed = False
     while stop.signum is None:
         metrics.check(say)
         cluster.reap()
@@ -550,6 +551,9 @@ def _drive(
             say(_view_line(cluster))
             next_view = now + opts.view_every
         step = st.progress.step if st.progress else None
+        if tally.first_step is not None and not resumed:
+            chaos.resumed(tally.first_step)
+            resumed = True
         if st.phase is Phase.RUNNING and step is not None and chaos.due(now, step):
             victim = cluster.kill_random_worker(rng)
             if victim:
