@@ -24,9 +24,12 @@ pytestmark = pytest.mark.torch
 # The program each test's worker runs: reports what it sees, then does what argv says.
 PROGRAM = """
 import json, os, signal, sys, time
+what = sys.argv[1]
+if what == "sleep":
+    # Before the report line: a test signals as soon as it reads that line.
+    signal.signal(signal.SIGTERM, lambda *_: (print("saved on SIGTERM", flush=True), sys.exit(0)))
 print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "x": os.environ.get("X"),
                   "pid": os.getpid(), "torch": "torch" in sys.modules}), flush=True)
-what = sys.argv[1]
 if what == "exit":
     sys.exit(int(sys.argv[2]))
 if what == "signal":
@@ -34,7 +37,6 @@ if what == "signal":
 if what == "raise":
     raise RuntimeError("boom from the worker")
 if what == "sleep":
-    signal.signal(signal.SIGTERM, lambda *_: (print("saved on SIGTERM", flush=True), sys.exit(0)))
     time.sleep(600)
 """
 
