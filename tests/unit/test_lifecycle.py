@@ -14,7 +14,7 @@ from tests.factories import NOW, failed, node, observed, spec, store, worker
 from trainop.api.status import Phase, TrainingJobStatus
 from trainop.core.conditions import set_condition
 from trainop.core.config import OperatorConfig
-from trainop.core.observe import ObservedPod
+from trainop.core.observe import ObservedPod, parse_pod
 from trainop.core.plan import PENDING_TIMEOUT_SECONDS, Plan, compute_plan
 
 CFG = OperatorConfig()
@@ -224,33 +224,137 @@ def test_only_a_worker_that_ended_on_its_own_finishes_the_job(
     assert plan.status.phase is phase
 
 
+PULL = 'ImagePullBackOff: container trainer: Back-off pulling image "trainer:typo"'
+
+
 @pytest.mark.parametrize(
-    ("pod", "since", "status", "reason"),
+    ("statuses", "waiting"),
     [
         pytest.param(
-            worker(0, "Pending", unschedulable=UNSCHEDULABLE),
+            {
+                "containerStatuses": [
+                    {
+                        "name": "trainer",
+                        "state": {
+                            "waiting": {
+                                "reason": "ImagePullBackOff",
+                                "message": 'Back-off pulling image "trainer:typo"',
+                            }
+                        },
+                    }
+                ]
+            },
+            PULL,
+            id="image-pull-backoff",
+        ),
+        pytest.param(
+            {
+                "initContainerStatuses": [
+                    {
+                        "name": "exporter",
+                        "state": {
+                            "waiting": {
+                                "reason": "InvalidImageName",
+                                "message": 'Failed to apply default image tag "Bad:Tag"',
+                            }
+                        },
+                    }
+                ],
+                "containerStatuses": [
+                    {"name": "trainer", "state": {"waiting": {"reason": "PodInitializing"}}}
+                ],
+            },
+            'InvalidImageName: container exporter: Failed to apply default image tag "Bad:Tag"',
+            id="init-container-blocks-the-trainer",
+        ),
+        pytest.param(
+            {
+                "containerStatuses": [
+                    {
+                        "name": "trainer",
+                        "state": {"waiting": {"reason": "CreateContainerConfigError"}},
+                    }
+                ]
+            },
+            "CreateContainerConfigError: container trainer",
+            id="no-message",
+        ),
+        pytest.param(
+            {
+                "containerStatuses": [
+                    {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
+                ]
+            },
+            None,
+            id="still-creating",
+        ),
+        pytest.param(
+            {"containerStatuses": [{"name": "trainer", "state": {"running": {}}}]},
+            None,
+            id="running",
+        ),
+        pytest.param({}, None, id="not-scheduled-yet"),
+    ],
+)
+def test_parse_pod_says_why_a_container_cannot_start(
+    statuses: dict[str, Any], waiting: str | None
+) -> None:
+    pod = parse_pod(
+        {"metadata": {"name": "llm-worker-0"}, "status": {"phase": "Pending", **statuses}}
+    )
+    assert pod.waiting == waiting
+
+
+@pytest.mark.parametrize(
+    ("pods", "since", "status", "reason", "says"),
+    [
+        pytest.param(
+            [worker(0, "Pending", unschedulable=UNSCHEDULABLE)],
             PENDING_TIMEOUT_SECONDS + 1,
             "True",
             "Unschedulable",
+            "llm-worker-0: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
             id="unschedulable-too-long",
         ),
         pytest.param(
-            worker(0, "Pending"),
+            [worker(0, "Pending")],
             PENDING_TIMEOUT_SECONDS + 1,
             "True",
             "NotStarted",
+            "llm-worker-0: scheduled, but its containers have not started",
             id="scheduled-never-started",
         ),
         pytest.param(
-            worker(0, "Pending", unschedulable=UNSCHEDULABLE), 10, None, None, id="not-yet"
+            [worker(0, "Pending", waiting=PULL)],
+            PENDING_TIMEOUT_SECONDS + 1,
+            "True",
+            "ImagePullBackOff",
+            'llm-worker-0: container trainer: Back-off pulling image "trainer:typo"',
+            id="bad-image",
+        ),
+        pytest.param(
+            [
+                worker(0, "Pending", unschedulable=UNSCHEDULABLE),
+                worker(2, "Pending", waiting=PULL),
+            ],
+            PENDING_TIMEOUT_SECONDS + 1,
+            "True",
+            "ImagePullBackOff",
+            "llm-worker-2: container trainer: Back-off pulling image",
+            id="bad-image-beats-the-scheduler",
+        ),
+        pytest.param(
+            [worker(0, "Pending", unschedulable=UNSCHEDULABLE)], 10, None, None, None, id="not-yet"
         ),
     ],
 )
 def test_a_pod_pending_too_long_gets_a_condition_with_the_reason(
-    pod: ObservedPod, since: float, status: str | None, reason: str | None
+    pods: list[ObservedPod], since: float, status: str | None, reason: str | None, says: str | None
 ) -> None:
+    the_spec = spec(replicas=3)
+    seen = [store(), *pods, worker(1)]
     plan = plan_for(
-        pods=[store(), pod, worker(1)], status={"phase": "Running", "pendingSince": ago(since)}
+        pods=seen, the_spec=the_spec, status={"phase": "Running", "pendingSince": ago(since)}
     )
     cond = condition(plan, "PendingTooLong")
     if status is None:
@@ -258,19 +362,20 @@ def test_a_pod_pending_too_long_gets_a_condition_with_the_reason(
         assert plan.requeue_after == PENDING_TIMEOUT_SECONDS - since
         return
     assert (cond.status, cond.reason) == (status, reason)
-    assert "llm-worker-0" in cond.message
-    if pod.unschedulable:
-        assert "Insufficient nvidia.com/gpu" in cond.message
-    assert [e.type for e in plan.events if e.reason == "PendingTooLong"] == ["Warning"]
-    # Said once, not on every reconcile; cleared when the pod runs.
+    assert says in cond.message
+    warned = [e for e in plan.events if e.reason == "PendingTooLong"]
+    assert [e.type for e in warned] == ["Warning"]
+    assert says in warned[0].message
+    # Said once, not on every reconcile; cleared when the pods run.
     later = NOW + timedelta(seconds=60)
     again = compute_plan(
-        observed(pods=[store(), pod, worker(1)], status=plan.status.to_api()), later, CFG
+        observed(pods=seen, the_spec=the_spec, status=plan.status.to_api()), later, CFG
     )
     assert not any(e.reason == "PendingTooLong" for e in again.events)
     assert condition(again, "PendingTooLong") == cond  # no status write per reconcile
+    running = [store(), worker(0), worker(1), worker(2)]
     started = compute_plan(
-        observed(pods=[store(), worker(0), worker(1)], status=again.status.to_api()), NOW, CFG
+        observed(pods=running, the_spec=the_spec, status=again.status.to_api()), NOW, CFG
     )
     assert condition(started, "PendingTooLong").status == "False"
     assert started.status.pending_since is None

@@ -39,6 +39,8 @@ class ObservedPod:
     status_message: str | None = None
     disruption_reason: str | None = None  # DisruptionTarget condition reason, when True
     unschedulable: str | None = None  # scheduler's message while PodScheduled=False
+    # "Reason: container NAME: message" of the first container the kubelet cannot start.
+    waiting: str | None = None
     trainer: Termination | None = None  # the trainer container's last termination
     progress: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +71,10 @@ def parse_pod(obj: dict[str, Any]) -> ObservedPod:
         unschedulable = (
             f"{scheduled.get('reason', 'Unschedulable')}: {scheduled.get('message', '')}"
         )
+
+    waiting = _first_waiting(
+        [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    )
 
     trainer = None
     for cs in status.get("containerStatuses") or []:
@@ -110,9 +116,29 @@ def parse_pod(obj: dict[str, Any]) -> ObservedPod:
             disruption.get("reason") if disruption and disruption.get("status") == "True" else None
         ),
         unschedulable=unschedulable,
+        waiting=waiting,
         trainer=trainer,
         progress=progress,
     )
+
+
+# Waiting reasons every container passes through on its way to running: not a problem.
+_STARTING = frozenset({"ContainerCreating", "PodInitializing"})
+
+
+def _first_waiting(statuses: list[dict[str, Any]]) -> str | None:
+    """Why the kubelet cannot start a container (ImagePullBackOff, ErrImagePull,
+    CreateContainerConfigError, InvalidImageName...). Init containers come first in
+    the list: they block the rest, whose own reason is then only PodInitializing."""
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = str(waiting.get("reason") or "")
+        if not reason or reason in _STARTING:
+            continue
+        message = str(waiting.get("message") or "").strip()
+        where = f"container {cs.get('name', '?')}"
+        return f"{reason}: {where}: {message}" if message else f"{reason}: {where}"
+    return None
 
 
 @dataclass(frozen=True)

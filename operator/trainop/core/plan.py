@@ -624,7 +624,7 @@ def _running_phase(
 
 def _pending_too_long(draft: _Draft, obs: Observed, live: list[ObservedPod], now: datetime) -> None:
     """A worker that never starts wastes every GPU its peers hold: say so, with the
-    scheduler's reason, once it has waited longer than PENDING_TIMEOUT_SECONDS."""
+    kubelet's or the scheduler's reason, once it has waited longer than PENDING_TIMEOUT_SECONDS."""
     st = draft.status
     pending = [p for p in live if p.phase == "Pending"]
     old = get_condition(st.conditions, COND_PENDING_TOO_LONG)
@@ -647,9 +647,15 @@ def _pending_too_long(draft: _Draft, obs: Observed, live: list[ObservedPod], now
     if waited < PENDING_TIMEOUT_SECONDS:
         draft.waits.append(PENDING_TIMEOUT_SECONDS - waited)
         return
-    first = next((p for p in pending if p.unschedulable), pending[0])
-    if first.unschedulable:
-        reason, _, why = first.unschedulable.partition(": ")
+    # The kubelet's reason is the more specific: a pod that is scheduled but cannot pull
+    # its image, or one whose image is wrong wherever it lands, will never start anyway.
+    first = next(
+        (p for p in pending if p.waiting),
+        next((p for p in pending if p.unschedulable), pending[0]),
+    )
+    said = first.waiting or first.unschedulable
+    if said:
+        reason, _, why = said.partition(": ")
     else:
         reason, why = "NotStarted", "scheduled, but its containers have not started"
     # No running clock in the text: the status must not change on every reconcile.
