@@ -166,8 +166,10 @@ class JobSpec:
     max_restarts: int = 3
     grace_seconds: float = 30.0
     checkpoint_every_steps: int = 20
-    # Small timeouts: a test or bench should pay seconds, not torch's 30 s defaults.
-    rdzv_conf: str = "last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=5"
+    # The operator's own rendezvous settings (contract.rdzv_conf), so tests and the bench
+    # measure what a deployed job gets; only the last call is shorter (1 s, not 5 s), as
+    # a job that sets spec.rendezvous.lastCallTimeoutSeconds: 1 would have it.
+    rdzv_conf: str = contract.rdzv_conf(last_call_timeout=1)
     monitor_interval: float = 0.1
     program_args: tuple[str, ...] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
