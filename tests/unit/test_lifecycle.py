@@ -15,7 +15,7 @@ from trainop.api.status import Phase, TrainingJobStatus
 from trainop.core.conditions import set_condition
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import ObservedPod, parse_pod
-from trainop.core.plan import PENDING_TIMEOUT_SECONDS, Plan, compute_plan
+from trainop.core.plan import Plan, compute_plan
 
 CFG = OperatorConfig()
 # metav1.Condition's validation of reason.
@@ -310,7 +310,7 @@ def test_parse_pod_says_why_a_container_cannot_start(
     [
         pytest.param(
             [worker(0, "Pending", unschedulable=UNSCHEDULABLE)],
-            PENDING_TIMEOUT_SECONDS + 1,
+            CFG.pending_timeout_seconds + 1,
             "True",
             "Unschedulable",
             "llm-worker-0: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
@@ -318,7 +318,7 @@ def test_parse_pod_says_why_a_container_cannot_start(
         ),
         pytest.param(
             [worker(0, "Pending")],
-            PENDING_TIMEOUT_SECONDS + 1,
+            CFG.pending_timeout_seconds + 1,
             "True",
             "NotStarted",
             "llm-worker-0: scheduled, but its containers have not started",
@@ -326,7 +326,7 @@ def test_parse_pod_says_why_a_container_cannot_start(
         ),
         pytest.param(
             [worker(0, "Pending", waiting=PULL)],
-            PENDING_TIMEOUT_SECONDS + 1,
+            CFG.pending_timeout_seconds + 1,
             "True",
             "ImagePullBackOff",
             'llm-worker-0: container trainer: Back-off pulling image "trainer:typo"',
@@ -337,7 +337,7 @@ def test_parse_pod_says_why_a_container_cannot_start(
                 worker(0, "Pending", unschedulable=UNSCHEDULABLE),
                 worker(2, "Pending", waiting=PULL),
             ],
-            PENDING_TIMEOUT_SECONDS + 1,
+            CFG.pending_timeout_seconds + 1,
             "True",
             "ImagePullBackOff",
             "llm-worker-2: container trainer: Back-off pulling image",
@@ -359,7 +359,7 @@ def test_a_pod_pending_too_long_gets_a_condition_with_the_reason(
     cond = condition(plan, "PendingTooLong")
     if status is None:
         assert cond is None
-        assert plan.requeue_after == PENDING_TIMEOUT_SECONDS - since
+        assert plan.requeue_after == CFG.pending_timeout_seconds - since
         return
     assert (cond.status, cond.reason) == (status, reason)
     assert says in cond.message
@@ -379,6 +379,32 @@ def test_a_pod_pending_too_long_gets_a_condition_with_the_reason(
     )
     assert condition(started, "PendingTooLong").status == "False"
     assert started.status.pending_since is None
+
+
+@pytest.mark.parametrize(
+    ("timeout", "waited", "flagged", "requeue"),
+    [
+        pytest.param(30.0, 31, True, None, id="short-timeout-passed"),
+        pytest.param(30.0, 20, False, 10.0, id="short-timeout-not-yet"),
+        pytest.param(1800.0, 600, False, 1200.0, id="long-timeout-for-big-images"),
+    ],
+)
+def test_the_pending_timeout_comes_from_the_operator_config(
+    timeout: float, waited: float, flagged: bool, requeue: float | None
+) -> None:
+    config = replace(CFG, pending_timeout_seconds=timeout)
+    obs = observed(
+        pods=[store(), worker(0, "Pending"), worker(1)],
+        status={"phase": "Running", "pendingSince": ago(waited)},
+    )
+    plan = compute_plan(obs, NOW, config)
+    cond = condition(plan, "PendingTooLong")
+    if flagged:
+        assert cond.status == "True"
+        assert f"for over {int(timeout)}s" in cond.message
+    else:
+        assert cond is None
+        assert plan.requeue_after == requeue
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,9 @@ class OperatorConfig:
     exporter_image: str = "ghcr.io/trainop/trainop:0.1.0"
     # A node NotReady this long has lost its pods: they are force-deleted and replaced.
     node_lost_seconds: float = 60.0
+    # A worker pod still not started after this long gets the PendingTooLong condition
+    # and a Warning Event: long enough for a large image pull, short enough to notice.
+    pending_timeout_seconds: float = 300.0
     # How often a job is looked at again without any event (safety net).
     resync_seconds: float = 60.0
     # Concurrent creates/deletes per reconcile: fast for big jobs, gentle on the API server.

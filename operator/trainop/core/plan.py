@@ -33,9 +33,8 @@ from trainop_runtime import contract as rc
 # Condition types. The phase conditions mirror status.phase for tools that only read conditions.
 COND_SPEC_VALID = "SpecValid"
 COND_PODS_SCHEDULED = "PodsScheduled"
-# True once some worker pod has waited to start longer than PENDING_TIMEOUT_SECONDS.
+# True once some worker pod has waited to start longer than config.pending_timeout_seconds.
 COND_PENDING_TOO_LONG = "PendingTooLong"
-PENDING_TIMEOUT_SECONDS = 300.0
 PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
 # handledFailures only needs the UIDs of failed pods not yet gone; this caps it regardless.
 MAX_HANDLED = 512
@@ -288,7 +287,7 @@ def _stage_converge(ctx: _Ctx) -> None:
     _ensure_children(draft, ctx.obs, spec, ctx.now, ctx.config)
     _counts(draft, ctx.obs, spec, desired=spec.replicas)
     _progress(draft, current)
-    _running_phase(draft, ctx.obs, spec, current, ctx.now)
+    _running_phase(draft, ctx.obs, spec, current, ctx.now, ctx.config)
 
 
 def _validate(spec: TrainingJobSpec, obs: Observed) -> tuple[str, str] | None:
@@ -564,7 +563,12 @@ def _counts(draft: _Draft, obs: Observed, spec: TrainingJobSpec, desired: int) -
 
 
 def _running_phase(
-    draft: _Draft, obs: Observed, spec: TrainingJobSpec, current: list[ObservedPod], now: datetime
+    draft: _Draft,
+    obs: Observed,
+    spec: TrainingJobSpec,
+    current: list[ObservedPod],
+    now: datetime,
+    config: OperatorConfig,
 ) -> None:
     st = draft.status
     live = [p for p in current if p.active and p.name not in draft.deletes]
@@ -585,7 +589,7 @@ def _running_phase(
             now,
             obs.generation,
         )
-    _pending_too_long(draft, obs, live, now)
+    _pending_too_long(draft, obs, live, now, config.pending_timeout_seconds)
     if running >= spec.min_nodes:
         if st.start_time is None:
             st.start_time = now
@@ -622,9 +626,11 @@ def _running_phase(
         )
 
 
-def _pending_too_long(draft: _Draft, obs: Observed, live: list[ObservedPod], now: datetime) -> None:
+def _pending_too_long(
+    draft: _Draft, obs: Observed, live: list[ObservedPod], now: datetime, timeout: float
+) -> None:
     """A worker that never starts wastes every GPU its peers hold: say so, with the
-    kubelet's or the scheduler's reason, once it has waited longer than PENDING_TIMEOUT_SECONDS."""
+    kubelet's or the scheduler's reason, once it has waited longer than ``timeout`` seconds."""
     st = draft.status
     pending = [p for p in live if p.phase == "Pending"]
     old = get_condition(st.conditions, COND_PENDING_TOO_LONG)
@@ -644,8 +650,8 @@ def _pending_too_long(draft: _Draft, obs: Observed, live: list[ObservedPod], now
     if st.pending_since is None:
         st.pending_since = now
     waited = (now - st.pending_since).total_seconds()
-    if waited < PENDING_TIMEOUT_SECONDS:
-        draft.waits.append(PENDING_TIMEOUT_SECONDS - waited)
+    if waited < timeout:
+        draft.waits.append(timeout - waited)
         return
     # The kubelet's reason is the more specific: a pod that is scheduled but cannot pull
     # its image, or one whose image is wrong wherever it lands, will never start anyway.
@@ -661,7 +667,7 @@ def _pending_too_long(draft: _Draft, obs: Observed, live: list[ObservedPod], now
     # No running clock in the text: the status must not change on every reconcile.
     message = (
         f"{len(pending)} worker pod(s) waiting to start for over "
-        f"{int(PENDING_TIMEOUT_SECONDS)}s; {first.name}: {why}"
+        f"{int(timeout)}s; {first.name}: {why}"
     )
     if old is None or old.status != "True":
         draft.warn("PendingTooLong", message)
