@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 import pytest
 
 from tests.factories import NOW, failed, observed, spec, store, worker
-from trainop.api.spec import Reason
+from tests.unit.test_api import SCHEMA
+from trainop.api.spec import Action, Reason
 from trainop.api.status import LiveWorker, Phase
 from trainop.core.config import OperatorConfig
 from trainop.core.failures import classify, track_workers
@@ -17,6 +19,8 @@ from trainop.core.plan import Plan, compute_plan
 
 CFG = OperatorConfig()
 RUNNING = {"phase": "Running", "startTime": "2026-11-22T11:00:00Z"}
+# What the kubelet writes when a pod outlives its activeDeadlineSeconds.
+DEADLINE = "Pod was active on the node longer than the specified deadline"
 
 
 def plan_for(**kw: Any) -> Plan:
@@ -85,12 +89,45 @@ def reporting(slot: int, restarts: object, **kw: Any) -> ObservedPod:
         ),
         pytest.param(worker(0), True, Reason.NODE_LOST, id="node-lost"),
         pytest.param(failed(0, 1, status_reason="NodeLost"), False, Reason.NODE_LOST, id="status"),
+        pytest.param(
+            failed(0, 137, status_reason="DeadlineExceeded", status_message=DEADLINE),
+            False,
+            Reason.DEADLINE_EXCEEDED,
+            id="pod-active-deadline",
+        ),
+        pytest.param(
+            failed(0, 137, status_reason="DeadlineExceeded"),
+            False,
+            Reason.DEADLINE_EXCEEDED,
+            id="pod-active-deadline-no-message",
+        ),
     ],
 )
 def test_classify(pod: ObservedPod, node_lost: bool, reason: Reason) -> None:
     failure = classify(pod, node_lost=node_lost)
     assert failure.reason is reason
     assert failure.message  # always something to show in status.lastFailure
+    if reason is Reason.DEADLINE_EXCEEDED:
+        # The kubelet's word, not the trainer's log tail ("boom").
+        assert failure.message == pod.status_message or "activeDeadlineSeconds" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("path", "enum"),
+    [
+        pytest.param(("failurePolicy", "rules", "reasons"), Reason, id="rule-reasons"),
+        pytest.param(("failurePolicy", "rules", "action"), Action, id="rule-actions"),
+    ],
+)
+def test_the_crd_allows_exactly_the_failure_classes_of_the_model(
+    path: tuple[str, ...], enum: type[StrEnum]
+) -> None:
+    node = SCHEMA["properties"]["spec"]
+    for key in path:
+        node = node["properties"][key]
+        if node.get("type") == "array":
+            node = node["items"]
+    assert set(node["enum"]) == {member.value for member in enum}
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,22 @@ def test_unschedulable_pod_shows_the_schedulers_reason_and_job_stays_pending() -
             Phase.RESTARTING,
             id="restart-job-rule",
         ),
+        pytest.param(
+            [],
+            failed(0, 137, status_reason="DeadlineExceeded"),
+            "RestartPod",
+            True,
+            Phase.RESTARTING,
+            id="pod-deadline-counted-by-default",
+        ),
+        pytest.param(
+            [{"action": "Ignore", "reasons": ["DeadlineExceeded"]}],
+            failed(0, 137, status_reason="DeadlineExceeded"),
+            "Ignore",
+            False,
+            Phase.RESTARTING,
+            id="pod-deadline-rule",
+        ),
     ],
 )
 def test_failure_rules(

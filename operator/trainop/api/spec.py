@@ -39,6 +39,9 @@ class Reason(StrEnum):
     PREEMPTED = "Preempted"  # DisruptionTarget: scheduler preemption, API eviction, taint manager
     NODE_LOST = "NodeLost"
     DELETED = "Deleted"  # the pod vanished without a recorded failure
+    # The pod's own activeDeadlineSeconds (spec.podTemplate.spec) ran out and the kubelet
+    # stopped it; not the job's runPolicy.activeDeadlineSeconds, which fails the whole job.
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
 class CleanPodPolicy(StrEnum):

@@ -22,6 +22,15 @@ _DISRUPTIONS: dict[str, Reason] = {
     "DeletionByPodGC": Reason.NODE_LOST,  # bound to a node that no longer exists
 }
 
+# pod.status.reason set by the kubelet (or node controllers) when it ends a pod itself.
+_POD_STATUS_REASONS: dict[str, Reason] = {
+    "Evicted": Reason.EVICTED,  # node pressure
+    "DeadlineExceeded": Reason.DEADLINE_EXCEEDED,  # the pod's own activeDeadlineSeconds
+    "NodeLost": Reason.NODE_LOST,
+    "UnexpectedAdmissionError": Reason.NODE_LOST,
+    "NodeAffinity": Reason.NODE_LOST,
+}
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -43,11 +52,11 @@ def classify(pod: ObservedPod, *, node_lost: bool = False) -> Failure:
     if pod.disruption_reason is not None:
         reason = _DISRUPTIONS.get(pod.disruption_reason, Reason.PREEMPTED)
         return Failure(reason, exit_code, message or pod.disruption_reason)
-    if pod.status_reason == "Evicted":
-        return Failure(Reason.EVICTED, exit_code, message)
-    if pod.status_reason in ("NodeLost", "UnexpectedAdmissionError", "NodeAffinity"):
-        return Failure(Reason.NODE_LOST, exit_code, message)
-    return Failure(Reason.ERROR, exit_code, message)
+    reason = _POD_STATUS_REASONS.get(pod.status_reason or "", Reason.ERROR)
+    if reason is Reason.DEADLINE_EXCEEDED:
+        # The trainer's log tail says nothing about a kill from outside; the kubelet does.
+        message = pod.status_message or "the pod ran longer than its activeDeadlineSeconds"
+    return Failure(reason, exit_code, message)
 
 
 # Applied after the user's rules. Disruptions that are not the job's fault are
