@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from trainop_runtime import contract
 from trainop_runtime.localjob import Agent, LocalJob, first, wait_for
 
 pytestmark = pytest.mark.torch
@@ -255,7 +256,8 @@ def test_sigterm_to_one_pod_checkpoints_and_the_rest_carry_on(
 def test_losing_the_store_restarts_the_job_without_losing_a_step(
     make_job: Callable[..., LocalJob],
 ) -> None:
-    """torch's c10d rendezvous does not survive its store: every agent fails (exit 1).
+    """torch's c10d rendezvous does not survive its store: every agent fails, with the
+    launcher's EXIT_RENDEZVOUS_LOST so the operator can tell one cause from many.
 
     Training itself needs the store only to form a group, but each agent polls it
     for newcomers and ends when it cannot, stopping its workers with SIGTERM first:
@@ -270,9 +272,9 @@ def test_losing_the_store_restarts_the_job_without_losing_a_step(
     job.kill_store()
     codes = [agent.proc.wait(timeout=RECOVERY) for agent in agents]
 
-    assert codes == [1, 1]
+    assert codes == [contract.EXIT_RENDEZVOUS_LOST] * 2
     for agent in agents:
-        assert "RendezvousConnectionError" in agent.termination_log.read_text()
+        assert agent.termination_log.read_text().startswith("rendezvous store lost: ")
     finished = max(e["step"] for e in job.events("step"))
     assert job.checkpoint_steps() == [finished] == [job.events("stop")[-1]["step"]]
 

@@ -109,3 +109,7 @@ AGENT_EVENTS_FILE: Final = "agent-events.jsonl"
 # the job checkpointed on purpose, and this agent should re-rendezvous. Below 128 so
 # nobody mistakes it for a signal; EX_TEMPFAIL from sysexits.h.
 EXIT_PEER_STOPPED: Final = 75
+# The launcher exits with this when its agent lost the rendezvous store (torch's
+# RendezvousConnectionError): every pod of the job fails at once for one cause, the
+# store, so the operator must not charge the budget once per pod. EX_UNAVAILABLE.
+EXIT_RENDEZVOUS_LOST: Final = 69

@@ -41,6 +41,7 @@ from typing import NoReturn
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
 from torch.distributed.launcher.api import launch_agent
 from torch.distributed.run import config_from_args, get_args_parser, parse_args
 
@@ -319,6 +320,9 @@ def _run_agent(env: Mapping[str, str], entry: Entry, run_dir: Path, *, standalon
                 for rank, f in e.failures.items()
             ]
         )
+    except RendezvousConnectionError as e:
+        code = contract.EXIT_RENDEZVOUS_LOST
+        reason = f"rendezvous store lost: {e}"
     except SignalException as e:
         code = 128 + int(e.sigval)
         reason = f"{e.sigval.name} received; workers had {config.shutdown_timeout} s to checkpoint"
