@@ -14,7 +14,7 @@ from tests.factories import NOW, failed, node, observed, spec, store, worker
 from trainop.api.status import Phase, TrainingJobStatus
 from trainop.core.conditions import set_condition
 from trainop.core.config import OperatorConfig
-from trainop.core.observe import ObservedPod, parse_pod
+from trainop.core.observe import NodeInfo, ObservedPod, Taint, parse_node, parse_pod
 from trainop.core.plan import Plan, compute_plan
 
 CFG = OperatorConfig()
@@ -199,6 +199,163 @@ def test_capacity_is_a_spec_problem_only_before_the_first_start(
     if status:
         assert plan.status.restarts == 1
         assert plan.status.last_failure is not None
+
+
+NO_INFER = Taint("dedicated", "infer", "NoSchedule")
+
+
+def placed(name: str, gpus: int, labels: dict[str, str] | None = None, *taints: Taint) -> NodeInfo:
+    return replace(node(name, gpus=gpus), labels=labels or {}, taints=taints)
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "nodes", "says"),
+    [
+        pytest.param(
+            {"nodeSelector": {"gpu": "a100"}},
+            [placed("big", 8, {"gpu": "a100"}), placed("small", 4, {"gpu": "h100"})],
+            None,
+            id="selector-matches-the-big-node",
+        ),
+        pytest.param(
+            {"nodeSelector": {"gpu": "h100"}},
+            [placed("big", 8, {"gpu": "a100"}), placed("small", 4, {"gpu": "h100"})],
+            "1 ready node(s) offer that many nvidia.com/gpu, but the pods' nodeSelector and "
+            "tolerations rule them all out (big: label gpu=a100, not h100), and the largest "
+            "node the pods may use offers 4",
+            id="selector-excludes-the-big-node",
+        ),
+        pytest.param(
+            {"nodeSelector": {"pool": "training"}},
+            [placed("big", 8)],
+            "(big: no label pool=training), and no ready node is left for the pods",
+            id="selector-label-missing",
+        ),
+        pytest.param(
+            {},
+            [placed("big", 8, None, NO_INFER)],
+            "(big: taint dedicated=infer:NoSchedule is not tolerated)",
+            id="untolerated-taint",
+        ),
+        pytest.param(
+            {},
+            [placed("big", 8, None, Taint("gpu-broken", "", "NoExecute"))],
+            "(big: taint gpu-broken:NoExecute is not tolerated)",
+            id="untolerated-noexecute-taint",
+        ),
+        pytest.param(
+            {
+                "tolerations": [
+                    {
+                        "key": "dedicated",
+                        "operator": "Equal",
+                        "value": "infer",
+                        "effect": "NoSchedule",
+                    }
+                ]
+            },
+            [placed("big", 8, None, NO_INFER)],
+            None,
+            id="equal-tolerated",
+        ),
+        pytest.param(
+            {"tolerations": [{"key": "dedicated", "value": "infer"}]},
+            [placed("big", 8, None, NO_INFER)],
+            None,
+            id="operator-defaults-to-equal-effect-empty-matches-all",
+        ),
+        pytest.param(
+            {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "train"}]},
+            [placed("big", 8, None, NO_INFER)],
+            "taint dedicated=infer:NoSchedule is not tolerated",
+            id="equal-other-value",
+        ),
+        pytest.param(
+            {"tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+            [placed("big", 8, None, NO_INFER)],
+            None,
+            id="exists-any-value",
+        ),
+        pytest.param(
+            {"tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}]},
+            [placed("big", 8, None, NO_INFER)],
+            "taint dedicated=infer:NoSchedule is not tolerated",
+            id="other-effect",
+        ),
+        pytest.param(
+            {"tolerations": [{"operator": "Exists"}]},
+            [placed("big", 8, None, NO_INFER, Taint("gpu-broken", "", "NoExecute"))],
+            None,
+            id="empty-key-exists-tolerates-all",
+        ),
+        pytest.param(
+            {"tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+            [placed("big", 8, None, NO_INFER, Taint("gpu-broken", "", "NoExecute"))],
+            "taint gpu-broken:NoExecute is not tolerated",
+            id="every-taint-must-be-tolerated",
+        ),
+        pytest.param(
+            {},
+            [placed("small", 4), placed("smaller", 2)],
+            "the largest ready node offers 4 nvidia.com/gpu; lower spec.resources.gpus or add "
+            "nodes with at least 8 GPUs",
+            id="no-node-big-enough",
+        ),
+    ],
+)
+def test_capacity_counts_only_nodes_the_pods_may_land_on(
+    scheduling: dict[str, Any], nodes: list[NodeInfo], says: str | None
+) -> None:
+    the_spec = spec(resources={"gpus": 8}, scheduling=scheduling)
+    plan = plan_for(the_spec=the_spec, nodes=nodes, service=False)
+    if says is None:
+        assert condition(plan, "SpecValid").status == "True"
+        assert "llm-worker-0" in {o["metadata"]["name"] for o in plan.creates}
+        return
+    assert plan.creates == ()
+    assert plan.status.reason == "InsufficientGPUCapacity"
+    assert condition(plan, "SpecValid").status == "False"
+    assert says in condition(plan, "SpecValid").message
+    assert any(e.type == "Warning" and says in e.message for e in plan.events)
+
+
+def test_capacity_reads_placement_from_the_pod_template_override() -> None:
+    the_spec = spec(
+        resources={"gpus": 8},
+        scheduling={"nodeSelector": {"gpu": "h100"}},
+        podTemplate={"spec": {"nodeSelector": {"gpu": "a100"}}},
+    )
+    nodes = [placed("big", 8, {"gpu": "a100"}), placed("small", 4, {"gpu": "h100"})]
+    plan = plan_for(the_spec=the_spec, nodes=nodes, service=False)
+    assert condition(plan, "SpecValid").status == "True"
+
+
+@pytest.mark.parametrize(
+    ("raw", "labels", "taints"),
+    [
+        pytest.param(
+            {
+                "metadata": {"name": "n", "labels": {"gpu": "a100"}},
+                "spec": {
+                    "taints": [
+                        {"key": "dedicated", "value": "infer", "effect": "NoSchedule"},
+                        {"key": "spot", "effect": "PreferNoSchedule"},
+                        {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
+                    ]
+                },
+            },
+            {"gpu": "a100"},
+            (NO_INFER, Taint("node.kubernetes.io/unreachable", "", "NoExecute")),
+            id="prefer-no-schedule-is-not-a-barrier",
+        ),
+        pytest.param({"metadata": {"name": "n"}}, {}, (), id="bare"),
+    ],
+)
+def test_parse_node_keeps_labels_and_the_taints_that_keep_pods_off(
+    raw: dict[str, Any], labels: dict[str, str], taints: tuple[Taint, ...]
+) -> None:
+    parsed = parse_node(raw)
+    assert (parsed.labels, parsed.taints) == (labels, taints)
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,22 @@ def _first_waiting(statuses: list[dict[str, Any]]) -> str | None:
     return None
 
 
+# Taint effects that keep a pod off a node; PreferNoSchedule only makes it less likely.
+_HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str  # NoSchedule | NoExecute
+
+    def __str__(self) -> str:  # as kubectl taint writes it
+        return (
+            f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+        )
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     name: str
@@ -148,6 +164,8 @@ class NodeInfo:
     not_ready_since: datetime | None
     allocatable: dict[str, str]
     unschedulable: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()  # only the effects that keep a pod off the node
 
 
 def parse_node(obj: dict[str, Any]) -> NodeInfo:
@@ -156,14 +174,23 @@ def parse_node(obj: dict[str, Any]) -> NodeInfo:
         (cd for cd in status.get("conditions") or [] if cd.get("type") == "Ready"), None
     )
     ready = ready_cond is not None and ready_cond.get("status") == "True"
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    taints = tuple(
+        Taint(str(t.get("key") or ""), str(t.get("value") or ""), str(t["effect"]))
+        for t in spec.get("taints") or []
+        if isinstance(t, dict) and t.get("effect") in _HARD_EFFECTS
+    )
     return NodeInfo(
-        name=obj.get("metadata", {}).get("name", ""),
+        name=meta.get("name", ""),
         ready=ready,
         not_ready_since=None
         if ready or ready_cond is None
         else parse_time(ready_cond.get("lastTransitionTime")),
         allocatable=dict(status.get("allocatable") or {}),
-        unschedulable=bool((obj.get("spec") or {}).get("unschedulable")),
+        unschedulable=bool(spec.get("unschedulable")),
+        labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+        taints=taints,
     )
 
 

@@ -7,7 +7,7 @@ by hand), so running it twice on the same observation asks for the same thing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +27,7 @@ from trainop.core.failures import (
     track_workers,
     vanished,
 )
-from trainop.core.observe import NodeInfo, ObservedPod, quantity_to_int
+from trainop.core.observe import NodeInfo, ObservedPod, Taint, quantity_to_int
 from trainop_runtime import contract as rc
 
 # Condition types. The phase conditions mirror status.phase for tools that only read conditions.
@@ -208,7 +208,7 @@ def _stage_validate(ctx: _Ctx) -> bool:
         # the replacements' PodsScheduled condition says what is short.
         _spec_valid(ctx.draft, ctx.obs, ctx.now, "Valid", None)
         return False
-    problem = _validate(ctx.spec, ctx.obs)
+    problem = _validate(ctx.spec, ctx.obs, ctx.config)
     if problem is None:
         _spec_valid(ctx.draft, ctx.obs, ctx.now, "Valid", None)
         return False
@@ -290,25 +290,14 @@ def _stage_converge(ctx: _Ctx) -> None:
     _running_phase(draft, ctx.obs, spec, current, ctx.now, ctx.config)
 
 
-def _validate(spec: TrainingJobSpec, obs: Observed) -> tuple[str, str] | None:
+def _validate(
+    spec: TrainingJobSpec, obs: Observed, config: OperatorConfig
+) -> tuple[str, str] | None:
     """What the schema cannot know. Checked before anything is created for the job."""
-    gpus = spec.resources.gpus
-    if gpus and obs.nodes is not None:
-        name = spec.resources.gpu_resource_name
-        best = max(
-            (
-                quantity_to_int(n.allocatable.get(name))
-                for n in obs.nodes.values()
-                if n.ready and not n.unschedulable
-            ),
-            default=0,
-        )
-        if best < gpus:
-            return (
-                "InsufficientGPUCapacity",
-                f"spec.resources.gpus={gpus} but the largest ready node offers {best} {name}; "
-                f"lower spec.resources.gpus or add nodes with at least {gpus} GPUs",
-            )
+    if spec.resources.gpus and obs.nodes is not None:
+        short = _gpu_capacity(spec, obs, obs.nodes.values(), config)
+        if short is not None:
+            return ("InsufficientGPUCapacity", short)
     if obs.missing_pvc is not None:
         return (
             "CheckpointVolumeNotFound",
@@ -322,6 +311,75 @@ def _validate(spec: TrainingJobSpec, obs: Observed) -> tuple[str, str] | None:
             "fix the spec field (or the missing object) it names",
         )
     return None
+
+
+def _gpu_capacity(
+    spec: TrainingJobSpec, obs: Observed, nodes: Iterable[NodeInfo], config: OperatorConfig
+) -> str | None:
+    """Why no ready node the job's pods may land on offers spec.resources.gpus, if none does.
+
+    Placement is read from a built worker pod, so spec.podTemplate.spec overrides of
+    nodeSelector and tolerations count as the scheduler will see them."""
+    gpus, name = spec.resources.gpus, spec.resources.gpu_resource_name
+    pod_spec = build.build_worker_pod(obs.job, spec, 0, 0, config)["spec"]
+    selector = pod_spec.get("nodeSelector")
+    selector = selector if isinstance(selector, dict) else {}
+    tolerations = [t for t in pod_spec.get("tolerations") or [] if isinstance(t, dict)]
+    usable = sorted((n for n in nodes if n.ready and not n.unschedulable), key=lambda n: n.name)
+    kept_off = {n.name: _kept_off(n, selector, tolerations) for n in usable}
+    allowed = [n for n in usable if kept_off[n.name] is None]
+    best = max((quantity_to_int(n.allocatable.get(name)) for n in allowed), default=0)
+    if best >= gpus:
+        return None
+    big = [n for n in usable if quantity_to_int(n.allocatable.get(name)) >= gpus]
+    if not big:
+        largest = max((quantity_to_int(n.allocatable.get(name)) for n in usable), default=0)
+        return (
+            f"spec.resources.gpus={gpus} but the largest ready node offers {largest} {name}; "
+            f"lower spec.resources.gpus or add nodes with at least {gpus} GPUs"
+        )
+    others = (
+        f"the largest node the pods may use offers {best} {name}"
+        if allowed
+        else "no ready node is left for the pods"
+    )
+    return (
+        f"spec.resources.gpus={gpus}: {len(big)} ready node(s) offer that many {name}, but the "
+        f"pods' nodeSelector and tolerations rule them all out ({big[0].name}: "
+        f"{kept_off[big[0].name]}), and {others}; change spec.scheduling.nodeSelector or "
+        "spec.scheduling.tolerations, or lower spec.resources.gpus"
+    )
+
+
+def _kept_off(node: NodeInfo, selector: Mapping[str, Any], tolerations: list[Any]) -> str | None:
+    """What keeps a pod with this nodeSelector and these tolerations off the node, if anything."""
+    for key, want in sorted(selector.items()):
+        have = node.labels.get(key)
+        if have is None:
+            return f"no label {key}={want}"
+        if have != str(want):
+            return f"label {key}={have}, not {want}"
+    for taint in node.taints:
+        if not any(_tolerates(t, taint) for t in tolerations):
+            return f"taint {taint} is not tolerated"
+    return None
+
+
+def _tolerates(toleration: Mapping[str, Any], taint: Taint) -> bool:
+    """Kubernetes' Toleration.ToleratesTaint: an empty effect matches every effect, an
+    empty key with Exists every taint; Equal (the default operator) compares values."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != taint.effect:
+        return False
+    key = toleration.get("key") or ""
+    if key and key != taint.key:
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Equal":
+        return str(toleration.get("value") or "") == taint.value
+    # Exists, or an operator newer than this code (Gt/Lt): refusing the job on a guess
+    # would be worse than letting the scheduler judge.
+    return True
 
 
 def _node_lost(pod: ObservedPod, obs: Observed, now: datetime, config: OperatorConfig) -> bool:
