@@ -35,7 +35,8 @@ RECONCILE_SECONDS: Final = Histogram(
 )
 RESTARTS: Final = Counter(
     "trainop_operator_restarts_total",
-    "Worker restarts decided by the operator, by failure reason and whether they were counted.",
+    "Worker restarts by failure reason and whether they were counted; reason InPlace "
+    "counts the worker-group restarts torchrun made in place (always counted).",
     ["reason", "counted"],
 )
 API_REQUESTS: Final = Counter(

@@ -21,7 +21,7 @@ from trainop.api.status import Phase, TrainingJobStatus
 from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo, ObservedPod, parse_node, parse_pod
-from trainop.core.plan import Event, Observed, Plan, compute_plan
+from trainop.core.plan import IN_PLACE, Event, Observed, Plan, compute_plan
 from trainop.kube.client import Kube, KubeError
 
 log = logging.getLogger("trainop.reconcile")
@@ -210,6 +210,10 @@ class Reconciler:
             await self._emit(job, ev)
         for lf in plan.failures:
             m.RESTARTS.labels(lf.reason, str(lf.counted).lower()).inc()
+        # torchrun restarted worker groups in place: no pod failed, but the budget paid.
+        in_place = plan.status.in_place_restarts - obs.status.in_place_restarts
+        if in_place > 0:
+            m.RESTARTS.labels(IN_PLACE, "true").inc(in_place)
         ns = obs.job.namespace
         key = (ns, obs.job.name)
         if plan.suspend_job:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.factories import NOW, failed, observed, spec, store, worker
 from tests.unit.test_api import SCHEMA
+from tests.unit.test_bad_input import FakeKube
+from tests.unit.test_bad_input import job as fake_job
+from trainop.api import constants as c
 from trainop.api.spec import Action, Reason
 from trainop.api.status import LiveWorker, Phase
 from trainop.core.config import OperatorConfig
 from trainop.core.failures import classify, track_workers
 from trainop.core.observe import ObservedPod
 from trainop.core.plan import Plan, compute_plan
+from trainop.reconcile import Reconciler
 
 CFG = OperatorConfig()
 RUNNING = {"phase": "Running", "startTime": "2026-11-22T11:00:00Z"}
@@ -110,6 +117,36 @@ def test_classify(pod: ObservedPod, node_lost: bool, reason: Reason) -> None:
     if reason is Reason.DEADLINE_EXCEEDED:
         # The kubelet's word, not the trainer's log tail ("boom").
         assert failure.message == pod.status_message or "activeDeadlineSeconds" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("passes", "counted"),
+    [
+        pytest.param([{"llm-worker-0": 1}], 1, id="one-agent-restarted"),
+        pytest.param([{"llm-worker-0": 1, "llm-worker-1": 2}], 3, id="each-agent-its-own"),
+        pytest.param([{"llm-worker-0": 1}, {"llm-worker-0": 1}], 1, id="same-report-again"),
+        pytest.param([{"llm-worker-0": 1}, {"llm-worker-0": 3}], 3, id="grows-across-passes"),
+        pytest.param([{}], 0, id="no-report"),
+    ],
+)
+def test_in_place_restarts_reach_the_restarts_metric_once(
+    passes: list[dict[str, int]], counted: int
+) -> None:
+    kube = FakeKube(fake_job())
+    rec = Reconciler(kube, CFG, clock=lambda: NOW)  # type: ignore[arg-type]
+    labels = {"reason": "InPlace", "counted": "true"}
+    asyncio.run(rec.reconcile(("team-a", "llm")))  # creates the pods
+    before = REGISTRY.get_sample_value("trainop_operator_restarts_total", labels) or 0.0
+    for reports in passes:
+        for pod in kube.objects:
+            n = reports.get(pod["metadata"]["name"])
+            if n is not None:
+                progress = json.dumps({"step": 5, "restarts": n})
+                pod["metadata"]["annotations"] = {c.ANNOTATION_PROGRESS: progress}
+        asyncio.run(rec.reconcile(("team-a", "llm")))
+    after = REGISTRY.get_sample_value("trainop_operator_restarts_total", labels) or 0.0
+    assert after - before == counted
+    assert kube.job["status"].get("inPlaceRestarts", 0) == counted
 
 
 @pytest.mark.parametrize(
