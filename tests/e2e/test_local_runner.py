@@ -115,17 +115,18 @@ BAD_INPUT: dict[str, tuple[dict[str, Any], list[str], str]] = {
     "replicas above maxReplicas": (
         {"replicas": 9},
         [],
-        "{path}: invalid TrainingJob: spec: spec.replicas must be <= spec.maxReplicas\n" + FIX_HINT,
+        "{path}: invalid TrainingJob: spec.replicas must be <= spec.maxReplicas\n" + FIX_HINT,
     ),
     "a misspelt field": (
         {"replica": 2},
         [],
-        "{path}: invalid TrainingJob: spec.replica: Extra inputs are not permitted\n" + FIX_HINT,
+        "{path}: invalid TrainingJob: spec.replica: unknown field; did you mean 'replicas'?\n"
+        + FIX_HINT,
     ),
     "--replicas out of range": (
         {},
         ["--replicas", "9"],
-        "--replicas 9: spec: spec.replicas must be <= spec.maxReplicas; this job allows "
+        "--replicas 9: spec.replicas must be <= spec.maxReplicas; this job allows "
         "--replicas 1..3 (spec.minReplicas..spec.maxReplicas in {path})",
     ),
     "--replicas 0": (

@@ -112,7 +112,19 @@ def test_every_crd_field_has_a_description_for_kubectl_explain() -> None:
             id="above-max",
         ),
         pytest.param(
-            {"maxReplica": 4}, "spec.maxReplica: Extra inputs are not permitted", id="typo-field"
+            {"maxReplica": 4},
+            "spec.maxReplica: unknown field; did you mean 'maxReplicas'?",
+            id="typo-field",
+        ),
+        pytest.param(
+            {"resources": {"gpu": 1}},
+            "spec.resources.gpu: unknown field; did you mean 'gpus'?",
+            id="nested-typo-field",
+        ),
+        pytest.param(
+            {"zzzz": 1},
+            "spec.zzzz: unknown field; known fields here: checkpoint, entrypoint, env,",
+            id="unknown-field-lists-known",
         ),
         pytest.param(
             {"failurePolicy": {"rules": [{"action": "FailJob"}]}},
