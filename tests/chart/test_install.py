@@ -3,6 +3,7 @@ operator under the chart's ServiceAccount, uninstall."""
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from collections.abc import Iterator
@@ -245,6 +246,17 @@ def test_helm_installs_the_crd_and_uninstall_keeps_it_and_the_jobs(tmp_path: Pat
         chart_crd = yaml.safe_load((CHART / "crds" / "trainop.dev_trainingjobs.yaml").read_text())
         assert installed["spec"]["versions"] == chart_crd["spec"]["versions"]
         c.apply(training_job("survivor", replicas=1), release.namespace)
+        # The README's upgrade step, with a CRD that changed since: helm co-owns the
+        # fields it applied, so only --force-conflicts takes them over.
+        newer = copy.deepcopy(chart_crd)
+        newer["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "newer"
+        refused = c.kubectl(
+            "apply", "--server-side", "-f", "-", input=json.dumps(newer), check=False
+        )
+        assert 'conflict with "helm"' in refused
+        c.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(newer))
+        served = json.loads(c.kubectl("get", "crd", CRD, "-o", "json"))["spec"]["versions"][0]
+        assert served["schema"]["openAPIV3Schema"]["description"] == "newer"
         result = release.helm(
             "upgrade", release.name, str(CHART), "--reuse-values",
             "--set", "replicaCount=2,leaderElection.enabled=true",
@@ -284,7 +296,7 @@ def test_two_replicas_one_active_and_the_standby_takes_over(
                 assert "trainop_operator_jobs{" not in b.metrics()
                 assert "trainop_operator_jobs{" in a.metrics()
                 a.kill()
-                # The lease lasts 15 s after the last renewal.
+                # b takes the lease once it has seen it unchanged for 15 s.
                 wait_for("replica-b to lead", lambda: lease_holder(release) == "replica-b", 45)
                 c.apply(training_job("ha-second", replicas=1), ns)
                 running_workers(c, ns, "ha-second", 1)

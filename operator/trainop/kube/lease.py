@@ -112,8 +112,8 @@ class LeaderElector:
                 left = last_ok + self.timing.renew_deadline - self.clock()
                 try:
                     ok = await asyncio.wait_for(self.try_acquire(), timeout=max(left, 0.0))
-                except _TRANSIENT as exc:
-                    log.warning("lease renewal failed: %s", exc)
+                except _TRANSIENT as exc:  # a TimeoutError says nothing of itself
+                    log.warning("lease renewal failed: %s", str(exc) or type(exc).__name__)
                     ok = False
                 now = self.clock()
                 if ok:
