@@ -1,5 +1,6 @@
 """Failure lifecycle against the real control plane: evictions, hand deletions, the
-deadline of a job that never starts, and in-place restarts spending the one budget."""
+deadline of a job that never starts, a pod's own deadline, in-place restarts spending the
+one budget, and the capacity check that honours the pods' nodeSelector."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.cluster.conftest import Cluster, Operator, wait_for, wait_until
 from tests.cluster.test_operator import status, tj, until_phase, until_running, workers
+from tests.exporter.helpers import Exposition
 
 pytestmark = pytest.mark.cluster
 HOLD = "trainop.dev/test-hold"
@@ -135,11 +137,9 @@ def test_worker_deleted_by_hand_is_recorded_and_replaced(operator: Operator, ns:
 
 def test_deadline_fails_a_job_that_never_gets_scheduled(operator: Operator, ns: str) -> None:
     c = operator.cluster
-    body = tj(
-        "nowhere",
-        runPolicy={"activeDeadlineSeconds": 5},
-        scheduling={"nodeSelector": {"trainop.dev/no-such-node": "true"}},
-    )
+    # More CPU than any node has: the pods are created (the GPU capacity check passes) and
+    # stay Unschedulable. A nodeSelector no node matches would stop them before creation.
+    body = tj("nowhere", runPolicy={"activeDeadlineSeconds": 5}, resources={"gpus": 1, "cpu": 1000})
     c.apply(body, ns)
     pending = wait_for(
         "unschedulable workers",
@@ -161,8 +161,16 @@ def test_deadline_fails_a_job_that_never_gets_scheduled(operator: Operator, ns: 
     wait_until("no live worker", lambda: workers(c, ns, "nowhere"), lambda pods: pods == [])
 
 
+def in_place_counted(operator: Operator) -> float:
+    value = Exposition(operator.metrics()).value(
+        "trainop_operator_restarts_total", reason="InPlace", counted="true"
+    )
+    return value or 0.0
+
+
 def test_in_place_restarts_reported_by_pods_spend_the_budget(operator: Operator, ns: str) -> None:
     c = operator.cluster
+    counted_before = in_place_counted(operator)
     c.apply(tj("inplace", failurePolicy={"backoffLimit": 2, "backoffSeconds": 0}), ns)
     first, second = until_running(c, ns, "inplace", 2)
     report_progress(c, ns, first["metadata"]["name"], step=7, restarts=1, time=1_795_000_000)
@@ -181,4 +189,68 @@ def test_in_place_restarts_reported_by_pods_spend_the_budget(operator: Operator,
     assert (st["restarts"], st["inPlaceRestarts"]) == (3, 3)
     assert st["restartsByReason"]["InPlace"] == 3
     assert warnings(c, ns, "inplace", "InPlaceRestart")
+    assert in_place_counted(operator) - counted_before == 3
     wait_until("no live worker", lambda: workers(c, ns, "inplace"), lambda pods: pods == [])
+
+
+def test_a_pod_stopped_by_its_own_deadline_is_its_own_failure_class(
+    operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    rule = {"action": "FailJob", "reasons": ["DeadlineExceeded"]}
+    c.apply(tj("poddeadline", failurePolicy={"rules": [rule]}), ns)
+    victim = until_running(c, ns, "poddeadline", 2)[0]
+    # What the kubelet writes when the pod outlives spec.activeDeadlineSeconds.
+    kubelet = "Pod was active on the node longer than the specified deadline"
+    ended = {"status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": kubelet}}
+    c.kubectl(
+        "patch",
+        "pod",
+        victim["metadata"]["name"],
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(ended),
+    )
+    st = until_phase(c, ns, "poddeadline", "Failed")
+    assert st["reason"] == "FailedByRule"
+    lf = st["lastFailure"]
+    assert (lf["podUID"], lf["reason"], lf["message"]) == (uid(victim), "DeadlineExceeded", kubelet)
+    wait_until("no live worker", lambda: workers(c, ns, "poddeadline"), lambda pods: pods == [])
+
+
+def test_capacity_counts_only_the_nodes_the_selector_allows(operator: Operator, ns: str) -> None:
+    c = operator.cluster
+    # gpu-node-0 and gpu-node-1 offer 8 GPUs, but the selector allows only gpu-node-2 (4).
+    body = tj(
+        "placed",
+        replicas=1,
+        minReplicas=1,
+        maxReplicas=1,
+        resources={"gpus": 8},
+        scheduling={"nodeSelector": {"kubernetes.io/hostname": "gpu-node-2"}},
+    )
+    c.apply(body, ns)
+    st = wait_until(
+        "InsufficientGPUCapacity",
+        lambda: status(c, ns, "placed"),
+        lambda s: s.get("reason") == "InsufficientGPUCapacity",
+    )
+    cond = next(x for x in st["conditions"] if x["type"] == "SpecValid")
+    assert cond["status"] == "False"
+    assert "2 ready node(s) offer that many nvidia.com/gpu" in cond["message"]
+    assert "the largest node the pods may use offers 4 nvidia.com/gpu" in cond["message"]
+    assert wait_for(
+        "a Warning Event naming the selector",
+        lambda: [m for m in warnings(c, ns, "placed", "JobPending") if "nodeSelector" in m],
+    )
+    assert c.list("pods", ns, "trainop.dev/job-name=placed") == []
+
+    body["spec"]["scheduling"] = {"nodeSelector": {"kubernetes.io/hostname": "gpu-node-0"}}
+    c.apply(body, ns)
+    (pod,) = until_running(c, ns, "placed", 1)
+    assert pod["spec"]["nodeName"] == "gpu-node-0"
+    st = status(c, ns, "placed")
+    assert next(x for x in st["conditions"] if x["type"] == "SpecValid")["status"] == "True"
