@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
@@ -23,6 +24,7 @@ from trainop.core.failures import classify, track_workers
 from trainop.core.observe import ObservedPod
 from trainop.core.plan import Plan, compute_plan
 from trainop.reconcile import Reconciler
+from trainop_runtime import contract as rc
 
 CFG = OperatorConfig()
 RUNNING = {"phase": "Running", "startTime": "2026-11-22T11:00:00Z"}
@@ -117,6 +119,48 @@ def test_classify(pod: ObservedPod, node_lost: bool, reason: Reason) -> None:
     if reason is Reason.DEADLINE_EXCEEDED:
         # The kubelet's word, not the trainer's log tail ("boom").
         assert failure.message == pod.status_message or "activeDeadlineSeconds" in failure.message
+
+
+EARLIER, LATER = NOW - timedelta(minutes=10), NOW - timedelta(minutes=1)
+
+
+def store_lost(**kw: Any) -> ObservedPod:
+    """A worker whose launcher exited EXIT_RENDEZVOUS_LOST, started EARLIER."""
+    return failed(0, rc.EXIT_RENDEZVOUS_LOST, created=EARLIER, **kw)
+
+
+@pytest.mark.parametrize(
+    ("the_store", "reason"),
+    [
+        pytest.param(None, Reason.RENDEZVOUS_LOST, id="store-gone"),
+        pytest.param(store("Failed"), Reason.RENDEZVOUS_LOST, id="store-failed"),
+        pytest.param(
+            replace(store(), created=LATER), Reason.RENDEZVOUS_LOST, id="store-replaced-since"
+        ),
+        pytest.param(replace(store(), deleting=True), Reason.RENDEZVOUS_LOST, id="store-deleting"),
+        # The store the worker started with is still up: its own problem, counted.
+        pytest.param(replace(store(), created=EARLIER), Reason.ERROR, id="same-store-running"),
+    ],
+)
+def test_a_lost_store_is_told_from_a_worker_that_cannot_reach_it(
+    the_store: ObservedPod | None, reason: Reason
+) -> None:
+    assert classify(store_lost(), store=the_store).reason is reason
+
+
+def test_one_store_loss_fails_every_worker_and_costs_no_budget() -> None:
+    pods = [store_lost(), replace(store_lost(), name="llm-worker-1", uid="pod-1", slot=1)]
+    plan = plan_for(pods=[*pods, replace(store(), created=LATER)], status=RUNNING)
+    assert plan.status.restarts == 0
+    assert [f.reason for f in plan.failures] == ["RendezvousLost"] * 2
+    assert sorted(deleted(plan)) == ["llm-worker-0", "llm-worker-1"]  # both replaced
+
+
+def test_a_store_no_worker_can_reach_spends_the_budget() -> None:
+    pods = [store_lost(), replace(store_lost(), name="llm-worker-1", uid="pod-1", slot=1)]
+    plan = plan_for(pods=[*pods, replace(store(), created=EARLIER)], status=RUNNING)
+    assert plan.status.restarts == 2
+    assert [f.counted for f in plan.failures] == [True, True]
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,9 @@ class Reason(StrEnum):
     # The pod's own activeDeadlineSeconds (spec.podTemplate.spec) ran out and the kubelet
     # stopped it; not the job's runPolicy.activeDeadlineSeconds, which fails the whole job.
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    # The launcher lost the rendezvous store pod (its EXIT_RENDEZVOUS_LOST): one store loss
+    # fails every worker at once, so it is free when the store the worker knew is gone.
+    RENDEZVOUS_LOST = "RendezvousLost"
 
 
 class CleanPodPolicy(StrEnum):

@@ -39,13 +39,21 @@ class Failure:
     message: str
 
 
-def classify(pod: ObservedPod, *, node_lost: bool = False) -> Failure:
-    """Why a worker pod stopped. Order matters: the most specific evidence wins."""
+def classify(
+    pod: ObservedPod, *, node_lost: bool = False, store: ObservedPod | None = None
+) -> Failure:
+    """Why a worker pod stopped. Order matters: the most specific evidence wins.
+    `store` is the job's rendezvous store pod as observed now, if any."""
     term = pod.trainer
     exit_code = term.exit_code if term else None
     message = (term.message if term and term.message else pod.status_message) or ""
     if node_lost:
         return Failure(Reason.NODE_LOST, exit_code, f"node {pod.node_name} is lost")
+    if exit_code == rc.EXIT_RENDEZVOUS_LOST and _store_replaced(pod, store):
+        # Every worker fails for the one store loss; none of them is the job's fault. With
+        # the same store still running, the failure is the worker's (network, policy) and
+        # stays an ordinary counted Error, so a store it can never reach spends the budget.
+        return Failure(Reason.RENDEZVOUS_LOST, exit_code, message or "rendezvous store lost")
     if term is not None and term.reason == _OOM_REASON:
         return Failure(Reason.OOM_KILLED, exit_code, message or "the trainer ran out of memory")
     # DisruptionTarget=True beats the exit code: a trainer stopped by SIGTERM exits 143.
@@ -59,12 +67,28 @@ def classify(pod: ObservedPod, *, node_lost: bool = False) -> Failure:
     return Failure(reason, exit_code, message)
 
 
+def _store_replaced(worker: ObservedPod, store: ObservedPod | None) -> bool:
+    """The store this worker rendezvoused with is gone: no store now, one that is not
+    running, or one created after the worker (the operator replaced it)."""
+    if store is None or store.deleting or store.phase != "Running":
+        return True
+    return (
+        store.created is not None and worker.created is not None and store.created > worker.created
+    )
+
+
 # Applied after the user's rules. Disruptions that are not the job's fault are
 # replaced without spending the budget; everything else restarts the pod, counted.
 DEFAULT_RULES: tuple[FailureRule, ...] = (
     FailureRule(
         action=Action.IGNORE,
-        reasons=[Reason.PREEMPTED, Reason.EVICTED, Reason.NODE_LOST, Reason.DELETED],
+        reasons=[
+            Reason.PREEMPTED,
+            Reason.EVICTED,
+            Reason.NODE_LOST,
+            Reason.DELETED,
+            Reason.RENDEZVOUS_LOST,
+        ],
     ),
 )
 

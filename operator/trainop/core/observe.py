@@ -34,6 +34,7 @@ class ObservedPod:
     ready: bool = False
     deleting: bool = False
     deletion_time: datetime | None = None
+    created: datetime | None = None  # metadata.creationTimestamp
     node_name: str | None = None
     status_reason: str | None = None  # pod.status.reason, e.g. Evicted
     status_message: str | None = None
@@ -109,6 +110,7 @@ def parse_pod(obj: dict[str, Any]) -> ObservedPod:
         ready=(conditions.get("Ready") or {}).get("status") == "True",
         deleting=meta.get("deletionTimestamp") is not None,
         deletion_time=parse_time(meta.get("deletionTimestamp")),
+        created=parse_time(meta.get("creationTimestamp")),
         node_name=(obj.get("spec") or {}).get("nodeName"),
         status_reason=status.get("reason"),
         status_message=status.get("message"),

@@ -424,6 +424,7 @@ def _account_failures(
     known = {w.pod_uid for w in st.live_workers}
     handled = [u for u in st.handled_failures if any(p.uid == u for p in workers)]
     tracked = track_workers(st.live_workers, workers, handled)
+    store = next((p for p in obs.pods if p.role == c.ROLE_STORE), None)
     st.live_workers = tracked.live
     if _account_in_place(draft, obs, spec, now, tracked.new_restarts):
         return True
@@ -449,7 +450,7 @@ def _account_failures(
             _dispose(draft, pod, "finished after being replaced")
             continue
         handled.append(pod.uid)
-        failure = classify(pod, node_lost=lost)
+        failure = classify(pod, node_lost=lost, store=store)
         action = _record_failure(draft, obs, spec, now, pod.name, pod.uid, failure)
         if action is None:
             st.handled_failures = handled[-MAX_HANDLED:]
