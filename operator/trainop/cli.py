@@ -8,17 +8,44 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
-def _serve_metrics() -> None:
-    """Started before leader election, so standby replicas answer liveness probes too."""
-    from prometheus_client import start_http_server  # noqa: PLC0415
+def _serve_metrics(health: Callable[[], tuple[bool, str]]) -> None:
+    """/metrics, and /healthz answering `health()` with 200 or 503. Started before
+    leader election, so standby replicas answer their probes too."""
+    import threading  # noqa: PLC0415
+    from socketserver import ThreadingMixIn  # noqa: PLC0415
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server  # noqa: PLC0415
+
+    from prometheus_client import make_wsgi_app  # noqa: PLC0415
 
     port = int(os.environ.get("TRAINOP_METRICS_PORT", "8080"))
-    if port:
-        # A pod's metrics port: every interface, unless told otherwise (tests use 127.0.0.1).
-        start_http_server(port, addr=os.environ.get("TRAINOP_METRICS_ADDR", "0.0.0.0"))  # noqa: S104
+    if not port:
+        return
+    metrics = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return list(metrics(environ, start_response))
+        ok, why = health()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"{why}\n".encode()]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Probes every few seconds would flood the log."""
+
+    # A pod's metrics port: every interface, unless told otherwise (tests use 127.0.0.1).
+    addr = os.environ.get("TRAINOP_METRICS_ADDR", "0.0.0.0")  # noqa: S104
+    server = make_server(addr, port, app, Server, handler_class=QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 async def _run_operator(args: argparse.Namespace) -> int:
@@ -31,10 +58,14 @@ async def _run_operator(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     holder = None
     elector = None
-    if args.leader_elect:
+    if not args.leader_elect:
+        # The probes ask Kopf's --liveness endpoint instead.
+        _serve_metrics(lambda: (True, "no leader election"))
+    else:
         kube = await Kube.connect(os.environ.get("KUBECONFIG"))
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaderElector(kube, args.lease_namespace, args.lease_name, identity)
+        _serve_metrics(elector.health)
         await elector.acquire()
         holder = asyncio.create_task(elector.hold(stop))
     await kopf.operator(
@@ -65,7 +96,6 @@ def _operator(args: argparse.Namespace) -> int:
         # Kopf logs every handler call at INFO: hundreds of lines per job start, and
         # measurable CPU on a busy operator. Our own Events and logs say what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    _serve_metrics()
     return asyncio.run(_run_operator(args))
 
 

@@ -295,6 +295,9 @@ def test_two_replicas_one_active_and_the_standby_takes_over(
                 # The standby serves metrics (and so its probes) but reconciles nothing.
                 assert "trainop_operator_jobs{" not in b.metrics()
                 assert "trainop_operator_jobs{" in a.metrics()
+                # What the probes ask: both healthy, each saying what it is.
+                assert a.healthz() == (200, "leader")
+                assert b.healthz() == (200, "standby")
                 a.kill()
                 # b takes the lease once it has seen it unchanged for 15 s.
                 wait_for("replica-b to lead", lambda: lease_holder(release) == "replica-b", 45)

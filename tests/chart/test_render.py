@@ -375,3 +375,27 @@ def test_the_chart_packages(tmp_path: Path) -> None:
     result = helm("package", str(CHART), "--destination", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "trainop-0.1.0.tgz").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        ("nodeLostSeconds", "node_lost_seconds"),
+        ("resyncSeconds", "resync_seconds"),
+        ("pendingTimeoutSeconds", "pending_timeout_seconds"),
+    ],
+)
+def test_operator_tuning_values_reach_the_operators_config(
+    value: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainop.handlers.operator import config_from_env
+
+    env = {e["name"]: e.get("value") for e in _operator(template())["env"]}
+    monkeypatch.setattr("os.environ", {k: v for k, v in env.items() if v is not None})
+    default = getattr(config_from_env(), field)
+    env = {
+        e["name"]: e.get("value")
+        for e in _operator(template("--set", f"operator.{value}=1234"))["env"]
+    }
+    monkeypatch.setattr("os.environ", {k: v for k, v in env.items() if v is not None})
+    assert getattr(config_from_env(), field) == 1234 != default

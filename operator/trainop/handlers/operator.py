@@ -32,6 +32,9 @@ def config_from_env() -> OperatorConfig:
             os.environ.get("TRAINOP_NODE_LOST_SECONDS", defaults.node_lost_seconds)
         ),
         resync_seconds=float(os.environ.get("TRAINOP_RESYNC_SECONDS", defaults.resync_seconds)),
+        pending_timeout_seconds=float(
+            os.environ.get("TRAINOP_PENDING_TIMEOUT_SECONDS", defaults.pending_timeout_seconds)
+        ),
         write_concurrency=int(
             os.environ.get("TRAINOP_WRITE_CONCURRENCY", defaults.write_concurrency)
         ),
