@@ -118,7 +118,8 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> Cluster:
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    # --force-conflicts: a kept cluster may hold a CRD that helm (another field manager) applied.
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.trainop.dev"
     )
