@@ -273,6 +273,16 @@ def test_transient_error_is_counted_and_gpu_stays(run_dir: Path) -> None:
     assert scrape(collector).value(n.GPU_POWER) == 70.0
 
 
+def clocked_collector(run_dir: Path, fake: FakeNVML, now: list[float]) -> TrainopCollector:
+    """A collector whose GPU reader's monotonic clock is now[0], rescanning every 120 s."""
+    return TrainopCollector(
+        run_dir=run_dir,
+        gpu_reader=GpuReader(lambda: Nvml(fake), monotonic=lambda: now[0], rescan_seconds=120),
+        rapl_reader=RaplReader(None),
+        identity=IDENTITY,
+    )
+
+
 @pytest.mark.parametrize(
     ("error", "inits", "up", "exported", "errors"),
     [
@@ -290,12 +300,7 @@ def test_a_failing_reading_never_reinitialises_nvml_on_every_scrape(
     write_gpus_file(run_dir, [uuid(0)])
     fake = FakeNVML([FakeGpu(uuid(0), errors={"nvmlDeviceGetPowerUsage": error})])
     now = [0.0]
-    collector = TrainopCollector(
-        run_dir=run_dir,
-        gpu_reader=GpuReader(lambda: Nvml(fake), monotonic=lambda: now[0], rescan_seconds=120),
-        rapl_reader=RaplReader(None),
-        identity=IDENTITY,
-    )
+    collector = clocked_collector(run_dir, fake, now)
     for t in (0.0, 15.0, 30.0, 60.0, 119.0, 121.0, 135.0):
         now[0] = t
         expo = scrape(collector)
@@ -361,12 +366,7 @@ def test_missing_gpu_rescans_are_rate_limited(run_dir: Path) -> None:
     write_gpus_file(run_dir, [uuid(0), uuid(9)])  # uuid(9) is not on this node
     fake = FakeNVML(gpus(1))
     now = [0.0]
-    collector = TrainopCollector(
-        run_dir=run_dir,
-        gpu_reader=GpuReader(lambda: Nvml(fake), monotonic=lambda: now[0], rescan_seconds=120),
-        rapl_reader=RaplReader(None),
-        identity=IDENTITY,
-    )
+    collector = clocked_collector(run_dir, fake, now)
     for t in (0.0, 15.0, 30.0, 60.0, 119.0, 121.0, 135.0):
         now[0] = t
         expo = scrape(collector)
