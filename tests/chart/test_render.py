@@ -399,3 +399,13 @@ def test_operator_tuning_values_reach_the_operators_config(
     }
     monkeypatch.setattr("os.environ", {k: v for k, v in env.items() if v is not None})
     assert getattr(config_from_env(), field) == 1234 != default
+
+
+def test_capacity_check_off_reaches_the_operators_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainop.handlers.operator import config_from_env
+
+    for flag, expected in (("true", True), ("false", False)):
+        container = _operator(template("--set", f"operator.capacityCheck={flag}"))
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        monkeypatch.setattr("os.environ", env)
+        assert config_from_env().capacity_check is expected

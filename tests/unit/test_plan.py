@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -265,8 +266,6 @@ def test_suspend_deletes_pods_gracefully_and_resume_recreates() -> None:
 
 
 def test_kueue_queue_label_starts_the_job_suspended() -> None:
-    from dataclasses import replace
-
     from tests.factories import JOB
 
     job = replace(JOB, labels={c.LABEL_KUEUE_QUEUE: "team-a"})
@@ -359,3 +358,21 @@ def test_progress_is_taken_from_the_most_advanced_pod() -> None:
     progress = plan_for(pods=pods).status.progress
     assert progress is not None
     assert (progress.step, progress.loss, progress.summary) == (41, 2.4, "41/200 (20%)")
+
+
+@pytest.mark.parametrize(
+    ("capacity_check", "creates_workers", "reason"),
+    [
+        pytest.param(True, 0, "InsufficientGPUCapacity", id="checked-holds-the-job"),
+        # Autoscaling from zero: pods must exist for the autoscaler to add a node.
+        pytest.param(False, 2, "Starting", id="autoscaled-creates-pods"),
+    ],
+)
+def test_capacity_check_can_be_turned_off_for_autoscaled_clusters(
+    capacity_check: bool, creates_workers: int, reason: str
+) -> None:
+    config = replace(CFG, capacity_check=capacity_check)
+    plan = compute_plan(observed(nodes=[], service=False), NOW, config)
+    workers = [o for o in plan.creates if o["kind"] == "Pod" and "worker" in o["metadata"]["name"]]
+    assert len(workers) == creates_workers
+    assert plan.status.reason == reason

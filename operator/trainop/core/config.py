@@ -14,6 +14,10 @@ class OperatorConfig:
     # A worker pod still not started after this long gets the PendingTooLong condition
     # and a Warning Event: long enough for a large image pull, short enough to notice.
     pending_timeout_seconds: float = 300.0
+    # Refuse to create a job's pods while no ready node could hold one (InsufficientGPUCapacity).
+    # Off for clusters that autoscale from zero: an autoscaler adds nodes only for pending
+    # pods, so the check would hold such a job forever; the scheduler's reason then shows.
+    capacity_check: bool = True
     # How often a job is looked at again without any event (safety net).
     resync_seconds: float = 60.0
     # Concurrent creates/deletes per reconcile: fast for big jobs, gentle on the API server.

@@ -294,7 +294,7 @@ def _validate(
     spec: TrainingJobSpec, obs: Observed, config: OperatorConfig
 ) -> tuple[str, str] | None:
     """What the schema cannot know. Checked before anything is created for the job."""
-    if spec.resources.gpus and obs.nodes is not None:
+    if config.capacity_check and spec.resources.gpus and obs.nodes is not None:
         short = _gpu_capacity(spec, obs, obs.nodes.values(), config)
         if short is not None:
             return ("InsufficientGPUCapacity", short)

@@ -35,6 +35,7 @@ def config_from_env() -> OperatorConfig:
         pending_timeout_seconds=float(
             os.environ.get("TRAINOP_PENDING_TIMEOUT_SECONDS", defaults.pending_timeout_seconds)
         ),
+        capacity_check=os.environ.get("TRAINOP_CAPACITY_CHECK", "true").lower() != "false",
         write_concurrency=int(
             os.environ.get("TRAINOP_WRITE_CONCURRENCY", defaults.write_concurrency)
         ),
