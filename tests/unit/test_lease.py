@@ -190,12 +190,19 @@ def elector(api: FakeLeases, me: str, clock: Clock) -> LeaderElector:
     return LeaderElector(api, "ns", "op", me, timing=FAST, clock=clock)  # type: ignore[arg-type]
 
 
-async def test_a_leader_cut_off_from_the_api_server_stops_at_the_renew_deadline() -> None:
-    api, clock = FakeLeases(), Clock()
+async def leading(
+    api: FakeLeases, clock: Clock
+) -> tuple[LeaderElector, asyncio.Event, asyncio.Task[None]]:
+    """Replica "a" holding the lease, its hold loop running; `lost` is set when it stops."""
     leader = elector(api, "a", clock)
     await leader.acquire()
     lost = asyncio.Event()
-    hold = asyncio.create_task(leader.hold(lost))
+    return leader, lost, asyncio.create_task(leader.hold(lost))
+
+
+async def test_a_leader_cut_off_from_the_api_server_stops_at_the_renew_deadline() -> None:
+    api, clock = FakeLeases(), Clock()
+    leader, lost, hold = await leading(api, clock)
     await asyncio.sleep(0.05)
     assert not lost.is_set()
     api.down = True
@@ -229,10 +236,7 @@ async def test_a_standby_takes_over_only_after_watching_the_lease_unchanged_for_
 
 async def test_the_leader_steps_down_at_once_when_another_holds_the_lease() -> None:
     api, clock = FakeLeases(), Clock()
-    leader = elector(api, "a", clock)
-    await leader.acquire()
-    lost = asyncio.Event()
-    hold = asyncio.create_task(leader.hold(lost))
+    _, lost, hold = await leading(api, clock)
     assert api.lease is not None
     api.lease = {**api.lease, "spec": {**api.lease["spec"], "holderIdentity": "b"}}
     await asyncio.wait_for(lost.wait(), timeout=1)
@@ -241,10 +245,7 @@ async def test_the_leader_steps_down_at_once_when_another_holds_the_lease() -> N
 
 async def test_a_leader_whose_loop_stops_beating_turns_unhealthy() -> None:
     api, clock = FakeLeases(), Clock()
-    leader = elector(api, "a", clock)
-    await leader.acquire()
-    lost = asyncio.Event()
-    hold = asyncio.create_task(leader.hold(lost))
+    leader, _, hold = await leading(api, clock)
     await asyncio.sleep(0.05)
     assert leader.health() == (True, "leader")
     # As the metrics thread sees a loop blocked for 11 s: no beat in that time.
