@@ -24,7 +24,7 @@ from trainop_runtime.checkpoint import (
     encode,
 )
 from trainop_runtime.distributed import attempt_prefix
-from trainop_runtime.gpus import uuids_from_env
+from trainop_runtime.gpus import cuda_visible, uuids_from_env
 from trainop_runtime.launch import (
     Entry,
     WorkerFailure,
@@ -196,6 +196,28 @@ def test_attempt_prefix(env: dict[str, str], prefix: str | None) -> None:
 )
 def test_uuids_from_env(env: dict[str, str], uuids: list[str]) -> None:
     assert uuids_from_env(env) == uuids
+
+
+NVML_SEES = ["GPU-aaaa-1", "GPU-bbbb-2", "GPU-cccc-3"]
+
+
+@pytest.mark.parametrize(
+    ("visible", "uuids"),
+    [
+        pytest.param(None, NVML_SEES, id="unset-all"),
+        pytest.param("", [], id="empty-none"),
+        pytest.param("2,0", ["GPU-cccc-3", "GPU-aaaa-1"], id="indices-in-cuda-order"),
+        pytest.param("GPU-bbbb-2", ["GPU-bbbb-2"], id="uuid"),
+        pytest.param("GPU-bbbb", ["GPU-bbbb-2"], id="uuid-prefix"),
+        pytest.param("1,7,0", ["GPU-bbbb-2"], id="stops-at-first-invalid"),
+        pytest.param("-1", [], id="minus-one-hides-all"),
+    ],
+)
+def test_gpus_file_keeps_only_what_cuda_visible_devices_leaves(
+    visible: str | None, uuids: list[str]
+) -> None:
+    env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert cuda_visible(NVML_SEES, env) == uuids
 
 
 # --- checkpoints -------------------------------------------------------------------

@@ -52,9 +52,34 @@ def uuids_from_nvml() -> list[str] | None:
         pynvml.nvmlShutdown()
 
 
+def cuda_visible(nvml: list[str], env: Mapping[str, str]) -> list[str]:
+    """The GPUs of `nvml` (NVML's order) that CUDA_VISIBLE_DEVICES leaves the trainer.
+    Purely computational.
+
+    NVML ignores that variable, so on a machine that is not a pod (the local runner, a
+    workstation), or in a pod whose user narrowed it, every GPU would be reported. Indices
+    count in NVML's order, which is CUDA's when CUDA_DEVICE_ORDER=PCI_BUS_ID; CUDA stops at
+    the first entry it cannot use, and so does this.
+    """
+    raw = env.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return nvml
+    kept: list[str] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if entry.isdigit() and int(entry) < len(nvml):
+            found: str | None = nvml[int(entry)]
+        else:
+            found = next((u for u in nvml if entry and u.startswith(entry)), None)
+        if found is None:
+            break
+        if found not in kept:
+            kept.append(found)
+    return kept
+
+
 def write_gpus_file(run_dir: Path, env: Mapping[str, str]) -> list[str]:
     nvml = uuids_from_nvml()
-    uuids = nvml if nvml is not None else uuids_from_env(env)
+    uuids = cuda_visible(nvml, env) if nvml is not None else uuids_from_env(env)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(
         run_dir / contract.GPUS_FILE, json.dumps({"uuids": uuids}).encode(), durable=False
