@@ -404,8 +404,8 @@ class Summary:
             f"steps {self.steps}, {self.steps_run} in this run{resumed}; "
             f"last checkpoint at step {self.checkpoint_step}; "
             f"loss {self.first_loss} -> {self.last_loss}",
-            f"restarts: {self.restarts} counted, {self.in_place_restarts} in place, "
-            f"{self.kills} injected kills",
+            f"restarts: {self.restarts} counted against the budget "
+            f"({self.in_place_restarts} of them in place), {self.kills} injected kills",
             f"effective training time ratio {ratio}",
             f"GPU energy {energy}",
         ]
@@ -506,7 +506,7 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
         first_loss=tally.losses[0] if tally.losses else None,
         last_loss=tally.losses[-1] if tally.losses else None,
         restarts=st.restarts,
-        in_place_restarts=_in_place_restarts(cluster),
+        in_place_restarts=st.in_place_restarts,
         kills=tally.kills,
         effective_ratio=_effective_ratio(tally.step_times, steps_run, wall),
         devices=gpus.note,
@@ -587,13 +587,6 @@ def _effective_ratio(step_times: dict[int, float], steps_run: int, wall: float) 
     ordered = sorted(step_times.values())
     median = ordered[len(ordered) // 2]
     return min(1.0, steps_run * median / wall)
-
-
-def _in_place_restarts(cluster: LocalCluster) -> int:
-    return max(
-        (int(p.observe().progress.get(rc.P_RESTARTS) or 0) for p in cluster.pods.values()),
-        default=0,
-    )
 
 
 def _view_line(cluster: LocalCluster) -> str:
