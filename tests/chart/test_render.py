@@ -148,6 +148,55 @@ def test_progress_reporter_may_only_patch_pods_and_is_bound_where_asked() -> Non
     ]
 
 
+@pytest.mark.parametrize(
+    ("args", "accounts"),
+    [
+        pytest.param((), None, id="no-bindings-no-policy"),
+        pytest.param(
+            ("--set", "progressReporter.bindings[0].namespace=team-a"),
+            ["system:serviceaccount:team-a:default"],
+            id="one-binding",
+        ),
+        pytest.param(
+            (
+                "--set",
+                "progressReporter.bindings[0].namespace=team-a",
+                "--set",
+                "progressReporter.bindings[1].namespace=team-b,"
+                "progressReporter.bindings[1].serviceAccount=trainer",
+            ),
+            ["system:serviceaccount:team-a:default", "system:serviceaccount:team-b:trainer"],
+            id="two-bindings",
+        ),
+        pytest.param(
+            (
+                "--set",
+                "progressReporter.bindings[0].namespace=team-a",
+                "--set",
+                "progressReporter.ownPodOnly=false",
+            ),
+            None,
+            id="opted-out",
+        ),
+    ],
+)
+def test_bound_reporters_are_held_to_their_own_pod_by_an_admission_policy(
+    args: tuple[str, ...], accounts: list[str] | None
+) -> None:
+    r = template(*args)
+    policies = r.of_kind("ValidatingAdmissionPolicy")
+    if accounts is None:
+        assert policies == []
+        assert r.of_kind("ValidatingAdmissionPolicyBinding") == []
+        return
+    (policy,) = policies
+    (binding,) = r.of_kind("ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    (cond,) = policy["spec"]["matchConditions"]
+    assert cond["expression"] == f"request.userInfo.username in {json.dumps(accounts)}"
+
+
 def test_ha_mode_elects_a_leader_over_a_lease_in_the_release_namespace() -> None:
     r = template(*VARIANTS["ha"])
     deployment = r.one("Deployment")
