@@ -21,7 +21,7 @@ from trainop.api.status import Phase, TrainingJobStatus
 from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo, ObservedPod, parse_node, parse_pod
-from trainop.core.plan import IN_PLACE, Event, Observed, Plan, compute_plan
+from trainop.core.plan import IN_PLACE, REASON_NO_CAPACITY, Event, Observed, Plan, compute_plan
 from trainop.kube.client import Kube, KubeError
 
 log = logging.getLogger("trainop.reconcile")
@@ -84,6 +84,9 @@ class Reconciler:
         self.phases: dict[Key, str] = {}
         # node name -> jobs with pods there, so a node going NotReady wakes exactly those jobs.
         self.jobs_on_node: dict[str, set[Key]] = {}
+        # Jobs held back because no node could take their pods: any change to a node
+        # (one added, made ready, given GPUs, relabelled, untainted) may let them start.
+        self.waiting_for_nodes: set[Key] = set()
         # Jobs whose children the API server refused. Such a job is asked about again
         # (dry-run first) only after a growing pause, or at once when its spec changes.
         self.refusals: dict[Key, Refusal] = {}
@@ -292,6 +295,13 @@ class Reconciler:
         except KubeError as exc:  # an event is best effort; the status already says it
             log.warning("could not record event %s: %s", ev.reason, exc)
 
+    def jobs_woken_by(self, name: str, before: NodeInfo | None, after: NodeInfo | None) -> set[Key]:
+        """Jobs to look at again after an event changed node `name` from `before` to `after`."""
+        woken = set(self.jobs_on_node.get(name, ())) if _readiness_changed(before, after) else set()
+        if before != after:  # heartbeats alone change nothing NodeInfo holds
+            woken |= self.waiting_for_nodes
+        return woken
+
     def _remember(self, key: Key, status: TrainingJobStatus, pods: Iterable[ObservedPod]) -> None:
         phase = (status.phase or Phase.PENDING).value
         if self.phases.get(key) != phase:
@@ -299,6 +309,10 @@ class Reconciler:
                 m.JOB_PHASE.labels(*key, each.value).set(1 if each.value == phase else 0)
         self.phases[key] = phase
         m.JOB_RESTARTS.labels(*key).set(status.restarts)
+        if status.reason == REASON_NO_CAPACITY:
+            self.waiting_for_nodes.add(key)
+        else:
+            self.waiting_for_nodes.discard(key)
         for jobs in self.jobs_on_node.values():
             jobs.discard(key)
         for pod in pods:
@@ -318,6 +332,7 @@ class Reconciler:
         for jobs in self.jobs_on_node.values():
             jobs.discard(key)
         self.refusals.pop(key, None)
+        self.waiting_for_nodes.discard(key)
         self._export_phases()
 
     def _export_phases(self) -> None:
@@ -336,3 +351,8 @@ def _raise_first(results: Iterable[object]) -> None:
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
+
+
+def _readiness_changed(before: NodeInfo | None, after: NodeInfo | None) -> bool:
+    """A node came, went, or turned Ready/NotReady: its pods' jobs must know."""
+    return before is None or after is None or before.ready != after.ready

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import Cluster, Operator, wait_for, wait_until
+from tests.cluster.conftest import Cluster, Operator, localcluster, wait_for, wait_until
 from tests.cluster.test_operator import status, tj, until_phase, until_running, workers
 from tests.exporter.helpers import Exposition
 
@@ -254,3 +254,23 @@ def test_capacity_counts_only_the_nodes_the_selector_allows(operator: Operator, 
     assert pod["spec"]["nodeName"] == "gpu-node-0"
     st = status(c, ns, "placed")
     assert next(x for x in st["conditions"] if x["type"] == "SpecValid")["status"] == "True"
+
+
+def test_a_job_held_for_capacity_starts_as_soon_as_a_big_enough_node_joins(
+    operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    c.apply(tj("big", replicas=1, minReplicas=1, maxReplicas=1, resources={"gpus": 16}), ns)
+    wait_until(
+        "InsufficientGPUCapacity",
+        lambda: status(c, ns, "big"),
+        lambda s: s.get("reason") == "InsufficientGPUCapacity",
+    )
+    name = f"gpu16-{ns}"
+    c.apply(localcluster.gpu_node(name, 16))
+    try:
+        # Woken by the node's arrival, not by the 60 s resync.
+        (pod,) = until_running(c, ns, "big", 1, timeout=20)
+        assert pod["spec"]["nodeName"] == name
+    finally:
+        c.kubectl("delete", "node", name, "--wait=false", check=False)

@@ -35,6 +35,8 @@ COND_SPEC_VALID = "SpecValid"
 COND_PODS_SCHEDULED = "PodsScheduled"
 # True once some worker pod has waited to start longer than config.pending_timeout_seconds.
 COND_PENDING_TOO_LONG = "PendingTooLong"
+# status.reason of a job held back because no ready node could take one of its pods.
+REASON_NO_CAPACITY = "InsufficientGPUCapacity"
 PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
 # handledFailures only needs the UIDs of failed pods not yet gone; this caps it regardless.
 MAX_HANDLED = 512
@@ -297,7 +299,7 @@ def _validate(
     if config.capacity_check and spec.resources.gpus and obs.nodes is not None:
         short = _gpu_capacity(spec, obs, obs.nodes.values(), config)
         if short is not None:
-            return ("InsufficientGPUCapacity", short)
+            return (REASON_NO_CAPACITY, short)
     if obs.missing_pvc is not None:
         return (
             "CheckpointVolumeNotFound",

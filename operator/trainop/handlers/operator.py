@@ -85,10 +85,8 @@ async def node_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
     reconciler: Reconciler = memo.reconciler
     before = reconciler.nodes.update(type or "ADDED", dict(body))
     name = body.get("metadata", {}).get("name", "")
-    after = reconciler.nodes.nodes.get(name)
-    if before is None or after is None or before.ready != after.ready:
-        for key in list(reconciler.jobs_on_node.get(name, ())):
-            memo.queue.add(key)
+    for key in reconciler.jobs_woken_by(name, before, reconciler.nodes.nodes.get(name)):
+        memo.queue.add(key)
 
 
 async def _resync(queue: WorkQueue[Key], reconciler: Reconciler, every: float) -> None:
