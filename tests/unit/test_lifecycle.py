@@ -462,6 +462,26 @@ def test_parse_pod_says_why_a_container_cannot_start(
     assert pod.waiting == waiting
 
 
+def test_a_retried_image_pull_does_not_rewrite_the_condition() -> None:
+    """ErrImagePull and ImagePullBackOff alternate, with new words, for one bad image."""
+    the_spec = spec(replicas=2)
+    status = {"phase": "Running", "pendingSince": ago(CFG.pending_timeout_seconds + 1)}
+    pulls = [
+        PULL,
+        'ErrImagePull: container trainer: rpc error: pull access denied for "trainer:typo"',
+        PULL,
+    ]
+    conditions = []
+    for waiting in pulls:
+        seen = [store(), worker(0), worker(1, "Pending", waiting=waiting)]
+        plan = plan_for(pods=seen, the_spec=the_spec, status=status)
+        status = plan.status.to_api()
+        conditions.append(condition(plan, "PendingTooLong"))
+    assert conditions[0] is not None
+    assert conditions[0].reason == "ImagePullBackOff"
+    assert conditions == [conditions[0]] * 3
+
+
 @pytest.mark.parametrize(
     ("pods", "since", "status", "reason", "says"),
     [

@@ -687,6 +687,10 @@ def _running_phase(
         )
 
 
+# The kubelet alternates these while it retries one failing pull.
+_SAME_CAUSE = {"ErrImagePull": "ImagePullBackOff"}
+
+
 def _pending_too_long(
     draft: _Draft, obs: Observed, live: list[ObservedPod], now: datetime, timeout: float
 ) -> None:
@@ -723,8 +727,15 @@ def _pending_too_long(
     said = first.waiting or first.unschedulable
     if said:
         reason, _, why = said.partition(": ")
+        reason = _SAME_CAUSE.get(reason, reason)
     else:
         reason, why = "NotStarted", "scheduled, but its containers have not started"
+    if old is not None and (old.status, old.reason, old.observed_generation) == (
+        "True",
+        reason,
+        obs.generation,
+    ):
+        return  # the same cause, retried (the kubelet rewords it): no status write
     # No running clock in the text: the status must not change on every reconcile.
     message = (
         f"{len(pending)} worker pod(s) waiting to start for over "
