@@ -192,8 +192,11 @@ def test_quickstart_survives_fault_injection_and_learns(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None:
     train_log = tmp_path / "train.jsonl"  # rank 0's own record of every step it trained
+    # Far more steps than a Ctrl-C takes to land (tinylm does ~30 steps/s on an idle
+    # machine), so the first run cannot simply finish before it stops.
+    total = 400
     job = quickstart(
-        tmp_path, 40, "--log-jsonl", str(train_log), checkpoint={"everySteps": 1000}
+        tmp_path, total, "--log-jsonl", str(train_log), checkpoint={"everySteps": 100_000}
     )  # only the stop's save
     workdir = tmp_path / "w"
     proc = trainop_run(job, workdir)
@@ -207,17 +210,18 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     saved = first["checkpoint_step"]
     assert saved is not None, "no checkpoint written on Ctrl-C"
     assert saved >= reached
+    assert saved < total, "the first run finished before Ctrl-C: nothing left to resume"
     first_run_end = max(e["time"] for e in read_jsonl(train_log))
 
     again = trainop_run(job, workdir)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out[-3000:]
     second = json.loads((workdir / "quickstart" / "summary.json").read_text())
-    assert second["steps"] == 40
+    assert second["steps"] == total
     # Resumed from the Ctrl-C checkpoint: the first step it reports comes after it
     # (the first run's last report, were it read again, is exactly that step).
     assert second["first_step"] > saved, out[-3000:]
-    assert 0 < second["steps_run"] <= 40 - saved
+    assert 0 < second["steps_run"] <= total - saved
     rerun = [e for e in read_jsonl(train_log) if e["time"] > first_run_end]
     assert rerun[0]["event"] == "start"
     assert rerun[0]["resumed_step"] == saved
