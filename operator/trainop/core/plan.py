@@ -140,9 +140,6 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         return _finish(draft, obs)
     ctx = _Ctx(draft, obs, obs.spec, now, config)
     _release_lost(ctx)
-    ctx.draft.status.restarts_summary = (
-        f"{ctx.draft.status.restarts}/{ctx.spec.failure_policy.backoff_limit}"
-    )
     for stage in (
         _stage_finished,
         _stage_suspended,
@@ -426,7 +423,7 @@ def _account_failures(
     known = {w.pod_uid for w in st.live_workers}
     handled = [u for u in st.handled_failures if any(p.uid == u for p in workers)]
     tracked = track_workers(st.live_workers, workers, handled)
-    store = next((p for p in obs.pods if p.role == c.ROLE_STORE), None)
+    store = _store(obs.pods)
     st.live_workers = tracked.live
     if _account_in_place(draft, obs, spec, now, tracked.new_restarts):
         return True
@@ -463,6 +460,11 @@ def _account_failures(
         if _record_failure(draft, obs, spec, now, gone.pod, gone.pod_uid, vanished(gone)) is None:
             return True
     return False
+
+
+def _store(pods: Sequence[ObservedPod]) -> ObservedPod | None:
+    """The job's rendezvous store pod, if it has one now."""
+    return next((p for p in pods if p.role == c.ROLE_STORE), None)
 
 
 def _dispose(draft: _Draft, pod: ObservedPod, why: str) -> None:
@@ -523,7 +525,6 @@ def _record_failure(
     if action is Action.RESTART_JOB:
         st.job_generation += 1
         draft.note("RestartingJob", f"recreating every worker after {pod} failed")
-    st.restarts_summary = f"{st.restarts}/{policy.backoff_limit}"
     return action
 
 
@@ -540,10 +541,9 @@ def _account_in_place(
     st.restarts += total
     st.in_place_restarts += total
     st.restarts_by_reason[IN_PLACE] = st.restarts_by_reason.get(IN_PLACE, 0) + total
-    st.restarts_summary = f"{st.restarts}/{limit}"
     where = ", ".join(f"{name} (+{n})" for name, n in sorted(new.items()))
     detail = f"{total} in-place worker-group restart(s) reported by {where}"
-    draft.warn("InPlaceRestart", f"{detail}; restarts {st.restarts_summary}")
+    draft.warn("InPlaceRestart", f"{detail}; restarts {st.restarts}/{limit}")
     if st.restarts <= limit:
         return False
     _fail(
@@ -567,7 +567,7 @@ def _ensure_children(
     st = draft.status
     if not obs.service_exists:
         draft.creates.append(build.build_service(obs.job, spec))
-    store = next((p for p in obs.pods if p.role == c.ROLE_STORE), None)
+    store = _store(obs.pods)
     gone = draft.deletes.get(store.name) if store is not None else None
     # A store force-deleted from a lost node is gone before this plan creates.
     if store is None or (gone is not None and gone.grace_seconds == 0):
@@ -620,7 +620,6 @@ def _counts(draft: _Draft, obs: Observed, spec: TrainingJobSpec, desired: int) -
     st.ready_replicas = sum(1 for p in current if p.ready and p.phase == "Running")
     st.desired_replicas = desired
     st.workers = f"{st.ready_replicas}/{desired}"
-    st.restarts_summary = f"{st.restarts}/{spec.failure_policy.backoff_limit}"
 
 
 def _running_phase(
@@ -853,6 +852,9 @@ def _set_phase(
 
 def _finish(draft: _Draft, obs: Observed) -> Plan:
     st, before = draft.status, obs.status
+    if obs.spec is not None:
+        # Derived once here from the count every stage may have changed (printer column).
+        st.restarts_summary = f"{st.restarts}/{obs.spec.failure_policy.backoff_limit}"
     if st.phase in (Phase.SUSPENDED, Phase.SUCCEEDED, Phase.FAILED):
         st.live_workers = []
         st.pending_since = None
