@@ -56,11 +56,13 @@ def parse_gpu_list(text: str) -> list[HostGpu]:
 
 
 def restrict(host: list[HostGpu], visible: str | None) -> list[HostGpu]:
-    """The GPUs a CUDA_VISIBLE_DEVICES already set by the user leaves (indices or UUIDs). Pure."""
+    """The GPUs a CUDA_VISIBLE_DEVICES already set by the user leaves (indices or UUIDs),
+    read as the trainer runtime reads it for gpus.json. Pure."""
     if visible is None:
         return host
-    wanted = {v.strip() for v in visible.split(",") if v.strip()}
-    return [g for g in host if str(g.index) in wanted or g.uuid in wanted]
+    ordered = [g.uuid for g in sorted(host, key=lambda g: g.index)]
+    kept = set(gpus.cuda_visible(ordered, {"CUDA_VISIBLE_DEVICES": visible}))
+    return [g for g in host if g.uuid in kept]
 
 
 def host_gpus() -> list[HostGpu]:
