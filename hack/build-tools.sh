@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl), etcd, kwok and helm from Go modules and caches each
+# kube-scheduler, kubectl) and the kubelet of the real node, etcd, kwok, helm and
+# CoreDNS (the real node's cluster DNS) from Go modules and caches each
 # by version under $TRAINOP_CACHE (default ~/.cache/trainop). Nothing is fetched
 # except through the Go module proxy; nothing is written into the repository.
 # Usage: hack/build-tools.sh [kube|etcd|kwok|helm ...]   (default: all)
@@ -19,13 +20,22 @@ log() { printf '[build-tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 # build is redone instead of leaving a half-written binary in the cache.
 done_or_build() { # name version builder
   local dir="$cache/bin/$1-$2"
-  if [[ -f "$dir/.done" ]]; then log "$1 $2 cached at $dir"; return; fi
+  # A cache written by an older recipe (kube without kubelet) lacks a binary: rebuild it.
+  if [[ -f "$dir/.done" ]] && all_present "$1" "$dir"; then log "$1 $2 cached at $dir"; return; fi
   rm -rf "$dir"; mkdir -p "$dir"
   local t0=$SECONDS
   "$3" "$dir" "$2"
   echo "$((SECONDS - t0))" > "$dir/.build-seconds"
   touch "$dir/.done"
   log "$1 $2 built in $((SECONDS - t0)) s"
+}
+
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
+
+all_present() { # name dir
+  [[ $1 == kube ]] || return 0
+  local c
+  for c in "${KUBE_CMDS[@]}"; do [[ -x "$2/$c" ]] || return 1; done
 }
 
 build_kube() { # dir version
@@ -42,15 +52,14 @@ build_kube() { # dir version
     grep -E '^\s*k8s.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk -v pv="v0.${v#v1.}" '{print "replace " $1 " => " $1 " " pv}'
   } > go.mod
   log "kube: $(grep -c '^replace' go.mod) staging modules pinned"
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
   local pkgs=() c
-  for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  for c in "${KUBE_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
   go get "${pkgs[@]/%/@$v}" >&2
   local ld="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  # One `go build` for all four shares the compile of their common packages.
+  # One `go build` for all five shares the compile of their common packages.
   go build -tags selinux,notest -ldflags "$ld" -o "$dir/" "${pkgs[@]}"
 }
 
@@ -64,15 +73,18 @@ build_etcd() {
 
 build_kwok() { GOBIN=$1 go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$2"; }
 build_helm() { GOBIN=$1 go install -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$2"; }
+# Its go.mod has no replace lines; the default plugin set includes kubernetes.
+build_coredns() { GOBIN=$1 go install -ldflags "-s -w" "github.com/coredns/coredns@$2"; }
 
-want=("$@"); [[ ${#want[@]} -gt 0 ]] || want=(kube etcd kwok helm)
+want=("$@"); [[ ${#want[@]} -gt 0 ]] || want=(kube etcd kwok helm coredns)
 for t in "${want[@]}"; do
   case $t in
     kube) done_or_build kube "$K8S_VERSION" build_kube ;;
     etcd) done_or_build etcd "$ETCD_VERSION" build_etcd ;;
     kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
     helm) done_or_build helm "$HELM_VERSION" build_helm ;;
-    *) echo "unknown tool: $t (expected kube, etcd, kwok or helm)" >&2; exit 2 ;;
+    coredns) done_or_build coredns "$COREDNS_VERSION" build_coredns ;;
+    *) echo "unknown tool: $t (expected kube, etcd, kwok, helm or coredns)" >&2; exit 2 ;;
   esac
 done
-echo "KUBE_BIN=$cache/bin/kube-$K8S_VERSION ETCD_BIN=$cache/bin/etcd-$ETCD_VERSION KWOK_BIN=$cache/bin/kwok-$KWOK_VERSION HELM_BIN=$cache/bin/helm-$HELM_VERSION"
+echo "KUBE_BIN=$cache/bin/kube-$K8S_VERSION ETCD_BIN=$cache/bin/etcd-$ETCD_VERSION KWOK_BIN=$cache/bin/kwok-$KWOK_VERSION HELM_BIN=$cache/bin/helm-$HELM_VERSION COREDNS_BIN=$cache/bin/coredns-$COREDNS_VERSION"

@@ -2,11 +2,14 @@
 """A real local Kubernetes control plane with kwok GPU nodes, on 127.0.0.1 only.
 
     python hack/localcluster.py up      # build tools if needed, start, print KUBECONFIG
+    python hack/localcluster.py up --real-node   # plus one kubelet that runs containers
     python hack/localcluster.py down    # stop everything and delete its state
     python hack/localcluster.py status
 
 etcd, kube-apiserver (RBAC on), kube-controller-manager (garbage collection,
-service accounts), kube-scheduler and kwok run as local processes. State, logs
+service accounts), kube-scheduler and kwok run as local processes; with
+--real-node also containerd, CoreDNS and a kubelet (hack/realnode.py), and the
+API server listens on the node's bridge address instead, so pods can reach it. State, logs
 and the kubeconfig live under $TRAINOP_CLUSTER_DIR (default
 ~/.cache/trainop/cluster). Binaries come from hack/build-tools.sh's cache.
 Only the standard library is used, so it runs before any pip install.
@@ -28,6 +31,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realnode  # a sibling script, not a package
 
 HACK = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -59,6 +65,7 @@ class Bins:
     etcd: Path
     kwok: Path
     helm: Path
+    coredns: Path
 
     @property
     def kubectl(self) -> Path:
@@ -72,8 +79,10 @@ def bins(build: bool = True) -> Bins:
         etcd=cache_dir() / "bin" / f"etcd-{v['ETCD_VERSION']}",
         kwok=cache_dir() / "bin" / f"kwok-{v['KWOK_VERSION']}",
         helm=cache_dir() / "bin" / f"helm-{v['HELM_VERSION']}",
+        coredns=cache_dir() / "bin" / f"coredns-{v['COREDNS_VERSION']}",
     )
-    missing = [p for p in (b.kube, b.etcd, b.kwok, b.helm) if not (p / ".done").exists()]
+    tools = (b.kube, b.etcd, b.kwok, b.helm, b.coredns)
+    missing = [p for p in tools if not (p / ".done").exists()]
     if missing:
         if not build:
             raise SystemExit(f"missing tool builds {missing}: run hack/build-tools.sh")
@@ -113,8 +122,9 @@ def make_pki(d: Path) -> None:
     )
     ext = d / "server.ext"
     ext.write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
-        "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\n"
+        f"subjectAltName=IP:127.0.0.1,IP:{realnode.NODE_IP},DNS:localhost,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+        f"DNS:kubernetes.default.svc.{realnode.DNS_DOMAIN},IP:{realnode.KUBERNETES_SERVICE_IP}\n"
     )
     for name, subj, extfile in (
         ("server", "/CN=kube-apiserver", str(ext)),
@@ -154,7 +164,7 @@ def make_pki(d: Path) -> None:
     _openssl("rsa", "-in", str(d / "sa.key"), "-pubout", "-out", str(d / "sa.pub"))
 
 
-def write_kubeconfig(path: Path, pki: Path, port: int) -> None:
+def write_kubeconfig(path: Path, pki: Path, port: int, host: str = HOST) -> None:
     path.write_text(
         json.dumps(
             {
@@ -164,7 +174,7 @@ def write_kubeconfig(path: Path, pki: Path, port: int) -> None:
                     {
                         "name": "trainop",
                         "cluster": {
-                            "server": f"https://{HOST}:{port}",
+                            "server": f"https://{host}:{port}",
                             "certificate-authority": str(pki / "ca.crt"),
                         },
                     }
@@ -211,10 +221,10 @@ def _wait(what: str, check, timeout: float, d: Path) -> None:  # type: ignore[no
     raise SystemExit(f"{what} not ready after {timeout}s ({last})\n{logs}")
 
 
-def _healthy(port: int, pki: Path) -> bool:
+def _healthy(port: int, pki: Path, host: str = HOST) -> bool:
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    with urllib.request.urlopen(f"https://{HOST}:{port}/readyz", context=ctx, timeout=2) as r:
+    with urllib.request.urlopen(f"https://{host}:{port}/readyz", context=ctx, timeout=2) as r:
         return r.status == 200
 
 
@@ -245,10 +255,10 @@ def gpu_node(name: str, gpus: int) -> dict[str, object]:
     }
 
 
-def up() -> Path:
+def up(real_node: bool = False) -> Path:
     d = cluster_dir()
     kubeconfig = d / "kubeconfig"
-    if running(d):
+    if running(d) and real_node == (d / "node").exists():
         return kubeconfig
     down()  # stale state from a stopped session: its pids may belong to others now
     b = bins()
@@ -258,8 +268,23 @@ def up() -> Path:
         (d / sub).mkdir(parents=True)
     pki = d / "pki"
     make_pki(pki)
+    # Pods cannot reach 127.0.0.1: with a real node the API server listens on its bridge.
+    api_host = realnode.prepare_network() if real_node else HOST
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-    write_kubeconfig(kubeconfig, pki, api_port)
+    write_kubeconfig(kubeconfig, pki, api_port, api_host)
+    node_flags = (
+        [
+            # The API server reaches the kubelet (logs, exec) by its address, with a client cert.
+            "--kubelet-preferred-address-types",
+            "InternalIP",
+            "--kubelet-client-certificate",
+            str(pki / "admin.crt"),
+            "--kubelet-client-key",
+            str(pki / "admin.key"),
+        ]
+        if real_node
+        else []
+    )
     _start(
         d,
         "etcd",
@@ -291,11 +316,12 @@ def up() -> Path:
             "--etcd-servers",
             f"http://{HOST}:{etcd_port}",
             "--bind-address",
-            HOST,
+            api_host,
             "--advertise-address",
-            HOST,
+            api_host,
             "--secure-port",
             str(api_port),
+            *node_flags,
             "--tls-cert-file",
             str(pki / "server.crt"),
             "--tls-private-key-file",
@@ -317,7 +343,7 @@ def up() -> Path:
             "none",
         ],
     )
-    _wait("kube-apiserver", lambda: _healthy(api_port, pki), 120, d)
+    _wait("kube-apiserver", lambda: _healthy(api_port, pki, api_host), 120, d)
     common = ["--kubeconfig", str(kubeconfig), "--leader-elect=false", "--bind-address", HOST]
     _start(
         d,
@@ -375,7 +401,19 @@ def up() -> Path:
     )
     for name, gpus in GPU_NODES.items():
         kubectl(b, kubeconfig, "apply", "-f", "-", input=json.dumps(gpu_node(name, gpus)))
-    _wait("kwok nodes Ready", lambda: _nodes_ready(b, kubeconfig), 60, d)
+    if real_node:
+        realnode.start(
+            d,
+            cache_dir(),
+            b.kube,
+            b.coredns / "coredns",
+            kubeconfig,
+            api_port,
+            lambda name, argv: _start(d, name, argv),
+            free_port,
+        )
+    nodes = len(GPU_NODES) + (1 if real_node else 0)
+    _wait("nodes Ready", lambda: _nodes_ready(b, kubeconfig, nodes), 120, d)
     _wait(
         "default ServiceAccount",
         lambda: bool(kubectl(b, kubeconfig, "get", "sa", "default", "-o", "name")),
@@ -393,13 +431,14 @@ def running(d: Path | None = None) -> bool:
     if not kubeconfig.exists() or not any(_alive(p) for p in _pids(d)):
         return False
     server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    host, _, port = server.removeprefix("https://").rpartition(":")
     try:
-        return _healthy(int(server.rsplit(":", 1)[1]), d / "pki")
+        return _healthy(int(port), d / "pki", host)
     except (OSError, ValueError):
         return False
 
 
-def _nodes_ready(b: Bins, kubeconfig: Path) -> bool:
+def _nodes_ready(b: Bins, kubeconfig: Path, expected: int) -> bool:
     out = kubectl(
         b,
         kubeconfig,
@@ -409,7 +448,7 @@ def _nodes_ready(b: Bins, kubeconfig: Path) -> bool:
         "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status} {end}",
     )
     states = out.split()
-    return len(states) == len(GPU_NODES) and all(s == "True" for s in states)
+    return len(states) == expected and all(s == "True" for s in states)
 
 
 def _pids(d: Path) -> list[int]:
@@ -432,8 +471,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid_of(d: Path, name: str) -> int | None:
+    f = d / "pids" / f"{name}.pid"
+    pid = int(f.read_text()) if f.exists() else None
+    return pid if pid is not None and _ours(pid) else None
+
+
 def down() -> None:
     d = cluster_dir()
+    # The real node first: its kubelet would restart the containers we stop.
+    realnode.stop(d, lambda name: _pid_of(d, name))
     # Only our own processes: a pid whose command line is not a cluster binary is
     # someone else's after a restart, and is left alone.
     pids = [p for p in _pids(d) if _ours(p)]
@@ -454,9 +501,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start a kubelet with containerd that runs containers (hack/realnode.py)",
+    )
     args = parser.parse_args()
     if args.command == "up":
-        kubeconfig = up()
+        kubeconfig = up(real_node=args.real_node)
         took = (cluster_dir() / "started-in-seconds").read_text().strip()
         print(f"cluster up in {took}s; use it with:\n  export KUBECONFIG={kubeconfig}")
     elif args.command == "down":

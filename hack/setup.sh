@@ -1,31 +1,53 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks, idempotently:
-#   Debian: prometheus (server + promtool), openssl
-#   Go:     kube-apiserver & co, etcd, kwok, helm (hack/build-tools.sh, cached by version)
-#   Python: .venv with trainop and its dev, train and gpu extras
+#   Debian: prometheus (server + promtool), openssl; for the images and the real node:
+#           buildah, debootstrap, containerd, runc, CNI plugins, iptables, iproute2, gcc
+#   Go:     kube-apiserver & co, the kubelet, etcd, kwok, helm, CoreDNS
+#           (hack/build-tools.sh, cached by version)
+#   Images: the stand-in bases the Dockerfiles build FROM (hack/images.sh bases, cached
+#           in buildah's storage), since the official ones cannot be pulled here
+#   Python: .venv with trainop (dev, train, gpu extras) and trainop-runtime (trainer-image/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v prometheus >/dev/null || need_apt+=(prometheus)
-command -v promtool >/dev/null || need_apt+=(prometheus)
-command -v openssl >/dev/null || need_apt+=(openssl)
+want() { command -v "$1" >/dev/null || need_apt+=("$2"); }
+want prometheus prometheus
+want promtool prometheus
+want openssl openssl
+want buildah buildah
+want debootstrap debootstrap
+want containerd containerd
+want runc runc
+want iptables iptables
+want ip iproute2
+want gcc gcc
+[[ -x /usr/lib/cni/bridge ]] || need_apt+=(containernetworking-plugins)
+# gcc -static needs libc.a.
+[[ -f /usr/lib/x86_64-linux-gnu/libc.a || -f /usr/lib/aarch64-linux-gnu/libc.a ]] || need_apt+=(libc6-dev)
 if [[ ${#need_apt[@]} -gt 0 ]]; then
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
   $SUDO apt-get update -qq
-  # The Debian prometheus package starts a service where systemd runs; we only need the binaries.
+  # The Debian prometheus and containerd packages start services where systemd runs;
+  # we only need the binaries (this machine has no systemd).
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-# The Go builds and pip run side by side: the Go build is CPU-bound, pip mostly network.
+# The Go builds, the image bases and pip run side by side: the Go build is CPU-bound,
+# the other two mostly network.
+mkdir -p "${TRAINOP_CACHE:-$HOME/.cache/trainop}"
 bash hack/build-tools.sh > /dev/null &
 build_pid=$!
+bases_log=${TRAINOP_CACHE:-$HOME/.cache/trainop}/images-bases.log
+bash hack/images.sh bases > "$bases_log" 2>&1 &
+bases_pid=$!
 
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[dev,train,gpu]'
+.venv/bin/pip install -q -e './trainer-image[train,gpu]' -e '.[dev,train,gpu]'
 
 wait "$build_pid"
-echo "setup done: tools in ${TRAINOP_CACHE:-$HOME/.cache/trainop}/bin, Python env in .venv"
+wait "$bases_pid" || { tail -n 40 "$bases_log" >&2; exit 1; }
+echo "setup done: tools in ${TRAINOP_CACHE:-$HOME/.cache/trainop}/bin, image bases in buildah's storage, Python env in .venv"

@@ -50,6 +50,7 @@ def _serve_metrics(health: Callable[[], tuple[bool, str]]) -> None:
 
 async def _run_operator(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415
+    from kopf._core.engines.peering import Identity  # noqa: PLC0415  (kopf does not re-export it)
 
     from trainop.kube.client import Kube  # noqa: PLC0415
     from trainop.kube.lease import LeaderElector  # noqa: PLC0415
@@ -58,12 +59,15 @@ async def _run_operator(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     holder = None
     elector = None
+    # Our own identity for Kopf and the Lease. Left to itself Kopf asks
+    # getpass.getuser(), which raises for a uid with no passwd entry: an image run
+    # with another runAsUser than its USER would crash-loop before reconciling anything.
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     if not args.leader_elect:
         # The probes ask Kopf's --liveness endpoint instead.
         _serve_metrics(lambda: (True, "no leader election"))
     else:
         kube = await Kube.connect(os.environ.get("KUBECONFIG"))
-        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaderElector(kube, args.lease_namespace, args.lease_name, identity)
         _serve_metrics(elector.health)
         await elector.acquire()
@@ -72,6 +76,7 @@ async def _run_operator(args: argparse.Namespace) -> int:
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=True,
+        identity=Identity(identity),
         liveness_endpoint=args.liveness,
         stop_flag=stop,
     )

@@ -230,7 +230,9 @@ def write_termination_log(env: Mapping[str, str], reason: str) -> None:
 
 
 def parse_argv(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Entry, bool]:
-    parser = argparse.ArgumentParser(prog="trainop-launch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m trainop_runtime.launch", description=__doc__.splitlines()[0]
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--module", help="run `python -m MODULE` in each worker")
     which.add_argument("--script", help="run `python SCRIPT` in each worker")
