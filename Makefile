@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint pytest cluster-up cluster-down demo bench
+.PHONY: setup test lint pytest cluster-up cluster-down demo demo-real-node images bench
 
 ## setup: everything a fresh machine lacks (Debian packages, Go-built tools, Python env)
 setup:
@@ -27,6 +27,14 @@ cluster-up:
 cluster-down:
 	$(PY) hack/localcluster.py down
 
-## demo: the local cluster + the operator + the quickstart job
+## demo: the local cluster + the operator + the quickstart job (kwok: scheduled, not run)
 demo:
 	bash hack/demo.sh
+
+## demo-real-node: the same on a real node: images built, helm install, the quickstart trains
+demo-real-node:
+	bash hack/demo.sh --real-node
+
+## images: both images with buildah (no daemon), on stand-in bases where the official ones cannot be pulled
+images:
+	bash hack/images.sh build

@@ -33,10 +33,7 @@ fail() { # message, log file
 
 if $real_node; then
   bash hack/images.sh build
-  archives=$(bash hack/images.sh archive "$cluster/archives")
-  for tar in $archives; do
-    ctr --address "$cluster/node/containerd/containerd.sock" --namespace k8s.io images import "$tar" >/dev/null
-  done
+  bash hack/images.sh load "$cluster/node/containerd/containerd.sock"
   helm upgrade --install trainop charts/trainop --namespace trainop-system --create-namespace \
     --set image.pullPolicy=Never \
     --set-string 'nodeSelector.trainop\.dev/real-node=true' \

@@ -3,7 +3,7 @@
 #
 #   hack/images.sh bases            # the stand-in bases, if missing (make setup)
 #   hack/images.sh build            # stand-in bases if missing, then both images
-#   hack/images.sh archive DIR      # both images as docker-archive tars in DIR (for ctr import)
+#   hack/images.sh load SOCKET      # both images into a containerd (the real node's), streamed
 #   hack/images.sh names            # operator, trainer, then the two bases, one per line
 #
 # The real bases are the official ones the Dockerfiles name (python:3.12-slim-bookworm,
@@ -101,22 +101,21 @@ build() {
   done
 }
 
-archive() { # dir
-  mkdir -p "$1"
+load() { # containerd socket
+  # Streamed: buildah writes the docker-archive to the pipe while ctr unpacks it, so no
+  # multi-gigabyte tar is written and the two overlap.
   local img
   for img in "$OPERATOR_IMAGE" "$TRAINER_IMAGE"; do
-    local out
-    out="$1/$(basename "${img%%:*}").tar"
-    rm -f "$out"
-    buildah push "$img" "docker-archive:$out:$img" >&2
-    echo "$out"
+    log "loading $img into $1"
+    buildah push --quiet "$img" "docker-archive:/dev/stdout:$img" |
+      ctr --address "$1" --namespace k8s.io images import - >&2
   done
 }
 
 case ${1:-build} in
   bases) bases ;;
   build) build ;;
-  archive) archive "${2:?usage: hack/images.sh archive DIR}" ;;
+  load) load "${2:?usage: hack/images.sh load CONTAINERD_SOCKET}" ;;
   names) printf '%s\n' "$OPERATOR_IMAGE" "$TRAINER_IMAGE" "$PY_BASE" "$TORCH_BASE" ;;
-  *) echo "usage: hack/images.sh [bases|build|archive DIR|names]" >&2; exit 2 ;;
+  *) echo "usage: hack/images.sh [bases|build|load SOCKET|names]" >&2; exit 2 ;;
 esac

@@ -81,18 +81,6 @@ def image_config(image: str) -> dict[str, object]:
     return dict(json.loads(out)["OCIv1"]["config"])
 
 
-def archive(images: Images, out: Path) -> list[Path]:
-    res = subprocess.run(
-        ["bash", str(IMAGES), "archive", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    return [Path(p) for p in res.stdout.split()]
-
-
 class RealCluster(Cluster):
     """The local control plane with one real node, in a directory of its own."""
 
@@ -123,22 +111,14 @@ class RealCluster(Cluster):
             check=False,
         )
 
-    def import_images(self, archives: list[Path]) -> None:
+    def load_images(self) -> None:
+        """Both images into the node's containerd (hack/images.sh load)."""
         sock = self.dir / "node" / "containerd" / "containerd.sock"
-        for tar in archives:
-            subprocess.run(
-                [
-                    "ctr",
-                    "--address",
-                    str(sock),
-                    "--namespace",
-                    "k8s.io",
-                    "images",
-                    "import",
-                    str(tar),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=1800,
-                check=True,
-            )
+        res = subprocess.run(
+            ["bash", str(IMAGES), "load", str(sock)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr[-4000:]
