@@ -341,7 +341,12 @@ def test_helm_install_apply_train_scrape_recover_succeed_uninstall(  # noqa: PLR
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert [e for e in events(log) if e["event"] == "done"][-1]["step"] == STEPS
     figures["at_success"] = {k: done["status"].get(k) for k in ("restarts", "inPlaceRestarts")}
-    figures["last_failure"] = done["status"].get("lastFailure")
+    # The hand deletion was the last failure: seen for what it is (SIGTERM, exit 143, no
+    # DisruptionTarget on a real kubelet) and replaced for free; only torchrun's in-place
+    # restarts spent the budget.
+    last = done["status"]["lastFailure"]
+    assert (last["pod"], last["reason"], last["counted"]) == (f"{JOB}-worker-1", "Deleted", False)
+    assert done["status"]["restarts"] == done["status"]["inPlaceRestarts"]
 
     # --- helm uninstall: the operator goes; the CRD and the TrainingJob stay.
     result = release.helm("uninstall", release.name, "--wait")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -21,7 +21,7 @@ from trainop.api.spec import Action, Reason
 from trainop.api.status import LiveWorker, Phase
 from trainop.core.config import OperatorConfig
 from trainop.core.failures import classify, track_workers
-from trainop.core.observe import ObservedPod
+from trainop.core.observe import ObservedPod, Termination
 from trainop.core.plan import Plan, compute_plan
 from trainop.reconcile import Reconciler
 from trainop_runtime import contract as rc
@@ -30,6 +30,22 @@ CFG = OperatorConfig()
 RUNNING = {"phase": "Running", "startTime": "2026-11-22T11:00:00Z"}
 # What the kubelet writes when a pod outlives its activeDeadlineSeconds.
 DEADLINE = "Pod was active on the node longer than the specified deadline"
+
+
+T0 = NOW
+
+
+def deleted_while_running(stopped: datetime, asked: datetime, code: int = 143) -> ObservedPod:
+    """A worker whose delete was asked for at `asked` and whose trainer stopped at `stopped`."""
+    term = Termination(code, "Error", "SIGTERM received; workers had 54 s to checkpoint", stopped)
+    return worker(
+        0,
+        "Failed",
+        trainer=term,
+        deleting=True,
+        delete_requested=asked,
+        deletion_time=asked + timedelta(seconds=60),
+    )
 
 
 def plan_for(**kw: Any) -> Plan:
@@ -109,6 +125,43 @@ def reporting(slot: int, restarts: object, **kw: Any) -> ObservedPod:
             False,
             Reason.DEADLINE_EXCEEDED,
             id="pod-active-deadline-no-message",
+        ),
+        # kubectl delete on a real kubelet: SIGTERM, checkpoint, exit 143, no DisruptionTarget.
+        pytest.param(
+            deleted_while_running(
+                stopped=T0 + timedelta(seconds=31), asked=T0 + timedelta(seconds=30)
+            ),
+            False,
+            Reason.DELETED,
+            id="deleted-by-hand-stopped-after",
+        ),
+        pytest.param(
+            deleted_while_running(
+                stopped=T0 + timedelta(seconds=30), asked=T0 + timedelta(seconds=30)
+            ),
+            False,
+            Reason.DELETED,
+            id="deleted-by-hand-same-second",
+        ),
+        pytest.param(
+            replace(failed(0, 1), deleting=True), False, Reason.ERROR, id="deleted-times-unknown"
+        ),
+        pytest.param(
+            deleted_while_running(stopped=T0, asked=T0 + timedelta(seconds=30), code=1),
+            False,
+            Reason.ERROR,
+            id="failed-then-deleted-keeps-its-failure",
+        ),
+        pytest.param(
+            replace(
+                deleted_while_running(
+                    stopped=T0 + timedelta(seconds=31), asked=T0 + timedelta(seconds=30)
+                ),
+                disruption_reason="PreemptionByScheduler",
+            ),
+            False,
+            Reason.PREEMPTED,
+            id="disruption-beats-deletion",
         ),
     ],
 )

@@ -60,11 +60,30 @@ def classify(
     if pod.disruption_reason is not None:
         reason = _DISRUPTIONS.get(pod.disruption_reason, Reason.PREEMPTED)
         return Failure(reason, exit_code, message or pod.disruption_reason)
+    if _ended_by_deletion(pod):
+        # `kubectl delete pod` on a real kubelet: SIGTERM, a checkpoint, exit 143. Only
+        # pods the operator followed and did not delete itself get here (plan.py).
+        why = f"pod {pod.name} was deleted by something other than trainop (e.g. kubectl delete)"
+        return Failure(Reason.DELETED, exit_code, f"{why}: {message}" if message else why)
     reason = _POD_STATUS_REASONS.get(pod.status_reason or "", Reason.ERROR)
     if reason is Reason.DEADLINE_EXCEEDED:
         # The trainer's log tail says nothing about a kill from outside; the kubelet does.
         message = pod.status_message or "the pod ran longer than its activeDeadlineSeconds"
     return Failure(reason, exit_code, message)
+
+
+def _ended_by_deletion(pod: ObservedPod) -> bool:
+    """Deleting, and the trainer stopped after the delete was asked for: the deletion
+    ended it. A trainer that failed first and was deleted afterwards keeps its own
+    failure, and so does one whose times are unknown (counted: a loop of uncounted
+    restarts is the worse mistake)."""
+    term = pod.trainer
+    if not pod.deleting or term is None:
+        return False
+    if term.finished_at is None or pod.delete_requested is None:
+        return False
+    # Both are whole seconds: a stop in the same second as the request is the request's.
+    return term.finished_at >= pod.delete_requested
 
 
 def _store_replaced(worker: ObservedPod, store: ObservedPod | None) -> bool:

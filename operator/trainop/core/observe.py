@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from trainop.api import constants as c
@@ -21,6 +21,7 @@ class Termination:
     exit_code: int
     reason: str  # kubelet's: Error, OOMKilled, Completed, ContainerStatusUnknown...
     message: str
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ObservedPod:
     ready: bool = False
     deleting: bool = False
     deletion_time: datetime | None = None
+    # When the delete was asked for: deletionTimestamp is that plus the grace period.
+    delete_requested: datetime | None = None
     created: datetime | None = None  # metadata.creationTimestamp
     node_name: str | None = None
     status_reason: str | None = None  # pod.status.reason, e.g. Evicted
@@ -88,8 +91,10 @@ def parse_pod(obj: dict[str, Any]) -> ObservedPod:
                 exit_code=int(term.get("exitCode", 0)),
                 reason=str(term.get("reason") or ""),
                 message=str(term.get("message") or "").strip(),
+                finished_at=parse_time(term.get("finishedAt")),
             )
 
+    deletion_time = parse_time(meta.get("deletionTimestamp"))
     progress: dict[str, Any] = {}
     raw = (meta.get("annotations") or {}).get(c.ANNOTATION_PROGRESS)
     if raw:
@@ -109,7 +114,12 @@ def parse_pod(obj: dict[str, Any]) -> ObservedPod:
         phase=status.get("phase") or "Pending",
         ready=(conditions.get("Ready") or {}).get("status") == "True",
         deleting=meta.get("deletionTimestamp") is not None,
-        deletion_time=parse_time(meta.get("deletionTimestamp")),
+        deletion_time=deletion_time,
+        delete_requested=(
+            deletion_time - timedelta(seconds=int(meta.get("deletionGracePeriodSeconds") or 0))
+            if deletion_time is not None
+            else None
+        ),
         created=parse_time(meta.get("creationTimestamp")),
         node_name=(obj.get("spec") or {}).get("nodeName"),
         status_reason=status.get("reason"),
