@@ -83,6 +83,20 @@ def test_refused_spec_gets_condition_and_event_creates_nothing_and_does_not_retr
         pytest.param("gpu", {"resources": {"gpuResourceName": "gpu"}}, "gpuResourceName", id="gpu"),
         pytest.param("img", {"image": "trainer:1 --privileged"}, "spec.image", id="image-space"),
         pytest.param("my.job", {}, "metadata.name must start with a letter", id="dotted-name"),
+        # A deadline that once wedged a job (OverflowError while planning): refused at apply.
+        pytest.param(
+            "forever",
+            {"runPolicy": {"activeDeadlineSeconds": 300_000_000_000}},
+            "spec.runPolicy.activeDeadlineSeconds: Invalid value: 300000000000: "
+            "spec.runPolicy.activeDeadlineSeconds in body should be less than or equal to 31536000",
+            id="huge-deadline",
+        ),
+        pytest.param(
+            "slow",
+            {"failurePolicy": {"maxBackoffSeconds": 10**12}},
+            "should be less than or equal to 86400",
+            id="huge-backoff",
+        ),
     ],
 )
 def test_what_the_schema_can_express_is_refused_before_the_operator_sees_it(

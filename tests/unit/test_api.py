@@ -33,6 +33,20 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _bounds(field: Any) -> tuple[object, object]:
+    """(ge, le) of an integer field, from its own metadata or the Annotated[int, ...]
+    inside Optional[...] (a list's item bounds belong to the items)."""
+    ge = le = None
+    metas = list(field.metadata)
+    for arg in get_args(field.annotation):
+        if get_origin(arg) is typing.Annotated:
+            metas += [m for extra in get_args(arg)[1:] for m in getattr(extra, "metadata", [])]
+    for m in metas:
+        ge = getattr(m, "ge", ge)
+        le = getattr(m, "le", le)
+    return ge, le
+
+
 def _walk(model: type[BaseModel], schema: dict[str, Any], path: str) -> list[str]:
     problems = []
     props = schema.get("properties", {})
@@ -44,6 +58,11 @@ def _walk(model: type[BaseModel], schema: dict[str, Any], path: str) -> list[str
         if name not in props:
             continue
         sub = props[name]
+        if sub.get("type") == "integer":
+            # The API server refuses at apply what the model refuses: the same bounds.
+            crd_bounds = (sub.get("minimum"), sub.get("maximum"))
+            if _bounds(field) != crd_bounds:
+                problems.append(f"{path}.{name}: bounds {_bounds(field)} != CRD {crd_bounds}")
         if sub.get("type") == "array":
             sub = sub.get("items", {})
         nested = _model_of(field.annotation)
@@ -130,6 +149,28 @@ def test_every_crd_field_has_a_description_for_kubectl_explain() -> None:
             {"failurePolicy": {"rules": [{"action": "FailJob"}]}},
             "exitCodes or reasons",
             id="rule-without-matcher",
+        ),
+        # Numbers that become durations: past their bound, planning would overflow datetime.
+        *(
+            pytest.param(
+                {section: {field: 300_000_000_000}},
+                f"spec.{section}.{field}: Input should be less than or equal to {bound}",
+                id=f"huge-{field}",
+            )
+            for section, field, bound in (
+                ("runPolicy", "activeDeadlineSeconds", 31_536_000),
+                ("runPolicy", "ttlSecondsAfterFinished", 31_536_000),
+                ("failurePolicy", "backoffSeconds", 86_400),
+                ("failurePolicy", "maxBackoffSeconds", 86_400),
+                ("rendezvous", "joinTimeoutSeconds", 86_400),
+                ("rendezvous", "lastCallTimeoutSeconds", 3_600),
+                ("checkpoint", "everySeconds", 604_800),
+            )
+        ),
+        pytest.param(
+            {"terminationGracePeriodSeconds": 86_401},
+            "spec.terminationGracePeriodSeconds: Input should be less than or equal to 86400",
+            id="huge-grace",
         ),
     ],
 )

@@ -195,6 +195,45 @@ def test_restart_waits_for_exponential_backoff() -> None:
     assert "llm-worker-0" not in created_names(plan)
 
 
+# The largest value each duration field accepts, in the states that turn it into a time:
+# planning must neither raise (OverflowError wedged a job before the bounds) nor misplan.
+LONGEST = spec(
+    runPolicy={"activeDeadlineSeconds": 31_536_000, "ttlSecondsAfterFinished": 31_536_000},
+    failurePolicy={"backoffLimit": 1000, "backoffSeconds": 86_400, "maxBackoffSeconds": 86_400},
+)
+
+
+@pytest.mark.parametrize(
+    ("pods", "status", "expected_wait"),
+    [
+        pytest.param(
+            [store(), worker(0), worker(1)],
+            {"phase": "Running", "admissionTime": "2026-11-22T11:00:00Z"},
+            31_536_000 - 3600,
+            id="deadline-a-year-away",
+        ),
+        pytest.param(
+            [store(), failed(0), worker(1)],
+            {"phase": "Running", "restarts": 999},
+            86_400,
+            id="backoff-capped-at-a-day-after-999-restarts",
+        ),
+        pytest.param(
+            [],
+            {"phase": "Succeeded", "completionTime": "2026-11-22T12:00:00Z"},
+            31_536_000,
+            id="ttl-a-year-away",
+        ),
+    ],
+)
+def test_the_longest_durations_plan_a_wait_not_an_overflow(
+    pods: list[Any], status: dict[str, Any], expected_wait: float
+) -> None:
+    plan = plan_for(pods=pods, the_spec=LONGEST, status=status)
+    assert plan.requeue_after is not None
+    assert plan.requeue_after <= expected_wait
+
+
 def test_replacement_is_created_once_backoff_elapsed() -> None:
     status = {"phase": "Restarting", "restarts": 1, "retryAfter": "2026-11-22T11:59:59Z"}
     plan = plan_for(pods=[store(), worker(1)], status=status)

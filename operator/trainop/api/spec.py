@@ -161,10 +161,19 @@ class Resources(_Model):
     memory: MemoryQuantity | None = None
 
 
+# Upper bounds of every number that becomes a duration: each is far beyond any real
+# use, and each keeps `now + timedelta(seconds=n)` inside datetime's range, so no spec
+# can make planning raise (a deadline of 3e11 s once wedged a job in an OverflowError loop).
+HOUR = 3600
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+YEAR = 365 * DAY
+
+
 class Rendezvous(_Model):
     port: Annotated[int, Field(ge=1024, le=65535)] = 29400
-    join_timeout_seconds: Annotated[int, Field(ge=1)] = 600
-    last_call_timeout_seconds: Annotated[int, Field(ge=0)] = 5
+    join_timeout_seconds: Annotated[int, Field(ge=1, le=DAY)] = 600
+    last_call_timeout_seconds: Annotated[int, Field(ge=0, le=HOUR)] = 5
     max_restarts_per_agent: Annotated[int, Field(ge=0)] | None = None
 
 
@@ -184,14 +193,14 @@ class FailureRule(_Model):
 
 class FailurePolicy(_Model):
     backoff_limit: Annotated[int, Field(ge=0)] = 6
-    backoff_seconds: Annotated[int, Field(ge=0)] = 10
-    max_backoff_seconds: Annotated[int, Field(ge=0)] = 300
+    backoff_seconds: Annotated[int, Field(ge=0, le=DAY)] = 10
+    max_backoff_seconds: Annotated[int, Field(ge=0, le=DAY)] = 300
     rules: Annotated[list[FailureRule], Field(max_length=32)] = []
 
 
 class RunPolicy(_Model):
-    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    active_deadline_seconds: Annotated[int, Field(ge=1, le=YEAR)] | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=YEAR)] | None = None
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
 
 
@@ -199,7 +208,7 @@ class Checkpoint(_Model):
     volume: dict[str, Any] | None = None
     mount_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] = "/checkpoints"
     every_steps: Annotated[int, Field(ge=1)] | None = None
-    every_seconds: Annotated[int, Field(ge=1)] | None = None
+    every_seconds: Annotated[int, Field(ge=1, le=WEEK)] | None = None
 
     @field_validator("volume")
     @classmethod
@@ -256,7 +265,7 @@ class TrainingJobSpec(_Model):
     run_policy: RunPolicy = RunPolicy()
     suspend: bool = False
     checkpoint: Checkpoint = Checkpoint()
-    termination_grace_period_seconds: Annotated[int, Field(ge=0)] = 60
+    termination_grace_period_seconds: Annotated[int, Field(ge=0, le=DAY)] = 60
     scheduling: Scheduling = Scheduling()
     pod_template: PodTemplate = PodTemplate()
     metrics: Metrics = Metrics()
