@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.chart.kube import Release, install
-from tests.cluster.conftest import wait_for, wait_until
+from tests.cluster.conftest import localcluster, wait_for, wait_until
 from tests.e2e.images import Images, RealCluster
 from tests.exporter.helpers import http_get, required_tool
 from tests.procs import stop_group
@@ -70,7 +70,7 @@ class Prometheus:
     ports as the API server lists them (a PodMonitor does this discovery in a cluster)."""
 
     def __init__(self, tmp: Path, pods: list[dict[str, Any]]) -> None:
-        port = _free_port()
+        port = localcluster.free_port()
         self.base = f"http://127.0.0.1:{port}"
         targets = [
             f"{pod['status']['podIP']}:{p['containerPort']}"
@@ -122,12 +122,8 @@ class Prometheus:
         stop_group(self.proc, grace=10)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# What the run measured, reported at module teardown (bench/deploy quotes it).
+figures: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +142,6 @@ def real(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     finally:
         _report()  # what was measured, even when a later stage failed
         cluster.down()
-
-
-figures: dict[str, Any] = {}
 
 
 def _report() -> None:
