@@ -411,6 +411,7 @@ def up(real_node: bool = False) -> Path:
             api_port,
             lambda name, argv: _start(d, name, argv),
             free_port,
+            lambda what, check, timeout: _wait(what, check, timeout, d),
         )
     nodes = len(GPU_NODES) + (1 if real_node else 0)
     _wait("nodes Ready", lambda: _nodes_ready(b, kubeconfig, nodes), 120, d)

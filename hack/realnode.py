@@ -231,9 +231,11 @@ def start(
     api_port: int,
     start_proc,  # type: ignore[no-untyped-def]
     free_port,  # type: ignore[no-untyped-def]
+    wait,  # type: ignore[no-untyped-def]
 ) -> None:
-    """containerd, CoreDNS and the kubelet, as processes of this cluster (start_proc
-    records their pids, so localcluster's down() stops them)."""
+    """containerd, CoreDNS and the kubelet, as processes of this cluster: localcluster's
+    own start_proc (records pids, so its down() stops them) and wait (polls, then fails
+    with every log)."""
     n = node_dir(cluster)
     pki = cluster / "pki"
     for sub in ("containerd", "cni", "ipam", "kubelet", "pod-logs", "manifests"):
@@ -253,8 +255,8 @@ def start(
     pause = _pause_archive(cache)
 
     start_proc("containerd", ["containerd", "--config", str(n / "containerd.toml")])
-    _wait((n / "containerd" / "containerd.sock").exists, 30, "containerd")
-    _wait(lambda: bool(ctr(cluster, "version")), 30, "containerd to answer")
+    wait("containerd", (n / "containerd" / "containerd.sock").exists, 30)
+    wait("containerd to answer", lambda: bool(ctr(cluster, "version")), 30)
     import_images(cluster, [pause])
     start_proc("coredns", [str(coredns_bin), "-conf", str(n / "Corefile")])
 
@@ -278,18 +280,6 @@ def start(
             f"{NODE_LABEL}=true",
         ],
     )
-
-
-def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, subprocess.CalledProcessError):
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{what} not ready after {timeout}s")
 
 
 def _iptables_service_rule(api_port: int) -> None:
