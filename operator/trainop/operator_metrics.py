@@ -6,6 +6,9 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from trainop.api.spec import Reason
+from trainop.core.plan import IN_PLACE
+
 JOBS: Final = Gauge(
     "trainop_operator_jobs",
     "TrainingJobs known to this operator, by phase.",
@@ -39,6 +42,15 @@ RESTARTS: Final = Counter(
     "counts the worker-group restarts torchrun made in place (always counted).",
     ["reason", "counted"],
 )
+# Every label pair a restart can have, exported at 0 from start-up: a series born at 1
+# hides its first restart from increase(), so a storm needed one restart more to fire.
+# Any reason may be counted or free (failurePolicy.rules decide), hence both values.
+RESTART_LABELS: Final = (
+    *((reason.value, counted) for reason in Reason for counted in ("true", "false")),
+    (IN_PLACE, "true"),
+)
+for _labels in RESTART_LABELS:
+    RESTARTS.labels(*_labels)
 API_REQUESTS: Final = Counter(
     "trainop_operator_api_requests_total",
     "Kubernetes API requests made by the operator, by verb and resource.",
