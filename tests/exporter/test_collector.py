@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -450,6 +451,54 @@ def test_a_crashing_source_costs_only_its_own_series(
     assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 2
     # The traceback is in the log, once, for whoever fixes the bug.
     assert [r.exc_info is not None for r in caplog.records] == [True]
+
+
+def _crash(*args: object) -> object:
+    raise RuntimeError("a bug, not an NVML or OS error")
+
+
+@pytest.mark.parametrize(
+    ("source", "break_it", "crash_it", "expected"),
+    [
+        pytest.param(
+            n.SOURCE_NVML,
+            lambda fake, root: fake.gpu(uuid(0)).errors.update(nvmlDeviceGetPowerUsage="Timeout"),
+            # The power read times out (counted), then the temperature read crashes.
+            lambda fake, patch: patch.setattr(fake, "nvmlDeviceGetTemperature", _crash),
+            [1, 2, 4, 5],
+            id="nvml",
+        ),
+        pytest.param(
+            n.SOURCE_RAPL,
+            lambda fake, root: (root / "intel-rapl:0" / "energy_uj").write_text("garbage\n"),
+            lambda fake, patch: patch.setattr(RaplReader, "read", _crash),
+            [1, 2, 3, 4],
+            id="rapl",
+        ),
+    ],
+)
+def test_read_errors_never_go_down_when_a_read_crashes(
+    run_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+    break_it: Callable[[FakeNVML, Path], object],
+    crash_it: Callable[[FakeNVML, pytest.MonkeyPatch], object],
+    expected: list[int],
+) -> None:
+    # A counter that goes down reads as a reset to rate() and increase(): the issue
+    # saw trainop_exporter_read_errors_total{source="nvml"} go 2 -> 1 -> 3.
+    write_gpus_file(run_dir, [uuid(0)])
+    root = fake_powercap(tmp_path / "powercap", {"intel-rapl:0": ("package-0", 1, 10)})
+    fake = FakeNVML(gpus(1))
+    collector = make_collector(run_dir, fake, powercap=root)
+    break_it(fake, root)
+    seen = [scrape(collector).value(n.EXPORTER_READ_ERRORS, source=source) for _ in range(2)]
+    with monkeypatch.context() as patch:
+        crash_it(fake, patch)
+        seen.append(scrape(collector).value(n.EXPORTER_READ_ERRORS, source=source))
+    seen.append(scrape(collector).value(n.EXPORTER_READ_ERRORS, source=source))
+    assert seen == expected
 
 
 # --- RAPL ------------------------------------------------------------------------

@@ -264,8 +264,10 @@ class TrainopCollector:
         rapl = self._guard("rapl", self._rapl_reader.read)
         training = self._read_training(now)
         errors = Counter(self._file_errors)
-        errors[n.SOURCE_NVML] += gpu.read_errors if gpu else 0
-        errors[n.SOURCE_RAPL] += rapl.read_errors if rapl else 0
+        # The readers' own totals even when a read crashed: taking them from the
+        # snapshot dropped the running count on a crash (2 -> 1 -> 3).
+        errors[n.SOURCE_NVML] += self._gpu_reader.read_errors
+        errors[n.SOURCE_RAPL] += self._rapl_reader.read_errors
         return Snapshot(
             now=now,
             gpu=gpu or GpuSnapshot(up=False),

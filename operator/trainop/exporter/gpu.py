@@ -60,7 +60,6 @@ class GpuSnapshot:
     up: bool
     driver_version: str | None = None
     gpus: tuple[GpuReading, ...] = ()
-    read_errors: int = 0
 
 
 @dataclass
@@ -186,6 +185,11 @@ class GpuReader:
     def close(self) -> None:
         self._stop()
 
+    @property
+    def read_errors(self) -> int:
+        """Failed NVML reads so far; a counter, so it never goes down, whatever read() raised."""
+        return self._errors
+
     # --- reads ---------------------------------------------------------------
     def read(self, wanted: tuple[str, ...] | None, *, all_gpus: bool) -> GpuSnapshot:
         """Read the GPUs chosen by ``visibility.select_gpus``."""
@@ -198,7 +202,7 @@ class GpuReader:
                     "the NVIDIA container toolkit must honour NVIDIA_VISIBLE_DEVICES=all for "
                     "it (see trainop/exporter/README.md)",
                 )
-            return GpuSnapshot(up=False, read_errors=self._errors)
+            return GpuSnapshot(up=False)
         self._states.clear("blind", "NVML is usable in this sidecar now")
         selection = visibility.select_gpus(list(self._devices), wanted, all_gpus=all_gpus)
         if wanted is None and not all_gpus:
@@ -247,7 +251,6 @@ class GpuReader:
             up=up,
             driver_version=self._driver_version,
             gpus=tuple(readings),
-            read_errors=self._errors,
         )
 
     def _schedule_rescan(self) -> None:

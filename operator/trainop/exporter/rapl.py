@@ -38,7 +38,6 @@ class ZoneEnergy:
 class RaplSnapshot:
     up: bool
     zones: tuple[ZoneEnergy, ...] = ()
-    read_errors: int = 0
 
 
 @dataclass
@@ -102,6 +101,11 @@ class RaplReader:
             )
         return zones
 
+    @property
+    def read_errors(self) -> int:
+        """Failed reads so far; a counter, so it never goes down, whatever read() raised."""
+        return self._errors
+
     def read(self) -> RaplSnapshot:
         if self._root is None:
             return RaplSnapshot(up=False)
@@ -111,7 +115,7 @@ class RaplReader:
             if not self._zones:
                 log.info("No RAPL zones under %s: CPU energy is not exported", self._root)
         if not self._zones:
-            return RaplSnapshot(up=False, read_errors=self._errors)
+            return RaplSnapshot(up=False)
         readings: list[ZoneEnergy] = []
         for zone in self._zones:
             try:
@@ -126,11 +130,11 @@ class RaplReader:
                     "TRAINOP_EXPORTER_POWERCAP_ROOT= (empty)",
                     logging.INFO,
                 )
-                return RaplSnapshot(up=False, read_errors=self._errors)
+                return RaplSnapshot(up=False)
             except (OSError, ValueError) as err:
                 self._errors += 1
                 self._states.set("read", f"RAPL read failed: {err}")
-                return RaplSnapshot(up=False, read_errors=self._errors)
+                return RaplSnapshot(up=False)
             readings.append(ZoneEnergy(zone.zone, zone.name, _accumulate(zone, raw) / UJ_PER_J))
         self._states.clear("read", "RAPL counters readable again")
-        return RaplSnapshot(up=True, zones=tuple(readings), read_errors=self._errors)
+        return RaplSnapshot(up=True, zones=tuple(readings))
