@@ -22,6 +22,10 @@ def format_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
             lines.append(msg)
             continue
         loc = ".".join(str(p) for p in (prefix, *err["loc"]))
+        if msg.startswith(f"{loc}."):
+            # A check of a nested document (podTemplate.spec) names the fields itself.
+            lines.append(msg)
+            continue
         if err["type"] == "extra_forbidden":
             msg = _unknown_field(err["loc"])
         lines.append(f"{loc}: {msg}")

@@ -11,8 +11,18 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from trainop.api import podspec
 
 
 class _Model(BaseModel):
@@ -54,7 +64,8 @@ class CleanPodPolicy(StrEnum):
 
 
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-SCRIPT_PATTERN = r"^[A-Za-z0-9_./][A-Za-z0-9_./-]*\.py$"
+# Every path component starts with a letter, digit or _: no "..", no option-like "-x.py".
+SCRIPT_PATTERN = r"^(\./|/)?[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*\.py$"
 ArgStr = Annotated[str, Field(max_length=4096)]
 # The API server's own grammars (apimachinery resource.Quantity, validation.IsDNS1123Subdomain,
 # IsQualifiedName). The CRD carries the same patterns; checking here too gives the local runner,
@@ -68,7 +79,17 @@ EXTENDED_RESOURCE_PATTERN = (
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
     r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-IMAGE_PATTERN = r"^\S+$"
+# The image reference grammar of the distribution project (github.com/distribution/reference):
+# [domain[:port]/]path[/path...][:tag][@algorithm:hex], lowercase paths. Anything else (a
+# space, `$(id)`, a backtick, `;`) is refused before it reaches a pod. No IPv6 hosts.
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (
+    rf"^(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+IMAGE_MAX_LENGTH = 512
 
 
 def _grammar(pattern: str, max_length: int, what: str, fix: str) -> Callable[[str], str]:
@@ -93,7 +114,13 @@ Image = Annotated[
     str,
     Field(min_length=1),
     AfterValidator(
-        _grammar(IMAGE_PATTERN, 4096, "an image reference", "remove the spaces: repo/image:tag")
+        _grammar(
+            IMAGE_PATTERN,
+            IMAGE_MAX_LENGTH,
+            "an image reference",
+            "write [registry[:port]/]repository[:tag][@sha256:digest] with a lowercase "
+            "repository, e.g. ghcr.io/org/trainer:1.0",
+        )
     ),
 ]
 
@@ -243,9 +270,18 @@ class PodTemplate(_Model):
     metadata: PodTemplateMeta = PodTemplateMeta()
     spec: dict[str, Any] = {}
 
+    @field_validator("spec")
+    @classmethod
+    def _pod_spec(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The CRD refuses the same at kubectl apply; this covers the local runner.
+        found = podspec.problems(value, "spec.podTemplate.spec")
+        if found:
+            raise ValueError("; ".join(found[:5]))
+        return value
+
 
 class Metrics(_Model):
-    enabled: bool = True
+    enabled: StrictBool = True
     port: Annotated[int, Field(ge=1024, le=65535)] = 9400
     image: Image | None = None
 
@@ -263,7 +299,7 @@ class TrainingJobSpec(_Model):
     rendezvous: Rendezvous = Rendezvous()
     failure_policy: FailurePolicy = FailurePolicy()
     run_policy: RunPolicy = RunPolicy()
-    suspend: bool = False
+    suspend: StrictBool = False  # "yes" is refused, as by the CRD
     checkpoint: Checkpoint = Checkpoint()
     termination_grace_period_seconds: Annotated[int, Field(ge=0, le=DAY)] = 60
     scheduling: Scheduling = Scheduling()
