@@ -3,7 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint pytest cluster-up cluster-down demo demo-real-node images bench
+.PHONY: setup test lint pytest cluster-up cluster-down demo demo-real-node images bench \
+	dashboards dashboard-previews
 
 ## setup: everything a fresh machine lacks (Debian packages, Go-built tools, Python env)
 setup:
@@ -38,3 +39,13 @@ demo-real-node:
 ## images: both images with buildah (no daemon), on stand-in bases where the official ones cannot be pulled
 images:
 	bash hack/images.sh build
+
+## dashboards: the chart's Grafana dashboards (charts/trainop/dashboards/*.json) from operator/trainop/dashboards
+dashboards:
+	$(BIN)/python -m trainop.dashboards
+
+## dashboard-previews: docs/dashboards/*.png, each dashboard drawn from a live Prometheus
+## (the real operator on the local control plane, real metrics sidecars, real Prometheus)
+dashboard-previews:
+	TRAINOP_DASHBOARD_PREVIEWS=$(CURDIR)/docs/dashboards $(BIN)/python -m pytest -q \
+		tests/chart/test_panels_live.py

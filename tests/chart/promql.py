@@ -57,3 +57,11 @@ def reads(expr: str) -> Reads:
             continue  # a function or aggregation, or an operator keyword
         metrics.add(m.group(0))
     return Reads(frozenset(metrics), frozenset(labels), tuple(matchers))
+
+
+_WINDOW = re.compile(r"\[\s*([^\]:]*?)\s*(?::[^\]]*)?\]")
+
+
+def windows(expr: str) -> list[str]:
+    """The window of every range selector and subquery (``[w]``, ``[w:step]``), as written."""
+    return _WINDOW.findall(_STRING.sub('""', expr))
