@@ -21,7 +21,15 @@ from trainop.api.status import Phase, TrainingJobStatus
 from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo, ObservedPod, parse_node, parse_pod
-from trainop.core.plan import IN_PLACE, REASON_NO_CAPACITY, Event, Observed, Plan, compute_plan
+from trainop.core.plan import (
+    IN_PLACE,
+    REASON_NO_CAPACITY,
+    Event,
+    Observed,
+    Plan,
+    compute_plan,
+    planning_failed,
+)
 from trainop.kube.client import Kube, KubeError
 
 log = logging.getLogger("trainop.reconcile")
@@ -31,6 +39,9 @@ T = TypeVar("T")
 # Backoff between tries of a create the API server refused (e.g. over quota).
 REFUSED_BASE_SECONDS = 5.0
 REFUSED_MAX_SECONDS = 300.0
+# A namespace being deleted is gone within seconds to minutes; one recreated under the
+# same name afterwards is served again once this has passed.
+TERMINATING_MEMORY_SECONDS = 60.0
 
 
 def utcnow() -> datetime:
@@ -90,34 +101,70 @@ class Reconciler:
         # Jobs whose children the API server refused. Such a job is asked about again
         # (dry-run first) only after a growing pause, or at once when its spec changes.
         self.refusals: dict[Key, Refusal] = {}
+        # The last planning error of each job that has one (logged once, not per retry).
+        self.plan_errors: dict[Key, str] = {}
+        # Namespaces found being deleted -> time.monotonic() until which they are left alone.
+        self.terminating: dict[str, float] = {}
 
     async def reconcile(self, key: Key) -> float | None:
         """Converge one job. Returns seconds until it must be looked at again, if any."""
         started = time.perf_counter()
         try:
             return await self._reconcile(key)
+        except KubeError as exc:
+            # Races every controller meets: said in one line, never as a traceback.
+            if exc.status == 404:  # the job (or its namespace) went away mid-reconcile
+                log.info("job %s/%s is gone (%s); forgetting it", *key, exc)
+                self._forget(key)
+                return None
+            if exc.status == 409:  # written meanwhile (kubectl scale, a concurrent writer)
+                log.info("job %s/%s changed meanwhile (%s); looking again", *key, exc)
+                return 0.0
+            if exc.namespace_terminating:
+                log.info("namespace %s is being deleted; leaving job %s alone", *key)
+                self.terminating[key[0]] = time.monotonic() + TERMINATING_MEMORY_SECONDS
+                self._forget(key)
+                return None
+            raise
         finally:
             m.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     async def _reconcile(self, key: Key) -> float | None:
         namespace, name = key
+        if time.monotonic() < self.terminating.get(namespace, 0.0):
+            return None  # its jobs and pods are being deleted with it: nothing to replace
         job = await self.kube.get_job(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
             self._forget(key)
             return None
         obs = await self.observe(job)
         now = self.clock()
-        plan = compute_plan(obs, now, self.config)
+        plan = self._plan(key, obs, now)
         refused = await self._admission(key, obs, plan)
         if refused is not None:
             obs = replace(obs, admission_error=refused)
-            plan = compute_plan(obs, now, self.config)
+            plan = self._plan(key, obs, now)
         retry = await self.act(job, obs, plan)
         self._remember(key, plan.status, obs.pods)
         if obs.spec is not None:
             m.JOB_RESTART_BUDGET.labels(*key).set(obs.spec.failure_policy.backoff_limit)
         waits = [w for w in (plan.requeue_after, retry) if w is not None]
         return min(waits) if waits else None
+
+    def _plan(self, key: Key, obs: Observed, now: datetime) -> Plan:
+        """compute_plan, with any exception it raises turned into the job's ReconcileError
+        condition: one job's bad luck is never a silent retry loop or other jobs' problem."""
+        try:
+            plan = compute_plan(obs, now, self.config)
+        except Exception as exc:  # any bug in planning, by design
+            error = f"{type(exc).__name__}: {exc}"
+            if self.plan_errors.get(key) != error:  # the traceback once per distinct error
+                log.exception("job %s/%s: planning failed", *key)
+            self.plan_errors[key] = error
+            m.RECONCILE_ERRORS.inc()
+            return planning_failed(obs, now, error)
+        self.plan_errors.pop(key, None)
+        return plan
 
     async def _admission(self, key: Key, obs: Observed, plan: Plan) -> str | None:
         """Why the API server would refuse the children this plan creates, if it would.
@@ -332,6 +379,7 @@ class Reconciler:
         for jobs in self.jobs_on_node.values():
             jobs.discard(key)
         self.refusals.pop(key, None)
+        self.plan_errors.pop(key, None)
         self.waiting_for_nodes.discard(key)
         self._export_phases()
 

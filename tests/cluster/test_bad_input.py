@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Operator, wait_for, wait_until
-from tests.cluster.test_operator import status, tj, until_running
+from tests.cluster.test_operator import status, tj, until_running, workers
 
 pytestmark = pytest.mark.cluster
 
@@ -107,3 +107,44 @@ def test_what_the_schema_can_express_is_refused_before_the_operator_sees_it(
     assert says in out
     assert c.get_or_none("trainingjob", name, ns) is None
     assert c.list("pods", ns) == []
+
+
+def test_a_job_that_cannot_be_planned_shows_why_and_the_operator_serves_the_others(
+    operator: Operator, ns: str
+) -> None:
+    """Planning that raises (here: a status admitted at the end of time, so a one-year
+    deadline overflows datetime) once meant a traceback every 30 s and nothing else."""
+    c = operator.cluster
+    c.apply(tj("cursed", runPolicy={"activeDeadlineSeconds": 31536000}), ns)
+    until_running(c, ns, "cursed", 2)
+    c.kubectl(
+        "patch",
+        "trainingjob",
+        "cursed",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"admissionTime": "9999-12-31T00:00:00Z"}}),
+    )
+    st = wait_until(
+        "ReconcileError",
+        lambda: status(c, ns, "cursed"),
+        lambda s: any(
+            x["type"] == "ReconcileError" and x["status"] == "True" for x in s.get("conditions", [])
+        ),
+    )
+    cond = next(x for x in st["conditions"] if x["type"] == "ReconcileError")
+    assert "OverflowError" in cond["message"]
+    wait_for(
+        "one ReconcileError Warning",
+        lambda: [e for e in c.events(ns, "cursed") if e["reason"] == "ReconcileError"],
+    )
+    c.kubectl("scale", "trainingjob", "cursed", "-n", ns, "--replicas=3")  # woken again
+    c.apply(tj("fine"), ns)
+    until_running(c, ns, "fine", 2)
+    events = [e for e in c.events(ns, "cursed") if e["reason"] == "ReconcileError"]
+    assert sum(int(e.get("count") or 1) for e in events) == 1
+    assert len(workers(c, ns, "cursed")) == 2  # left as it was: the scale was not planned
+    assert operator.alive()

@@ -35,11 +35,15 @@ COND_SPEC_VALID = "SpecValid"
 COND_PODS_SCHEDULED = "PodsScheduled"
 # True once some worker pod has waited to start longer than config.pending_timeout_seconds.
 COND_PENDING_TOO_LONG = "PendingTooLong"
+# True while planning the job raises (a bug, or input no check foresaw): the job is left
+# as it is, with the error in this condition and a Warning Event, never a silent loop.
+COND_RECONCILE_ERROR = "ReconcileError"
 # status.reason of a job held back because no ready node could take one of its pods.
 REASON_NO_CAPACITY = "InsufficientGPUCapacity"
 PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
 # handledFailures only needs the UIDs of failed pods not yet gone; this caps it regardless.
 MAX_HANDLED = 512
+PLANNING_RETRY_SECONDS = 60.0
 # status.restartsByReason key of the in-place (torchrun) restarts.
 IN_PLACE = "InPlace"
 
@@ -137,7 +141,7 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         problem = obs.spec_error or "invalid spec"
         _set_phase(draft, obs, now, Phase.PENDING, "InvalidSpec", problem)
         _spec_valid(draft, obs, now, "InvalidSpec", problem)
-        return _finish(draft, obs)
+        return _finish(draft, obs, now)
     ctx = _Ctx(draft, obs, obs.spec, now, config)
     _release_lost(ctx)
     for stage in (
@@ -149,9 +153,9 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         _stage_succeeded,
     ):
         if stage(ctx):
-            return _finish(draft, obs)
+            return _finish(draft, obs, now)
     _stage_converge(ctx)
-    return _finish(draft, obs)
+    return _finish(draft, obs, now)
 
 
 @dataclass(frozen=True)
@@ -850,8 +854,35 @@ def _set_phase(
             )
 
 
-def _finish(draft: _Draft, obs: Observed) -> Plan:
+def planning_failed(obs: Observed, now: datetime, error: str) -> Plan:
+    """The plan of a job whose planning raised `error`: nothing created or deleted, only
+    the ReconcileError condition (and a Warning Event the first time this error is seen).
+    Other jobs are planned independently, so they are unaffected."""
+    st = obs.status.model_copy(deep=True)
+    old = get_condition(st.conditions, COND_RECONCILE_ERROR)
+    message = f"trainop could not plan this job ({error}); nothing was changed"
+    st.conditions = set_condition(
+        st.conditions, COND_RECONCILE_ERROR, True, "PlanningFailed", message, now, obs.generation
+    )
+    fresh = old is None or (old.status, old.message) != ("True", message)
+    events = (Event("Warning", COND_RECONCILE_ERROR, message),) if fresh else ()
+    # A spec edit wakes the job at once; meanwhile it is tried again now and then.
+    return Plan(status=st, events=events, requeue_after=PLANNING_RETRY_SECONDS)
+
+
+def _finish(draft: _Draft, obs: Observed, now: datetime) -> Plan:
     st, before = draft.status, obs.status
+    failed = get_condition(st.conditions, COND_RECONCILE_ERROR)
+    if failed is not None and failed.status == "True":
+        st.conditions = set_condition(
+            st.conditions,
+            COND_RECONCILE_ERROR,
+            False,
+            "Planned",
+            "the job was planned without error",
+            now,
+            obs.generation,
+        )
     if obs.spec is not None:
         # Derived once here from the count every stage may have changed (printer column).
         st.restarts_summary = f"{st.restarts}/{obs.spec.failure_policy.backoff_limit}"

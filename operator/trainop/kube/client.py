@@ -43,7 +43,13 @@ class KubeError(Exception):
         quota, too large, invalid): sending it again unchanged gets the same answer.
         Expired credentials (401), conflicts (409), throttling (429) and server errors
         (5xx) are worth retrying as they are."""
-        return self.status in (400, 403, 413, 422)
+        return self.status in (400, 403, 413, 422) and not self.namespace_terminating
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """NamespaceLifecycle's answer to a create in a namespace being deleted: the job
+        and its pods are going with it, so there is nothing to retry or report."""
+        return self.status == 403 and "because it is being terminated" in self.message
 
 
 def _ns_path(api_version: str, resource: str, namespace: str, name: str | None = None) -> str:
