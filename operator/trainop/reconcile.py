@@ -170,8 +170,9 @@ class Reconciler:
         """Why the API server would refuse the children this plan creates, if it would.
 
         Asked (by dry-run) before a job's first child exists, so a refusal leaves nothing
-        half-created, and again after a refused create once its pause is over."""
-        if not plan.creates:
+        half-created; before workers are restarted for an edited spec, so a refused edit
+        stops nothing; and again after a refused create once its pause is over."""
+        if not plan.creates and not plan.verify:
             return None
         refusal = self.refusals.get(key)
         if refusal is not None and refusal.generation != obs.generation:
@@ -179,9 +180,9 @@ class Reconciler:
             refusal = None
         if refusal is not None and time.monotonic() < refusal.until:
             return refusal.message
-        if refusal is None and (obs.pods or obs.service_exists):
+        if refusal is None and not plan.verify and (obs.pods or obs.service_exists):
             return None
-        message = await self._dry_run(plan.creates)
+        message = await self._dry_run(plan.verify or plan.creates)
         if message is None:
             self.refusals.pop(key, None)
         else:

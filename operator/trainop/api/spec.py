@@ -6,6 +6,8 @@ through an API server (the local runner) means the same thing as one that did.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable
 from enum import StrEnum
@@ -286,6 +288,27 @@ class Metrics(_Model):
     image: Image | None = None
 
 
+# Fields of TrainingJobSpec that shape the worker pods (see worker_fingerprint), besides
+# the worker range minReplicas..maxReplicas, kept as its value under NNODES_KEY.
+NNODES_KEY = "minReplicas..maxReplicas"
+WORKER_SHAPING = frozenset(
+    {
+        "image",
+        "image_pull_policy",
+        "entrypoint",
+        "env",
+        "resources",
+        "nproc_per_node",
+        "rendezvous",
+        "checkpoint",
+        "termination_grace_period_seconds",
+        "scheduling",
+        "pod_template",
+        "metrics",
+    }
+)
+
+
 class TrainingJobSpec(_Model):
     image: Image
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
@@ -313,6 +336,22 @@ class TrainingJobSpec(_Model):
         if self.max_replicas is not None and self.replicas > self.max_replicas:
             raise ValueError("spec.replicas must be <= spec.maxReplicas")
         return self
+
+    def worker_fingerprint(self) -> dict[str, str]:
+        """A short hash of every field that shapes the worker pods, by YAML name. An edit
+        to one of them restarts all workers together (never old and new side by side);
+        replicas, suspend, failurePolicy and runPolicy apply live and are left out."""
+        data = self.model_dump(mode="json", by_alias=True, include=set(WORKER_SHAPING))
+        out = {
+            to_camel(name): hashlib.sha256(
+                json.dumps(data.get(to_camel(name)), sort_keys=True).encode()
+            ).hexdigest()[:12]
+            for name in sorted(WORKER_SHAPING)
+        }
+        # torchrun's --nnodes as the workers get it: with minReplicas or maxReplicas
+        # unset it follows replicas, so scaling a fixed-size job restarts it too.
+        out[NNODES_KEY] = f"{self.min_nodes}:{self.max_nodes}"
+        return out
 
     # Derived values live here, once, so the builders and the runner agree.
     @property

@@ -89,6 +89,9 @@ class TrainingJobStatus(_Status):
     restarts_summary: str | None = None
     restarts_by_reason: dict[str, int] = Field(default_factory=dict)
     job_generation: int = 0
+    # A short hash of each spec field that shapes the workers, as the running workers
+    # were built: an edit shows as a difference, which restarts every worker together.
+    applied_spec: dict[str, str] = Field(default_factory=dict)
     last_failure: LastFailure | None = None
     handled_failures: list[str] = []
     retry_after: datetime | None = None

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from trainop.api import constants as c
-from trainop.api.spec import Action, CleanPodPolicy, TrainingJobSpec
+from trainop.api.spec import NNODES_KEY, Action, CleanPodPolicy, TrainingJobSpec
 from trainop.api.status import LastFailure, Phase, Progress, TrainingJobStatus
 from trainop.core import build
 from trainop.core.conditions import get_condition, set_condition
@@ -32,6 +32,8 @@ from trainop_runtime import contract as rc
 
 # Condition types. The phase conditions mirror status.phase for tools that only read conditions.
 COND_SPEC_VALID = "SpecValid"
+# False while the workers are being restarted for an edited spec; True once they all run it.
+COND_SPEC_APPLIED = "SpecApplied"
 COND_PODS_SCHEDULED = "PodsScheduled"
 # True once some worker pod has waited to start longer than config.pending_timeout_seconds.
 COND_PENDING_TOO_LONG = "PendingTooLong"
@@ -93,6 +95,9 @@ class Plan:
     delete_job: bool = False  # ttlSecondsAfterFinished elapsed
     # Every failure handled in this pass (status.lastFailure keeps only the last one).
     failures: tuple[LastFailure, ...] = ()
+    # Objects the API server must accept (by dry run) before this plan is carried out;
+    # when it refuses, the plan is made again with Observed.admission_error set.
+    verify: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -107,6 +112,7 @@ class _Draft:
     suspend_job: bool = False
     delete_job: bool = False
     failures: list[LastFailure] = field(default_factory=list)
+    verify: list[dict[str, Any]] = field(default_factory=list)
 
     def delete(self, pod: ObservedPod, grace: int | None, why: str) -> None:
         if pod.name not in self.deletes:
@@ -129,6 +135,7 @@ class _Draft:
             suspend_job=self.suspend_job,
             delete_job=self.delete_job,
             failures=tuple(self.failures),
+            verify=tuple(self.verify),
         )
 
 
@@ -150,6 +157,7 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         _stage_deadline,
         _stage_validate,
         _stage_failures,
+        _stage_spec_changed,
         _stage_succeeded,
     ):
         if stage(ctx):
@@ -250,6 +258,59 @@ def _stage_failures(ctx: _Ctx) -> bool:
     return _account_failures(ctx.draft, ctx.obs, ctx.spec, ctx.workers, ctx.now, ctx.config)
 
 
+def _stage_spec_changed(ctx: _Ctx) -> bool:
+    """An edit to a field that shapes the workers restarts them all together: the old
+    generation is stopped gracefully (SIGTERM, checkpoint) and the new one resumes from
+    the checkpoint, so old and new workers never train side by side. Not counted against
+    the budget. An edit the API server would refuse (a dry run of the new worker pod)
+    changes nothing: the old workers keep training and SpecValid says why."""
+    draft, obs, spec = ctx.draft, ctx.obs, ctx.spec
+    st = draft.status
+    wanted = spec.worker_fingerprint()
+    if st.applied_spec == wanted:
+        return False
+    running = [p for p in ctx.current if not p.deleting and not p.finished]
+    if not st.applied_spec or not running:
+        st.applied_spec = wanted  # nothing runs the old spec: nothing to restart
+        return False
+    changed = _changed_fields(st.applied_spec, wanted)
+    if obs.admission_error is not None:
+        message = (
+            f"the edit to {changed} is not applied: the API server refuses the new worker "
+            f"pod: {obs.admission_error}; the workers keep running the previous spec. Fix "
+            "the field it names"
+        )
+        old = get_condition(st.conditions, COND_SPEC_VALID)
+        if old is None or (old.reason, old.message) != ("UpdateRejected", message):
+            draft.warn("UpdateRejected", message)
+        _spec_valid(draft, obs, ctx.now, "UpdateRejected", message)
+        return False
+    st.applied_spec = wanted
+    st.job_generation += 1
+    draft.verify.append(build.build_worker_pod(obs.job, spec, 0, st.job_generation, ctx.config))
+    message = (
+        f"{changed} changed: restarting all {len(running)} worker(s) together with the new "
+        "spec (each checkpoints on SIGTERM; the restart is not counted against the budget)"
+    )
+    draft.note("SpecChanged", message)
+    st.conditions = set_condition(
+        st.conditions, COND_SPEC_APPLIED, False, "Restarting", message, ctx.now, obs.generation
+    )
+    return False
+
+
+def _changed_fields(before: Mapping[str, str], after: Mapping[str, str]) -> str:
+    names = []
+    for key in sorted(after):
+        if before.get(key) == after[key]:
+            continue
+        if key == NNODES_KEY:
+            names.append(f"the worker range {key} (now {after[key]})")
+        else:
+            names.append(f"spec.{key}")
+    return ", ".join(names) or "the spec"
+
+
 def _stage_succeeded(ctx: _Ctx) -> bool:
     draft = ctx.draft
     for pod in ctx.workers:
@@ -291,6 +352,29 @@ def _stage_converge(ctx: _Ctx) -> None:
     _counts(draft, ctx.obs, spec, desired=spec.replicas)
     _progress(draft, current)
     _running_phase(draft, ctx.obs, spec, current, ctx.now, ctx.config)
+    _spec_applied(draft, ctx)
+
+
+def _spec_applied(draft: _Draft, ctx: _Ctx) -> None:
+    """SpecApplied turns True once no worker of an older spec is left and enough of the
+    new one run; it exists only after a first edit restarted the workers."""
+    st = draft.status
+    cond = get_condition(st.conditions, COND_SPEC_APPLIED)
+    if cond is None or cond.status == "True":
+        return
+    older = [p for p in ctx.workers if p.job_generation != st.job_generation and not p.finished]
+    running = [p for p in ctx.current if p.phase == "Running" and p.name not in draft.deletes]
+    if older or len(running) < ctx.spec.min_nodes:
+        return
+    st.conditions = set_condition(
+        st.conditions,
+        COND_SPEC_APPLIED,
+        True,
+        "Applied",
+        f"every worker runs the current spec ({len(running)} running)",
+        ctx.now,
+        ctx.obs.generation,
+    )
 
 
 def _validate(
@@ -638,7 +722,13 @@ def _running_phase(
     live = [p for p in current if p.active and p.name not in draft.deletes]
     running = sum(1 for p in live if p.phase == "Running")
     waiting = [p for p in live if p.unschedulable]
-    if waiting:
+    short = spec.replicas - len(live)
+    if obs.admission_error is not None and short > 0:
+        msg = f"{short} worker pod(s) are refused by the API server: {obs.admission_error}"
+        st.conditions = set_condition(
+            st.conditions, COND_PODS_SCHEDULED, False, "CreateRejected", msg, now, obs.generation
+        )
+    elif waiting:
         msg = f"{len(waiting)} worker(s) cannot be scheduled: {waiting[0].unschedulable}"
         st.conditions = set_condition(
             st.conditions, COND_PODS_SCHEDULED, False, "Unschedulable", msg, now, obs.generation
