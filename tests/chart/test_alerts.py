@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.chart.helpers import promtool, rule_groups, run, write_rule_file
+from tests.chart.helpers import (
+    CHART,
+    MONITORING_ON,
+    Rendered,
+    helm,
+    promtool,
+    rule_groups,
+    run,
+    template,
+    write_rule_file,
+)
 
 HERE = Path(__file__).parent
 # What the issue asks the rules to catch; each must have its promtool unit test.
@@ -18,7 +30,13 @@ REQUIRED = {
     "TrainopJobRestartStorm",
     "TrainopGPUThrottled",
     "TrainopJobFailed",
+    "TrainopGPUXidError",
+    "TrainopGPUECCUncorrected",
+    "TrainopGPUDown",
+    "TrainopExporterDown",
+    "TrainopOperatorDown",
 }
+README = CHART / "README.md"
 
 
 def test_promtool_check_rules_accepts_the_rendered_rule(tmp_path: Path) -> None:
@@ -50,8 +68,6 @@ def test_every_alert_is_unit_tested_both_ways() -> None:
 
 
 def test_thresholds_come_from_values(tmp_path: Path) -> None:
-    from tests.chart.helpers import MONITORING_ON, template
-
     rule = template(
         *MONITORING_ON,
         "--set",
@@ -66,3 +82,79 @@ def test_thresholds_come_from_values(tmp_path: Path) -> None:
     assert "[30m]" in stalled["expr"]
     assert "> 1800" in stalled["expr"]
     assert stalled["labels"] == {"severity": "warning", "team": "ml"}
+
+
+def _runbook_anchors() -> set[str]:
+    """GitHub's anchors for the headings of the README's Runbooks section."""
+    text = README.read_text()
+    section = text[text.index("\n## Runbooks\n") :]
+    end = re.search(r"\n## (?!#)", section[1:])
+    section = section[: end.start() + 1] if end else section
+    return {
+        re.sub(r"[^a-z0-9 -]", "", m[1].strip().lower()).replace(" ", "-")
+        for m in re.finditer(r"^###+ (.+)$", section, re.MULTILINE)
+    }
+
+
+def test_every_alert_links_to_its_runbook_section() -> None:
+    anchors = _runbook_anchors()
+    for group in rule_groups()["groups"]:
+        for rule in group["rules"]:
+            url = rule["annotations"]["runbook_url"]
+            page, _, anchor = url.partition("#")
+            assert page.endswith("charts/trainop/README.md"), url
+            assert anchor == rule["alert"].lower(), url
+            assert anchor in anchors, f"README.md has no Runbooks heading for {rule['alert']}"
+
+
+def render_as(release: str, namespace: str) -> Rendered:
+    result = helm("template", release, str(CHART), "--namespace", namespace, *MONITORING_ON)
+    assert result.returncode == 0, result.stderr
+    return Rendered([d for d in yaml.safe_load_all(result.stdout) if d])
+
+
+@pytest.mark.parametrize(
+    ("release", "namespace"),
+    [
+        pytest.param("trainop", "trainop-system", id="default names"),
+        pytest.param("ml-platform", "monitoring", id="another release and namespace"),
+    ],
+)
+def test_target_down_alerts_watch_the_targets_the_chart_creates(
+    release: str, namespace: str
+) -> None:
+    # The Prometheus Operator names a PodMonitor's targets job="<namespace>/<name>" and a
+    # ServiceMonitor's job="<Service name>": a renamed object must not silence the alerts.
+    r = render_as(release, namespace)
+    podmonitor = r.one("PodMonitor")["metadata"]
+    service = r.one("Service")["metadata"]
+    rules = {
+        rule["alert"]: rule["expr"]
+        for g in r.one("PrometheusRule")["spec"]["groups"]
+        for rule in g["rules"]
+    }
+    assert (
+        f'up{{job="{podmonitor["namespace"]}/{podmonitor["name"]}"}} == 0'
+        in (rules["TrainopExporterDown"])
+    )
+    assert (
+        f'up{{job="{service["name"]}", namespace="{namespace}"}} == 1'
+        in (rules["TrainopOperatorDown"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("monitors", "absent"),
+    [
+        pytest.param("podMonitor", {"TrainopExporterDown"}, id="no PodMonitor"),
+        pytest.param("serviceMonitor", {"TrainopOperatorDown"}, id="no ServiceMonitor"),
+    ],
+)
+def test_a_target_down_alert_needs_its_monitor(monitors: str, absent: set[str]) -> None:
+    # Without the monitor there is no such target: the alert would never fire, or, for
+    # absent(), always.
+    r = template(*MONITORING_ON, "--set", f"monitoring.{monitors}.enabled=false")
+    alerts = {
+        rule["alert"] for g in r.one("PrometheusRule")["spec"]["groups"] for rule in g["rules"]
+    }
+    assert alerts == REQUIRED - absent

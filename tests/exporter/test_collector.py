@@ -125,18 +125,24 @@ def test_trainer_stopping_removes_its_series(run_dir: Path) -> None:
 
 
 # --- GPU visibility ----------------------------------------------------------
+# `assigned` tells a GPU-less pod (gpu_up 0, no fault) from a blind or broken sidecar.
 @pytest.mark.parametrize(
-    ("listed", "all_gpus", "exported", "up"),
+    ("listed", "all_gpus", "exported", "up", "assigned"),
     [
-        pytest.param(None, False, set(), 0.0, id="no gpus.json: none of the node's 4"),
-        pytest.param([uuid(1), uuid(3)], False, {uuid(1), uuid(3)}, 1.0, id="the pod's 2 of 4"),
-        pytest.param([uuid(1), "GPU-gone"], False, {uuid(1)}, 0.0, id="one listed GPU missing"),
-        pytest.param([], False, set(), 0.0, id="CPU-only trainer"),
-        pytest.param(None, True, {uuid(i) for i in range(4)}, 1.0, id="--all-gpus"),
+        pytest.param(None, False, set(), 0.0, None, id="no gpus.json: none of the node's 4"),
+        pytest.param([uuid(1), uuid(3)], False, {uuid(1), uuid(3)}, 1.0, 2, id="the pod's 2 of 4"),
+        pytest.param([uuid(1), "GPU-gone"], False, {uuid(1)}, 0.0, 2, id="one listed GPU missing"),
+        pytest.param([], False, set(), 0.0, 0, id="CPU-only trainer"),
+        pytest.param(None, True, {uuid(i) for i in range(4)}, 1.0, None, id="--all-gpus"),
     ],
 )
 def test_exports_only_the_pods_gpus(
-    run_dir: Path, listed: list[str] | None, all_gpus: bool, exported: set[str], up: float
+    run_dir: Path,
+    listed: list[str] | None,
+    all_gpus: bool,
+    exported: set[str],
+    up: float,
+    assigned: int | None,
 ) -> None:
     if listed is not None:
         write_gpus_file(run_dir, listed)
@@ -144,6 +150,7 @@ def test_exports_only_the_pods_gpus(
     assert exported_uuids(expo) == exported
     assert expo.value(n.GPU_UP) == up
     assert expo.value(n.GPU_DEVICES) == len(exported)
+    assert expo.value(n.GPU_ASSIGNED_DEVICES) == assigned
     for name in GPU_SERIES:
         assert {s.labels[n.L_GPU_UUID] for s in expo.series(name)} == exported
 

@@ -47,6 +47,8 @@ class Snapshot:
 
     now: float
     gpu: GpuSnapshot
+    # How many GPUs gpus.json lists; None until the trainer has written it.
+    assigned_gpus: int | None
     training: TrainingView
     rapl: RaplSnapshot
     read_errors: Mapping[str, int]
@@ -104,9 +106,11 @@ class _Families:
         return [family for family, _ in self._families.values()]
 
 
-def _add_gpus(f: _Families, snap: GpuSnapshot) -> None:
+def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None) -> None:
     f.add(n.GPU_UP, 1.0 if snap.up else 0.0)
     f.add(n.GPU_DEVICES, float(len(snap.gpus)))
+    if assigned is not None:
+        f.add(n.GPU_ASSIGNED_DEVICES, float(assigned))
     if snap.driver_version:
         f.add(n.GPU_DRIVER_INFO, 1.0, snap.driver_version)
     for g in snap.gpus:
@@ -202,7 +206,7 @@ def build_metrics(
         label_sets = LabelSets(identity)
     label_sets.new_scrape()
     f = _Families(label_sets)
-    _add_gpus(f, snapshot.gpu)
+    _add_gpus(f, snapshot.gpu, snapshot.assigned_gpus)
     _add_training(f, snapshot.training, snapshot.now)
     _add_rapl(f, snapshot.rapl)
     f.add(n.EXPORTER_BUILD_INFO, 1.0, version)
@@ -271,6 +275,7 @@ class TrainopCollector:
         return Snapshot(
             now=now,
             gpu=gpu or GpuSnapshot(up=False),
+            assigned_gpus=None if wanted is None else len(wanted),
             training=training,
             rapl=rapl or RaplSnapshot(up=False),
             read_errors=errors,

@@ -65,6 +65,7 @@ SOURCE_RAPL: Final = "rapl"
 # --- metrics ----------------------------------------------------------------
 GPU_UP: Final = "trainop_gpu_up"
 GPU_DEVICES: Final = "trainop_gpu_devices"
+GPU_ASSIGNED_DEVICES: Final = "trainop_gpu_assigned_devices"
 GPU_DRIVER_INFO: Final = "trainop_gpu_driver_info"
 GPU_UTILIZATION: Final = "trainop_gpu_utilization_ratio"
 GPU_MEMORY_UTILIZATION: Final = "trainop_gpu_memory_utilization_ratio"
@@ -137,6 +138,12 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
         "1 if NVML works and every GPU listed in gpus.json was read on this scrape, else 0.",
     ),
     MetricSpec(GPU_DEVICES, "gauge", "Number of GPUs exported for this pod."),
+    MetricSpec(
+        GPU_ASSIGNED_DEVICES,
+        "gauge",
+        "GPUs the trainer container was given (the UUIDs in gpus.json); absent until it "
+        "writes the file. 0 for a CPU-only trainer, whose trainop_gpu_up 0 is no fault.",
+    ),
     MetricSpec(GPU_DRIVER_INFO, "gauge", "NVIDIA driver version (always 1).", (L_DRIVER_VERSION,)),
     MetricSpec(GPU_UTILIZATION, "gauge", "Fraction of time a kernel ran on the GPU.", _G),
     MetricSpec(
