@@ -56,6 +56,10 @@ def test_specs_only_the_cluster_can_judge_end_in_a_named_condition_with_nothing_
     assert (cond["status"], cond["reason"]) == ("False", reason)
     assert case.field in cond["message"]
     assert st["phase"] == "Pending"
+    # A job refused for good reads differently from one starting, in plain `kubectl get`.
+    header, row = c.kubectl("get", "trainingjob", "hostile", "-n", ns).splitlines()
+    assert "REASON" in header.split()
+    assert reason in row.split()
     assert c.list("pods", ns) == []
     assert c.list("services", ns) == []
     assert operator.alive()

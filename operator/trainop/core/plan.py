@@ -42,6 +42,8 @@ COND_PENDING_TOO_LONG = "PendingTooLong"
 COND_RECONCILE_ERROR = "ReconcileError"
 # status.reason of a job held back because no ready node could take one of its pods.
 REASON_NO_CAPACITY = "InsufficientGPUCapacity"
+# Conditions about running workers, dropped while none should run (suspended, finished).
+WORKER_CONDITIONS = (COND_PODS_SCHEDULED, COND_PENDING_TOO_LONG, COND_SPEC_APPLIED)
 PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
 # handledFailures only needs the UIDs of failed pods not yet gone; this caps it regardless.
 MAX_HANDLED = 512
@@ -189,6 +191,7 @@ def _stage_finished(ctx: _Ctx) -> bool:
     if phase is None or not phase.finished:
         return False
     _clean_up(ctx.draft, ctx.obs, ctx.spec)
+    _counts(ctx.draft, ctx.obs, ctx.spec, desired=0)
     _ttl(ctx.draft, ctx.spec, ctx.now)
     return True
 
@@ -936,9 +939,11 @@ def _set_phase(
                 st.conditions,
                 type_,
                 on,
-                # An inactive phase condition says which phase holds instead, and why.
-                reason,
-                message if on else f"the job is {phase.value}: {message}",
+                # An inactive phase condition only says which phase holds instead: the
+                # why is the active one's (repeating it read as e.g. Suspended=False
+                # because FailedByRule).
+                reason if on else phase.value,
+                message if on else f"the job is {phase.value}",
                 now,
                 obs.generation,
             )
@@ -979,6 +984,9 @@ def _finish(draft: _Draft, obs: Observed, now: datetime) -> Plan:
     if st.phase in (Phase.SUSPENDED, Phase.SUCCEEDED, Phase.FAILED):
         st.live_workers = []
         st.pending_since = None
+        # About workers that no longer run: they would read as current (Scheduled=True
+        # on a finished job). They come back with the workers.
+        st.conditions = [c for c in st.conditions if c.type not in WORKER_CONDITIONS]
     else:
         # Pods this plan deletes or has written off are no longer followed, so their
         # end is never taken for a hand deletion nor their restarts counted again.
