@@ -65,12 +65,14 @@ def node(
     gpus: int = 8,
     ready: bool = True,
     not_ready_since: datetime | None = None,
+    labels: dict[str, str] | None = None,
 ) -> NodeInfo:
     return NodeInfo(
         name=name,
         ready=ready,
         not_ready_since=not_ready_since,
         allocatable={"nvidia.com/gpu": str(gpus)},
+        labels=labels or {},
     )
 
 

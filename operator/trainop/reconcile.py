@@ -145,7 +145,7 @@ class Reconciler:
             obs = replace(obs, admission_error=refused)
             plan = self._plan(key, obs, now)
         retry = await self.act(job, obs, plan)
-        self._remember(key, plan.status, obs.pods)
+        self._remember(key, plan.status, obs.pods, waits_for_nodes=plan.held_for_capacity > 0)
         if obs.spec is not None:
             m.JOB_RESTART_BUDGET.labels(*key).set(obs.spec.failure_policy.backoff_limit)
         waits = [w for w in (plan.requeue_after, retry) if w is not None]
@@ -350,14 +350,21 @@ class Reconciler:
             woken |= self.waiting_for_nodes
         return woken
 
-    def _remember(self, key: Key, status: TrainingJobStatus, pods: Iterable[ObservedPod]) -> None:
+    def _remember(
+        self,
+        key: Key,
+        status: TrainingJobStatus,
+        pods: Iterable[ObservedPod],
+        *,
+        waits_for_nodes: bool = False,
+    ) -> None:
         phase = (status.phase or Phase.PENDING).value
         if self.phases.get(key) != phase:
             for each in Phase:
                 m.JOB_PHASE.labels(*key, each.value).set(1 if each.value == phase else 0)
         self.phases[key] = phase
         m.JOB_RESTARTS.labels(*key).set(status.restarts)
-        if status.reason == REASON_NO_CAPACITY:
+        if status.reason == REASON_NO_CAPACITY or waits_for_nodes:
             self.waiting_for_nodes.add(key)
         else:
             self.waiting_for_nodes.discard(key)

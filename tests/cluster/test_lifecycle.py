@@ -5,6 +5,7 @@ one budget, and the capacity check that honours the pods' nodeSelector."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -274,3 +275,32 @@ def test_a_job_held_for_capacity_starts_as_soon_as_a_big_enough_node_joins(
         assert pod["spec"]["nodeName"] == name
     finally:
         c.kubectl("delete", "node", name, "--wait=false", check=False)
+
+
+def test_1024_replicas_on_20_gpus_create_what_fits_and_grow_with_a_new_node(
+    operator: Operator, ns: str
+) -> None:
+    """Once 1024 pods in 18 s (load average 12.7) with conditions that miscounted."""
+    c = operator.cluster
+    room = sum(localcluster.GPU_NODES.values())
+    spec = {"replicas": 1024, "minReplicas": 1, "maxReplicas": 1024, "resources": {"gpus": 1}}
+    c.apply(tj("huge", **spec), ns)
+    wait_for("workers created", lambda: len(workers(c, ns, "huge")) >= room)
+    st = wait_until(
+        "InsufficientCapacity",
+        lambda: status(c, ns, "huge"),
+        lambda s: any(x["reason"] == "InsufficientCapacity" for x in s.get("conditions", [])),
+    )
+    cond = next(x for x in st["conditions"] if x["type"] == "PodsScheduled")
+    assert cond["message"].startswith(f"{room} of 1024 worker(s) created")
+    assert f"{1024 - room} more are created as capacity appears" in cond["message"]
+    time.sleep(3)  # woken by its own pods meanwhile: still no more than fit
+    assert len(workers(c, ns, "huge")) == room
+    name = f"gpu8-{ns}"
+    c.apply(localcluster.gpu_node(name, 8))
+    try:
+        # Woken by the node's arrival, not by the 60 s resync.
+        wait_for("8 more workers", lambda: len(workers(c, ns, "huge")) == room + 8, timeout=20)
+    finally:
+        c.kubectl("delete", "node", name, "--wait=false", check=False)
+    c.kubectl("delete", "trainingjob", "huge", "-n", ns, "--wait=false")

@@ -100,6 +100,9 @@ class Plan:
     # Objects the API server must accept (by dry run) before this plan is carried out;
     # when it refuses, the plan is made again with Observed.admission_error set.
     verify: tuple[dict[str, Any], ...] = ()
+    # Workers not created because the nodes have no room for them: any node change may
+    # let them start, so the job waits on node events.
+    held_for_capacity: int = 0
 
 
 @dataclass
@@ -115,6 +118,8 @@ class _Draft:
     delete_job: bool = False
     failures: list[LastFailure] = field(default_factory=list)
     verify: list[dict[str, Any]] = field(default_factory=list)
+    held_for_capacity: int = 0
+    room: int | None = None  # workers the usable nodes can place, when checked
 
     def delete(self, pod: ObservedPod, grace: int | None, why: str) -> None:
         if pod.name not in self.deletes:
@@ -138,6 +143,7 @@ class _Draft:
             delete_job=self.delete_job,
             failures=tuple(self.failures),
             verify=tuple(self.verify),
+            held_for_capacity=self.held_for_capacity,
         )
 
 
@@ -420,7 +426,14 @@ def _gpu_capacity(
     allowed = [n for n in usable if kept_off[n.name] is None]
     best = max((quantity_to_int(n.allocatable.get(name)) for n in allowed), default=0)
     if best >= gpus:
-        return None
+        room = sum(quantity_to_int(n.allocatable.get(name)) // gpus for n in allowed)
+        if room >= spec.min_nodes:
+            return None
+        return (
+            f"spec.minReplicas={spec.min_nodes} workers of {gpus} {name} cannot all be placed: "
+            f"the ready nodes the pods may use have room for {room}; lower spec.minReplicas "
+            "(the job grows as nodes come) or add nodes"
+        )
     big = [n for n in usable if quantity_to_int(n.allocatable.get(name)) >= gpus]
     if not big:
         largest = max((quantity_to_int(n.allocatable.get(name)) for n in usable), default=0)
@@ -439,6 +452,31 @@ def _gpu_capacity(
         f"{kept_off[big[0].name]}), and {others}; change spec.scheduling.nodeSelector or "
         "spec.scheduling.tolerations, or lower spec.resources.gpus"
     )
+
+
+def _room(spec: TrainingJobSpec, obs: Observed, config: OperatorConfig) -> int | None:
+    """How many of the job's workers the ready nodes they may use can hold at once, by
+    GPUs (None when unchecked). An upper bound: other workloads' pods are not counted."""
+    gpus = spec.resources.gpus
+    if not (config.capacity_check and gpus and obs.nodes is not None):
+        return None
+    name = spec.resources.gpu_resource_name
+    nodes = _usable(spec, obs, config)
+    return sum(quantity_to_int(n.allocatable.get(name)) // gpus for n in nodes)
+
+
+def _usable(spec: TrainingJobSpec, obs: Observed, config: OperatorConfig) -> list[NodeInfo]:
+    """Ready, schedulable nodes the worker pods' nodeSelector and tolerations allow."""
+    pod_spec = build.build_worker_pod(obs.job, spec, 0, 0, config)["spec"]
+    selector = pod_spec.get("nodeSelector")
+    selector = selector if isinstance(selector, dict) else {}
+    tolerations = [t for t in pod_spec.get("tolerations") or [] if isinstance(t, dict)]
+    nodes = (obs.nodes or {}).values()
+    return [
+        n
+        for n in sorted(nodes, key=lambda n: n.name)
+        if n.ready and not n.unschedulable and _kept_off(n, selector, tolerations) is None
+    ]
 
 
 def _kept_off(node: NodeInfo, selector: Mapping[str, Any], tolerations: list[Any]) -> str | None:
@@ -676,6 +714,15 @@ def _ensure_children(
     missing = [
         slot for slot in range(spec.replicas) if build.worker_name(obs.job.name, slot) not in taken
     ]
+    room = _room(spec, obs, config)
+    if room is not None:
+        # Never more workers than the nodes can place, beyond minReplicas: a pod that
+        # cannot be placed only loads the scheduler. The rest come as nodes free up.
+        placed = spec.replicas - len(missing)
+        allowed = max(0, max(spec.min_nodes, room) - placed)
+        draft.room = room
+        draft.held_for_capacity = max(0, len(missing) - allowed)
+        missing = missing[:allowed]
     for slot in missing:
         draft.creates.append(build.build_worker_pod(obs.job, spec, slot, st.job_generation, config))
     if missing:
@@ -726,7 +773,24 @@ def _running_phase(
     running = sum(1 for p in live if p.phase == "Running")
     waiting = [p for p in live if p.unschedulable]
     short = spec.replicas - len(live)
-    if obs.admission_error is not None and short > 0:
+    if draft.held_for_capacity:
+        msg = (
+            f"{spec.replicas - draft.held_for_capacity} of {spec.replicas} worker(s) created: "
+            "the ready nodes the pods may "
+            f"use have room for {draft.room} worker(s) of {spec.resources.gpus} "
+            f"{spec.resources.gpu_resource_name}; {draft.held_for_capacity} more are created "
+            "as capacity appears"
+        )
+        st.conditions = set_condition(
+            st.conditions,
+            COND_PODS_SCHEDULED,
+            False,
+            "InsufficientCapacity",
+            msg,
+            now,
+            obs.generation,
+        )
+    elif obs.admission_error is not None and short > 0:
         msg = f"{short} worker pod(s) are refused by the API server: {obs.admission_error}"
         st.conditions = set_condition(
             st.conditions, COND_PODS_SCHEDULED, False, "CreateRejected", msg, now, obs.generation
