@@ -120,9 +120,15 @@ def cluster() -> Iterator[Cluster]:
 def crd(cluster: Cluster) -> Cluster:
     # --force-conflicts: a kept cluster may hold a CRD that helm (another field manager) applied.
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.trainop.dev"
-    )
+
+    def established() -> bool:
+        # `kubectl wait` errors out (instead of waiting) while the new CRD has no
+        # conditions yet, which a fresh cluster takes a moment to write.
+        crd = cluster.get_or_none("crd", "trainingjobs.trainop.dev", "")
+        conds = ((crd or {}).get("status") or {}).get("conditions") or []
+        return any(x["type"] == "Established" and x["status"] == "True" for x in conds)
+
+    wait_for("the TrainingJob CRD established", established, timeout=60)
     return cluster
 
 

@@ -89,9 +89,7 @@ def test_an_elastic_job_grows_when_a_node_comes() -> None:
     the_spec = spec(replicas=8, minReplicas=2, maxReplicas=8, resources={"gpus": 2})
     pods = [worker(i) for i in range(4)] + [store()]
     status = {"phase": "Running", "appliedSpec": the_spec.worker_fingerprint()}
-    one = compute_plan(
-        observed(pods, the_spec=the_spec, status=status, nodes=[node()]), NOW, CFG
-    )
+    one = compute_plan(observed(pods, the_spec=the_spec, status=status, nodes=[node()]), NOW, CFG)
     assert workers_created(one) == 0
     assert one.held_for_capacity == 4
     two = compute_plan(
