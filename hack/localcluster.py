@@ -255,6 +255,27 @@ def gpu_node(name: str, gpus: int) -> dict[str, object]:
     }
 
 
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+
+
+def audit_log(d: Path | None = None) -> Path:
+    """The API server's audit log: one JSON line per write request."""
+    return (d or cluster_dir()) / "logs" / "audit.log"
+
+
+def _audit_policy(d: Path) -> Path:
+    path = d / "audit-policy.yaml"
+    path.write_text(AUDIT_POLICY)
+    return path
+
+
 def up(real_node: bool = False) -> Path:
     d = cluster_dir()
     kubeconfig = d / "kubeconfig"
@@ -341,6 +362,15 @@ def up(real_node: bool = False) -> Path:
             "--allow-privileged",
             "--endpoint-reconciler-type",
             "none",
+            # Every write, with the user agent that sent it (tests tell replicas apart).
+            "--audit-policy-file",
+            str(_audit_policy(d)),
+            "--audit-log-path",
+            str(audit_log(d)),
+            "--audit-log-format",
+            "json",
+            "--audit-log-maxsize",
+            "200",
         ],
     )
     _wait("kube-apiserver", lambda: _healthy(api_port, pki, api_host), 120, d)

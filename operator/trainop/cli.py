@@ -63,15 +63,20 @@ async def _run_operator(args: argparse.Namespace) -> int:
     # getpass.getuser(), which raises for a uid with no passwd entry: an image run
     # with another runAsUser than its USER would crash-loop before reconciling anything.
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    # Each replica's requests carry its identity: the API server's audit log tells them apart.
+    memo = kopf.Memo(user_agent=f"trainop-operator/{identity}", fence=None)
     if not args.leader_elect:
         # The probes ask Kopf's --liveness endpoint instead.
         _serve_metrics(lambda: (True, "no leader election"))
     else:
-        kube = await Kube.connect(os.environ.get("KUBECONFIG"))
+        kube = await Kube.connect(os.environ.get("KUBECONFIG"), user_agent=memo.user_agent)
         elector = LeaderElector(kube, args.lease_namespace, args.lease_name, identity)
         _serve_metrics(elector.health)
         await elector.acquire()
         holder = asyncio.create_task(elector.hold(stop))
+        # Every write of the operator asks the lease first (kube.client.Kube's fence).
+        memo.fence = elector.may_write
+        asyncio.create_task(_stop_work_when(stop, memo))  # noqa: RUF006  (lives as long as we do)
     await kopf.operator(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -79,6 +84,7 @@ async def _run_operator(args: argparse.Namespace) -> int:
         identity=Identity(identity),
         liveness_endpoint=args.liveness,
         stop_flag=stop,
+        memo=memo,
     )
     if holder is not None:
         holder.cancel()
@@ -86,6 +92,15 @@ async def _run_operator(args: argparse.Namespace) -> int:
         await elector.release()
     # Exiting non-zero after losing the lease lets Kubernetes restart us as a standby.
     return 1 if stop.is_set() else 0
+
+
+async def _stop_work_when(stop: asyncio.Event, memo: Any) -> None:
+    """On losing the lease, stop reconciling at once: Kopf's own shutdown (watchers,
+    then cleanup handlers) takes seconds, and no reconcile may start meanwhile."""
+    await stop.wait()
+    queue = memo.get("queue")
+    if queue is not None:
+        await queue.close()
 
 
 def _operator(args: argparse.Namespace) -> int:

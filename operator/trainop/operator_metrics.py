@@ -61,6 +61,11 @@ API_ERRORS: Final = Counter(
     "Kubernetes API requests that failed, by verb, resource and HTTP status code.",
     ["verb", "resource", "code"],
 )
+API_FENCED: Final = Counter(
+    "trainop_operator_api_writes_fenced_total",
+    "Writes not sent because this replica could no longer prove it holds the leader lease.",
+    ["verb", "resource"],
+)
 RECONCILE_ERRORS: Final = Counter(
     "trainop_operator_reconcile_errors_total",
     "Reconciles that ended in an error and were retried.",

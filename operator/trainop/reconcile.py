@@ -30,7 +30,7 @@ from trainop.core.plan import (
     compute_plan,
     planning_failed,
 )
-from trainop.kube.client import Kube, KubeError
+from trainop.kube.client import Fenced, Kube, KubeError
 
 log = logging.getLogger("trainop.reconcile")
 ObjDict = dict[str, Any]
@@ -111,6 +111,9 @@ class Reconciler:
         started = time.perf_counter()
         try:
             return await self._reconcile(key)
+        except Fenced as exc:  # the lease is lost: the operator is stopping
+            log.info("job %s/%s: %s", *key, exc)
+            return None
         except KubeError as exc:
             # Races every controller meets: said in one line, never as a traceback.
             if exc.status == 404:  # the job (or its namespace) went away mid-reconcile

@@ -18,7 +18,7 @@ from trainop.core.lease import (
     may_take,
     observe_lease,
 )
-from trainop.kube.client import KubeError
+from trainop.kube.client import Fenced, Kube, KubeError
 from trainop.kube.lease import LeaderElector
 
 T = LeaseTiming()
@@ -256,3 +256,36 @@ async def test_a_leader_whose_loop_stops_beating_turns_unhealthy() -> None:
     ok, why = leader.health()
     assert not ok
     assert "11.0 s ago" in why
+
+
+class RecordingApi:
+    """Stands for kubernetes_asyncio's ApiClient: records what would go on the wire."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    async def call_api(self, path: str, method: str, **_: Any) -> Any:
+        self.sent.append((method, path))
+        raise AssertionError("the fence must stop writes before this")
+
+
+async def test_a_leader_paused_past_its_renew_deadline_is_fenced_before_any_write() -> None:
+    """Woken from a pause, the renew loop may not have run yet: the fence alone must
+    refuse the first write, on the monotonic clock, and stop the operator."""
+    api, clock = FakeLeases(), Clock()
+    leader = elector(api, "a", clock)
+    await leader.acquire()
+    wire = RecordingApi()
+    kube = Kube(wire, fence=leader.may_write)
+    clock.now += 9.9
+    assert leader.may_write()  # still within the deadline of the last renewal
+    clock.now += 0.2  # the pause: no renewal for 10.1 s
+    for verb in ("create", "update", "patch", "delete"):
+        with pytest.raises(Fenced):
+            await kube.request(verb, "/api/v1/namespaces/x/pods", resource="pods", body={})
+    assert wire.sent == []
+    assert leader.lost.is_set()
+    assert leader.leading is False
+    await leader.release()  # not provably ours: no write to the lease either
+    assert api.lease is not None
+    assert api.lease["spec"]["holderIdentity"] == "a"

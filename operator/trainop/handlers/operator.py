@@ -44,11 +44,15 @@ def config_from_env() -> OperatorConfig:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.posting.level = logging.WARNING  # our own Events say what matters
+    # Kopf would post Events for its log records through its own client, past the
+    # leader fence; the operator's own Events (through the fenced client) say what matters.
+    settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     config = config_from_env()
-    kube = await Kube.connect(os.environ.get("KUBECONFIG"))
+    kube = await Kube.connect(
+        os.environ.get("KUBECONFIG"), user_agent=memo.get("user_agent"), fence=memo.get("fence")
+    )
     reconciler = Reconciler(kube, config)
     memo.kube = kube
     memo.reconciler = reconciler

@@ -7,7 +7,7 @@ these counters), and API errors become KubeError with the server's message.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -62,12 +62,29 @@ def job_path(namespace: str, name: str | None = None) -> str:
     return _ns_path(c.API_VERSION, c.PLURAL, namespace, name)
 
 
+class Fenced(Exception):  # noqa: N818  (a state, not an error a caller should handle)
+    """A write refused by the fence: this replica can no longer prove it leads."""
+
+
+_WRITES = frozenset({"create", "update", "patch", "delete"})
+
+
 class Kube:
-    def __init__(self, api: Any) -> None:
+    def __init__(self, api: Any, *, fence: Callable[[], bool] | None = None) -> None:
         self._api = api
+        # Asked before every write; False means the write must not be sent (a leader
+        # that cannot prove it still holds the lease). The lease's own client has none.
+        self._fence = fence
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None, *, pool: int = 64) -> Self:
+    async def connect(
+        cls,
+        kubeconfig: str | None = None,
+        *,
+        pool: int = 64,
+        user_agent: str | None = None,
+        fence: Callable[[], bool] | None = None,
+    ) -> Self:
         """In-cluster service account when there is one, else the kubeconfig."""
         cfg = client.Configuration()
         try:
@@ -77,7 +94,10 @@ class Kube:
         # No client-side rate limit: client-go's QPS 5 default is what makes other
         # controllers crawl. Concurrency is bounded by the connection pool instead.
         cfg.connection_pool_maxsize = pool
-        return cls(client.ApiClient(configuration=cfg))
+        api = client.ApiClient(configuration=cfg)
+        if user_agent:  # which replica sent a request, in the API server's audit log
+            api.user_agent = user_agent
+        return cls(api, fence=fence)
 
     async def close(self) -> None:
         await self._api.close()
@@ -100,6 +120,9 @@ class Kube:
             "patch": "PATCH",
             "delete": "DELETE",
         }[verb]
+        if verb in _WRITES and self._fence is not None and not self._fence():
+            m.API_FENCED.labels(verb, resource).inc()
+            raise Fenced(f"{verb} {resource}: not sent, this replica no longer holds the lease")
         m.API_REQUESTS.labels(verb, resource).inc()
         try:
             resp = await self._api.call_api(

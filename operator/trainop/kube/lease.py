@@ -52,6 +52,10 @@ class LeaderElector:
         # Read by the metrics server's thread (health); plain attribute reads are atomic.
         self.leading = False
         self.heartbeat: float | None = None
+        # When the lease was last taken or renewed (self.clock): the fence reads it.
+        self.renewed_at: float | None = None
+        # Set the moment leadership is lost or can no longer be proven.
+        self.lost = asyncio.Event()
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the lease. True if we hold it afterwards."""
@@ -97,13 +101,37 @@ class LeaderElector:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
             await asyncio.sleep(self.timing.retry_period)
         self.leading = True
-        self.heartbeat = self.clock()
+        self.heartbeat = self.renewed_at = self.clock()
         log.info("%s leads (lease %s/%s)", self.identity, self.namespace, self.name)
+
+    def may_write(self) -> bool:
+        """The fence before every write (kube.client.Kube): True only while a renewal
+        within the renew deadline proves the lease is ours, on the monotonic clock. A
+        leader paused past it (SIGSTOP, a stalled VM) is refused on waking, before the
+        renewal loop has noticed, and steps down at once."""
+        fresh = self.renewed_at is not None and (
+            self.clock() - self.renewed_at < self.timing.renew_deadline
+        )
+        if self.leading and fresh:
+            return True
+        if self.leading:
+            log.error(
+                "no lease renewal for %.1fs (deadline %.0fs): refusing writes and stopping",
+                self.clock() - (self.renewed_at or 0.0),
+                self.timing.renew_deadline,
+            )
+            self._step_down()
+        return False
+
+    def _step_down(self) -> None:
+        self.leading = False
+        self.lost.set()
 
     async def hold(self, lost: asyncio.Event) -> None:
         """Renew every retry period; set `lost` and return as soon as someone else
         holds the lease or no renewal succeeded for the renew deadline."""
         beat = asyncio.create_task(self._beat())
+        watch = asyncio.create_task(self._relay(lost))
         last_ok = self.clock()
         try:
             while True:
@@ -116,17 +144,25 @@ class LeaderElector:
                     log.warning("lease renewal failed: %s", str(exc) or type(exc).__name__)
                     ok = False
                 now = self.clock()
-                if ok:
-                    last_ok = now
-                elif not keeps_leading(self.observed, self.identity, last_ok, now, self.timing):
+                if ok and self.leading:
+                    last_ok = self.renewed_at = now
+                elif not self.leading or not keeps_leading(
+                    self.observed, self.identity, last_ok, now, self.timing
+                ):
                     log.error("lost the lease %s/%s; stopping", self.namespace, self.name)
-                    self.leading = False
+                    self._step_down()
                     lost.set()
                     return
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            for task in (beat, watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _relay(self, lost: asyncio.Event) -> None:
+        # A step-down by the fence stops the operator as one by the renewal loop does.
+        await self.lost.wait()
+        lost.set()
 
     def health(self) -> tuple[bool, str]:
         """For /healthz, from any thread: a leader is healthy while its loop beats."""
@@ -141,6 +177,8 @@ class LeaderElector:
     async def release(self) -> None:
         """Hand the lease over at once on a clean shutdown, instead of making the
         standby wait out the lease duration (rolling upgrades)."""
+        if not self.may_write():
+            return  # not provably ours: someone else may hold it by now
         self.leading = False
         try:
             lease = await self.kube.request("get", f"{self.path}/{self.name}", resource="leases")
