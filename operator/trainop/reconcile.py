@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -344,7 +345,21 @@ class Reconciler:
         try:
             await self.kube.create_event(body)
         except KubeError as exc:  # an event is best effort; the status already says it
+            if exc.namespace_terminating:
+                self.terminating[meta["namespace"]] = time.monotonic() + TERMINATING_MEMORY_SECONDS
+                log.info(
+                    "namespace %s is being deleted: event %s dropped", meta["namespace"], ev.reason
+                )
+                return
             log.warning("could not record event %s: %s", ev.reason, exc)
+
+    def namespace_changed(self, name: str, *, gone: bool, deleting: bool) -> None:
+        """From the namespace watch: a namespace being deleted is left alone until it
+        is gone (its pods are deleted before its jobs: not failures to replace)."""
+        if gone or not deleting:
+            self.terminating.pop(name, None)
+        else:
+            self.terminating[name] = math.inf
 
     def jobs_woken_by(self, name: str, before: NodeInfo | None, after: NodeInfo | None) -> set[Key]:
         """Jobs to look at again after an event changed node `name` from `before` to `after`."""

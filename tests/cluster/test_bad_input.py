@@ -148,3 +148,22 @@ def test_a_job_that_cannot_be_planned_shows_why_and_the_operator_serves_the_othe
     assert sum(int(e.get("count") or 1) for e in events) == 1
     assert len(workers(c, ns, "cursed")) == 2  # left as it was: the scale was not planned
     assert operator.alive()
+
+
+def test_a_namespace_being_deleted_is_left_alone_without_warnings(
+    operator: Operator, ns: str
+) -> None:
+    """Its pods go before its jobs: once that meant WorkerFailed, recreate attempts (403)
+    and tracebacks. Now the operator at most says so in one INFO line."""
+    c = operator.cluster
+    c.apply(tj("doomed", replicas=3), ns)
+    until_running(c, ns, "doomed", 3)
+    start = operator.log.stat().st_size
+    c.kubectl("delete", "namespace", ns, "--wait=false")
+    wait_for("namespace gone", lambda: c.get_or_none("namespace", ns, "") is None, timeout=90)
+    time.sleep(2)
+    said = operator.log.read_bytes()[start:].decode(errors="replace").splitlines()
+    about = [line for line in said if ns in line]
+    assert [line for line in about if " INFO " not in line] == []
+    assert "Traceback" not in "\n".join(said)
+    assert operator.alive()

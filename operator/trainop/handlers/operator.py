@@ -84,6 +84,16 @@ async def pod_event(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo,
     memo.queue.add((namespace, labels[c.LABEL_JOB]))
 
 
+@kopf.on.event("v1", "namespaces")
+async def namespace_event(type: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler = memo.reconciler
+    reconciler.namespace_changed(
+        name,
+        gone=type == "DELETED",
+        deleting=bool(body.get("metadata", {}).get("deletionTimestamp")),
+    )
+
+
 @kopf.on.event("v1", "nodes")
 async def node_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
