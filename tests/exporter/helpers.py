@@ -143,7 +143,12 @@ class Exposition:
 
 
 def scrape(collector: TrainopCollector) -> Exposition:
-    """What /metrics would serve for this collector alone (no process metrics)."""
+    """A GPU sample, then what /metrics serves for this collector alone (no process metrics).
+
+    The sampler's thread takes samples in the real exporter; here each scrape
+    has a fresh one, so a test sees each NVML reading it sets up.
+    """
+    collector.sample_gpus()
     return Exposition(TextRenderer().render(collector.collect()).decode())
 
 

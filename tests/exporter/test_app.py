@@ -39,6 +39,8 @@ def test_env_configures_everything_and_flags_win() -> None:
         "TRAINOP_EXPORTER_ALL_GPUS": "true",
         "TRAINOP_EXPORTER_STALE_SECONDS": "60",
         "TRAINOP_EXPORTER_POWERCAP_ROOT": "",
+        "TRAINOP_EXPORTER_SAMPLE_SECONDS": "2.5",
+        "TRAINOP_EXPORTER_NVML_TIMEOUT_SECONDS": "3",
         contract.ENV_RUN_DIR: "/shared/run",
         contract.ENV_JOB_NAME: "llama",
         contract.ENV_JOB_NAMESPACE: "team-a",
@@ -49,6 +51,8 @@ def test_env_configures_everything_and_flags_win() -> None:
     assert config.all_gpus is True
     assert config.stale_after_seconds == 60
     assert config.powercap_root is None
+    assert config.sample_seconds == 2.5
+    assert config.nvml_timeout_seconds == 3
     assert config.run_dir == Path("/shared/run")
     assert config.identity == {
         "trainingjob": "llama",
@@ -206,6 +210,10 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         pytest.param({"TRAINOP_EXPORTER_PORT": "http"}, id="port"),
         pytest.param({"TRAINOP_EXPORTER_STALE_SECONDS": "5m"}, id="stale seconds"),
         pytest.param({"TRAINOP_EXPORTER_LOG_LEVEL": "chatty"}, id="log level"),
+        pytest.param({"TRAINOP_EXPORTER_SAMPLE_SECONDS": "5s"}, id="sample seconds"),
+        # A sampler that never waits would spin a core; a zero timeout would mark every GPU down.
+        pytest.param({"TRAINOP_EXPORTER_SAMPLE_SECONDS": "0"}, id="sample seconds 0"),
+        pytest.param({"TRAINOP_EXPORTER_NVML_TIMEOUT_SECONDS": "-1"}, id="negative timeout"),
     ],
 )
 def test_bad_env_is_a_usage_error_not_a_traceback(

@@ -29,7 +29,9 @@ def test_renderer_matches_prometheus_client_byte_for_byte(tmp_path: Path) -> Non
     powercap = fake_powercap(tmp_path / "rapl", {"intel-rapl:0": ("package-0", 7, 10**9)})
     fake = FakeNVML(gpus(2, name='Model "quoted"\\back\nline'))
     registry = CollectorRegistry()
-    registry.register(make_collector(run_dir, fake, powercap=powercap))
+    collector = make_collector(run_dir, fake, powercap=powercap)
+    collector.sample_gpus()
+    registry.register(collector)
     ProcessCollector(namespace="trainop_exporter", registry=registry)
     renderer = TextRenderer()
     # Same families rendered both ways; twice, so the second pass runs from the cache.

@@ -40,8 +40,16 @@ def exporter(tmp_path: Path) -> Iterator[ExporterProcess]:
     write_progress(run_dir, time=None)
     write_gpus_file(run_dir, POD_GPUS)
     powercap = fake_powercap(tmp_path / "powercap", {"intel-rapl:0": ("package-0", 5, 10**9)})
+    # GPUs read every 0.2 s: Prometheus here scrapes every second, and each scrape
+    # serves the last sample.
     with exporter_process(
-        run_dir, "--fake-nvml-gpus", "4", "--powercap-root", str(powercap)
+        run_dir,
+        "--fake-nvml-gpus",
+        "4",
+        "--powercap-root",
+        str(powercap),
+        "--sample-every",
+        "0.2",
     ) as proc:
         yield proc
 
@@ -132,12 +140,15 @@ def test_prometheus_scrapes_and_promql_returns_the_series(
         step = _query(base, f'{n.TRAINING_STEP}{{trainingjob="llama"}}')
         assert [float(s["value"][1]) for s in step] == [120.0]
 
-        # Energy is a real counter: its per-second increase is the power draw.
-        watts = wait_until(
-            lambda: _query(base, f"sum(irate({n.GPU_ENERGY}[10s]))"),
+        # Energy is a real counter: its per-second increase is the power draw. Each
+        # scrape serves a sample up to 0.2 s old, so the rate is taken over a full 10 s
+        # window of them (rate() over a window the series only partly fills reads low).
+        wait_until(
+            lambda: _query(base, f"min(count_over_time({n.GPU_ENERGY}[10s])) >= 10"),
             60,
-            "two energy samples",
+            "a full 10 s window of energy samples",
         )
+        watts = _query(base, f"sum(rate({n.GPU_ENERGY}[10s]))")
         assert float(watts[0]["value"][1]) == pytest.approx(551.0 + 553.0, rel=0.1)
     finally:
         server.terminate()

@@ -35,6 +35,7 @@ from trainop.exporter.gpu import GpuReader
 from trainop.exporter.nvml import Nvml, load_real
 from trainop.exporter.progress import DEFAULT_STALE_SECONDS
 from trainop.exporter.rapl import DEFAULT_POWERCAP_ROOT, RaplReader
+from trainop.exporter.sampler import Sampler
 from trainop_runtime import contract
 
 log = logging.getLogger("trainop.exporter")
@@ -46,6 +47,8 @@ ENV_ALL_GPUS = "TRAINOP_EXPORTER_ALL_GPUS"
 ENV_STALE_SECONDS = "TRAINOP_EXPORTER_STALE_SECONDS"
 ENV_POWERCAP_ROOT = "TRAINOP_EXPORTER_POWERCAP_ROOT"
 ENV_LOG_LEVEL = "TRAINOP_EXPORTER_LOG_LEVEL"
+ENV_SAMPLE_SECONDS = "TRAINOP_EXPORTER_SAMPLE_SECONDS"
+ENV_NVML_TIMEOUT_SECONDS = "TRAINOP_EXPORTER_NVML_TIMEOUT_SECONDS"
 # dcgm-exporter's port: what PodMonitors and firewall rules already expect.
 DEFAULT_PORT = 9400
 # Prometheus scrapes the pod IP, so a pod must listen on every interface, of
@@ -55,6 +58,13 @@ DEFAULT_PORT = 9400
 DEFAULT_ADDRESS = "::"
 ANY_IPV4 = "0.0.0.0"  # noqa: S104
 METRICS_PATH = "/metrics"
+# GPUs are read on the sampler's clock: well under the usual 15-30 s scrape
+# interval, so rate() and irate() see a new energy reading on every scrape.
+DEFAULT_SAMPLE_SECONDS = 5.0
+# Per GPU and pass; real reads take milliseconds.
+DEFAULT_NVML_TIMEOUT_SECONDS = 5.0
+# A sample older than this many passes (plus one timeout) is withdrawn.
+STALE_SAMPLES = 3
 
 _TRUE = {"1", "true", "yes", "on"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -71,6 +81,12 @@ class ExporterConfig:
     log_level: str = "INFO"
     identity: Mapping[str, str] = field(default_factory=dict)
     fake_nvml_gpus: int | None = None
+    sample_seconds: float = DEFAULT_SAMPLE_SECONDS
+    nvml_timeout_seconds: float = DEFAULT_NVML_TIMEOUT_SECONDS
+
+    @property
+    def gpu_sample_stale_after_seconds(self) -> float:
+        return STALE_SAMPLES * self.sample_seconds + self.nvml_timeout_seconds
 
 
 def identity_from_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -113,18 +129,39 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         help=f"export every GPU of the node, not only those in {contract.GPUS_FILE}: "
         f"for a node owned by one job (env {ENV_ALL_GPUS}=1)",
     )
-    parser.add_argument(
+
+    def seconds(flag: str, env_name: str, default: float, help_text: str) -> None:
+        parser.add_argument(
+            flag,
+            type=float,
+            default=env(env_name, default),
+            metavar="SECONDS",
+            help=f"{help_text} (env {env_name})",
+        )
+
+    seconds(
         "--stale-after",
-        type=float,
-        default=env(ENV_STALE_SECONDS, DEFAULT_STALE_SECONDS),
-        metavar="SECONDS",
-        help=f"a progress report older than this (or than 3 of its step durations, if "
-        f"longer) sets trainop_training_up 0 (env {ENV_STALE_SECONDS})",
+        ENV_STALE_SECONDS,
+        DEFAULT_STALE_SECONDS,
+        "a progress report older than this (or than 3 of its step durations, if longer) "
+        "sets trainop_training_up 0",
     )
     parser.add_argument(
         "--powercap-root",
         default=env(ENV_POWERCAP_ROOT, str(DEFAULT_POWERCAP_ROOT)),
         help=f"sysfs powercap dir for RAPL CPU energy; empty disables (env {ENV_POWERCAP_ROOT})",
+    )
+    seconds(
+        "--sample-every",
+        ENV_SAMPLE_SECONDS,
+        DEFAULT_SAMPLE_SECONDS,
+        "read the GPUs this often, on a thread of their own; scrapes serve the last reading",
+    )
+    seconds(
+        "--nvml-timeout",
+        ENV_NVML_TIMEOUT_SECONDS,
+        DEFAULT_NVML_TIMEOUT_SECONDS,
+        "a GPU whose read takes longer is reported down until its NVML call returns",
     )
     parser.add_argument(
         "--log-level",
@@ -143,6 +180,12 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
     args = parser.parse_args(argv)
     if args.log_level not in _LOG_LEVELS:  # argparse checks choices on flags, not defaults
         parser.error(f"{ENV_LOG_LEVEL}: invalid level {args.log_level!r}")
+    for flag, value in (
+        ("--sample-every", args.sample_every),
+        ("--nvml-timeout", args.nvml_timeout),
+    ):
+        if not value > 0:
+            parser.error(f"{flag}: invalid value {value!r}: must be more than 0 seconds")
     return ExporterConfig(
         address=args.address,
         port=args.port,
@@ -153,6 +196,8 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         log_level=args.log_level,
         identity=identity_from_env(environ),
         fake_nvml_gpus=args.fake_nvml_gpus,
+        sample_seconds=args.sample_every,
+        nvml_timeout_seconds=args.nvml_timeout,
     )
 
 
@@ -192,8 +237,9 @@ def _server_class(address: str) -> type[_ThreadingServer]:
 
 def build_wsgi_app(registry: CollectorRegistry) -> WSGIApplication:
     renderer = TextRenderer()
-    # One scrape at a time: the renderer's caches and NVML are shared state,
-    # and two Prometheus replicas scraping together gain nothing from overlap.
+    # One scrape at a time: the renderer's caches are shared state, and two
+    # Prometheus replicas scraping together gain nothing from overlap. A scrape
+    # never waits for NVML (the sampler reads it), so none holds this for long.
     lock = threading.Lock()
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -228,11 +274,16 @@ def _open_nvml_for(config: ExporterConfig) -> Callable[[], Nvml]:
 def build_collector(config: ExporterConfig) -> TrainopCollector:
     return TrainopCollector(
         run_dir=config.run_dir,
-        gpu_reader=GpuReader(_open_nvml_for(config), monotonic=time.monotonic),
+        gpu_reader=GpuReader(
+            _open_nvml_for(config),
+            monotonic=time.monotonic,
+            read_timeout_seconds=config.nvml_timeout_seconds,
+        ),
         rapl_reader=RaplReader(config.powercap_root),
         identity=config.identity,
         all_gpus=config.all_gpus,
         stale_after_seconds=config.stale_after_seconds,
+        gpu_sample_stale_after_seconds=config.gpu_sample_stale_after_seconds,
     )
 
 
@@ -257,6 +308,11 @@ class RunningExporter:
         self.port: int = self._server.server_port
         host = f"[{self.address}]" if ":" in self.address else self.address
         self.url = f"http://{host}:{self.port}{METRICS_PATH}"
+        self._sampler = Sampler(collector.sample_gpus, config.sample_seconds)
+        # The first pass before serving, so the first scrape has GPUs; a pass stuck in
+        # NVML costs one timeout per GPU, then serving starts regardless.
+        if not self._sampler.start(wait_first=config.nvml_timeout_seconds * 2):
+            log.error("the first GPU sample did not finish: serving without GPU readings")
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="trainop-exporter-http", daemon=True
         )
@@ -266,6 +322,7 @@ class RunningExporter:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+        self._sampler.stop()
         self.collector.close()
 
 
@@ -278,9 +335,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         stream=sys.stderr,
     )
     collector = build_collector(config)
-    # One read before serving, so "no GPU here" and friends are in the log at
-    # start-up, not only after the first scrape.
-    collector.collect()
     try:
         exporter = RunningExporter(config, collector)
     except OSError as err:

@@ -1,14 +1,19 @@
 """The Prometheus collector: read every source, then build the metrics fresh.
 
-Nothing is kept between scrapes except what a counter needs (running totals)
-and NVML's handles, so a GPU that disappears or a trainer that stops
-reporting leaves no stale series behind. ``build_metrics`` is the pure half:
-a snapshot in, metric families out.
+Files (progress, RAPL) are read on each scrape. NVML is not: a call can hang
+in the driver, so GPUs are read by ``sample_gpus`` on the sampler's thread
+(``sampler.py``) and a scrape serves the last sample with its age, never
+waiting for NVML. Nothing else is kept between scrapes except what a counter
+needs (running totals) and NVML's handles, so a GPU that disappears or a
+trainer that stops reporting leaves no stale series behind, and a sample too
+old to trust is withdrawn. ``build_metrics`` is the pure half: a snapshot in,
+metric families out.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -42,6 +47,16 @@ SOURCES = (n.SOURCE_NVML, n.SOURCE_PROGRESS, n.SOURCE_GPUS_FILE, n.SOURCE_RAPL)
 
 
 @dataclass(frozen=True)
+class GpuSample:
+    """One sampler pass: the GPU readings and when they were taken."""
+
+    gpu: GpuSnapshot
+    # How many GPUs gpus.json lists; None until the trainer has written it.
+    assigned: int | None
+    taken_at: float  # the collector's timer
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything one scrape read, ready to be turned into metrics."""
 
@@ -53,6 +68,8 @@ class Snapshot:
     rapl: RaplSnapshot
     read_errors: Mapping[str, int]
     last_collect_seconds: float | None = None
+    # Seconds since the GPU readings served were taken; None before the first sample.
+    gpu_sample_age: float | None = None
 
 
 class LabelSets:
@@ -106,15 +123,18 @@ class _Families:
         return [family for family, _ in self._families.values()]
 
 
-def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None) -> None:
+def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None, age: float | None) -> None:
     f.add(n.GPU_UP, 1.0 if snap.up else 0.0)
-    f.add(n.GPU_DEVICES, float(len(snap.gpus)))
+    f.add(n.GPU_DEVICES, float(sum(g.up for g in snap.gpus)))
     if assigned is not None:
         f.add(n.GPU_ASSIGNED_DEVICES, float(assigned))
+    if age is not None:
+        f.add(n.GPU_SAMPLE_AGE, age)
     if snap.driver_version:
         f.add(n.GPU_DRIVER_INFO, 1.0, snap.driver_version)
     for g in snap.gpus:
         ids = (str(g.index), g.uuid, g.model)
+        f.add(n.GPU_DEVICE_UP, 1.0 if g.up else 0.0, *ids)
         optional: tuple[tuple[str, float | None], ...] = (
             (n.GPU_UTILIZATION, g.utilization_ratio),
             (n.GPU_MEMORY_UTILIZATION, g.memory_utilization_ratio),
@@ -206,7 +226,7 @@ def build_metrics(
         label_sets = LabelSets(identity)
     label_sets.new_scrape()
     f = _Families(label_sets)
-    _add_gpus(f, snapshot.gpu, snapshot.assigned_gpus)
+    _add_gpus(f, snapshot.gpu, snapshot.assigned_gpus, snapshot.gpu_sample_age)
     _add_training(f, snapshot.training, snapshot.now)
     _add_rapl(f, snapshot.rapl)
     f.add(n.EXPORTER_BUILD_INFO, 1.0, version)
@@ -230,6 +250,7 @@ class TrainopCollector:
         identity: Mapping[str, str],
         all_gpus: bool = False,
         stale_after_seconds: float = DEFAULT_STALE_SECONDS,
+        gpu_sample_stale_after_seconds: float = math.inf,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -242,44 +263,85 @@ class TrainopCollector:
         self._label_sets = LabelSets(identity)
         self._all_gpus = all_gpus
         self._stale_after = stale_after_seconds
+        # A sampler stuck outside any one GPU's read (nvmlInit, enumeration) stops
+        # sampling: its last readings are withdrawn once older than this.
+        self._gpu_stale_after = gpu_sample_stale_after_seconds
         self._clock = clock
         self._timer = timer
-        self._file_errors: Counter[str] = Counter()
+        # Every key from the start: the sampler's thread and scrapes each count their
+        # own sources, and a key added during a scrape's copy would break the copy.
+        self._file_errors: Counter[str] = Counter(dict.fromkeys(SOURCES, 0))
         self._last_collect: float | None = None
+        self._gpu_sample: GpuSample | None = None
         self._states = StateLog(log)
-        # Concurrent scrapes (two Prometheus replicas) must not interleave NVML re-inits.
+        # Concurrent scrapes (two Prometheus replicas) share the renderer's label cache.
         self._lock = threading.Lock()
+        # A sample from a test and one from the sampler's thread must not interleave.
+        self._sample_lock = threading.Lock()
+
+    def sample_gpus(self) -> None:
+        """Read the GPUs now; scrapes serve the latest sample.
+
+        The sampler's thread calls this on its own clock (tests call it
+        directly): it may block as long as NVML does, a scrape never does.
+        """
+        with self._sample_lock:
+            wanted = self._read_gpus_file()
+            gpu = self._guard(
+                n.SOURCE_NVML, lambda: self._gpu_reader.read(wanted, all_gpus=self._all_gpus)
+            )
+            self._gpu_sample = GpuSample(
+                gpu=gpu or GpuSnapshot(up=False),
+                assigned=None if wanted is None else len(wanted),
+                taken_at=self._timer(),
+            )
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             started = self._timer()
-            metrics = build_metrics(self._snapshot(), self._identity, label_sets=self._label_sets)
+            metrics = build_metrics(
+                self._snapshot(started), self._identity, label_sets=self._label_sets
+            )
             self._last_collect = self._timer() - started
         return metrics
 
     def close(self) -> None:
-        with self._lock:
+        with self._sample_lock:
             self._gpu_reader.close()
 
-    def _snapshot(self) -> Snapshot:
+    def _snapshot(self, started: float) -> Snapshot:
         now = self._clock()
-        wanted = self._read_gpus_file()
-        gpu = self._guard("gpu", lambda: self._gpu_reader.read(wanted, all_gpus=self._all_gpus))
-        rapl = self._guard("rapl", self._rapl_reader.read)
+        rapl = self._guard(n.SOURCE_RAPL, self._rapl_reader.read)
         training = self._read_training(now)
         errors = Counter(self._file_errors)
         # The readers' own totals even when a read crashed: taking them from the
         # snapshot dropped the running count on a crash (2 -> 1 -> 3).
         errors[n.SOURCE_NVML] += self._gpu_reader.read_errors
         errors[n.SOURCE_RAPL] += self._rapl_reader.read_errors
+        gpu, assigned, age = GpuSnapshot(up=False), None, None
+        sample = self._gpu_sample  # one read: the sampler may replace it meanwhile
+        if sample is not None:
+            age = max(0.0, started - sample.taken_at)
+            assigned = sample.assigned
+            if age <= self._gpu_stale_after:
+                gpu = sample.gpu
+                self._states.clear("sample", "the GPU sampler is back")
+            else:
+                self._states.set(
+                    "sample",
+                    f"the last GPU sample is {age:.0f} s old (an NVML call outside any one "
+                    "GPU's read hangs?): exporting trainop_gpu_up 0 and no GPU readings",
+                    logging.ERROR,
+                )
         return Snapshot(
             now=now,
-            gpu=gpu or GpuSnapshot(up=False),
-            assigned_gpus=None if wanted is None else len(wanted),
+            gpu=gpu,
+            assigned_gpus=assigned,
             training=training,
             rapl=rapl or RaplSnapshot(up=False),
             read_errors=errors,
             last_collect_seconds=self._last_collect,
+            gpu_sample_age=age,
         )
 
     def _guard(self, source: str, read: Callable[[], T]) -> T | None:
@@ -294,8 +356,7 @@ class TrainopCollector:
                 logging.ERROR,
                 exc_info=True,
             )
-            source_name = n.SOURCE_NVML if source == "gpu" else n.SOURCE_RAPL
-            self._file_errors[source_name] += 1
+            self._file_errors[source] += 1
             return None
         self._states.clear(f"crash/{source}", f"reading {source} works again")
         return value

@@ -10,6 +10,8 @@ and fails the way real NVML fails, raising pynvml's own exception classes:
 - ``lose(uuid)`` makes every call on that device raise ``GpuIsLost``, and the
   device is missing from enumeration after the next init, as when a GPU falls
   off the bus; ``recover(uuid)`` brings it back;
+- ``hang(uuid)`` makes every call on that device block until ``release(uuid)``,
+  as a call stuck in the driver does;
 - XID events queue only on event sets registered before they happen.
 
 Used by the tests, the benchmark and ``--fake-nvml-gpus`` (demos without a GPU).
@@ -17,6 +19,7 @@ Used by the tests, the benchmark and ``--fake-nvml-gpus`` (demos without a GPU).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -62,6 +65,13 @@ class FakeGpu:
     # pynvml function -> error it raises, e.g. {"nvmlDeviceGetPowerUsage": "NoPermission"}
     errors: dict[str, str] = field(default_factory=dict)
     lost: bool = False
+    # Cleared by FakeNVML.hang(): calls on the device block until it is set again.
+    answering: threading.Event = field(default_factory=lambda: _set(threading.Event()))
+
+
+def _set(event: threading.Event) -> threading.Event:
+    event.set()
+    return event
 
 
 @dataclass(eq=False)
@@ -132,6 +142,12 @@ class FakeNVML:
     def recover(self, uuid: str) -> None:
         self.gpu(uuid).lost = False
 
+    def hang(self, uuid: str) -> None:
+        self.gpu(uuid).answering.clear()
+
+    def release(self, uuid: str) -> None:
+        self.gpu(uuid).answering.set()
+
     def inject_xid(self, uuid: str, xid: int) -> None:
         gpu = self.gpu(uuid)
         for event_set in self._event_sets:
@@ -150,6 +166,7 @@ class FakeNVML:
             raise nvml_error("InvalidArgument")
         gpu = handle.gpu
         self.device_calls[fn, gpu.uuid] += 1
+        gpu.answering.wait()
         if gpu.lost:
             raise nvml_error("GpuIsLost")
         if fn in gpu.errors:

@@ -1,16 +1,22 @@
 """GPU readings from NVML, with NVML's lifecycle handled once, here.
 
 NVML is initialised once and device handles are cached; a read that says the
-GPU is lost triggers a shutdown + init before the next scrape, then at most
+GPU is lost triggers a shutdown + init before the next read, then at most
 once per rescan interval while it stays lost. When NVML
 cannot start (no driver, no library, no nvidia-ml-py) the reader says why once
 and retries now and then, so the sidecar keeps serving training metrics and
 never crash-loops on a node without a GPU.
+
+Each GPU is read on a thread of its own, given up on after the read timeout:
+an NVML call can hang in the driver (a GPU falling off the bus), and one stuck
+GPU must cost only its own readings. It is reported down, and not asked again,
+until the stuck call returns.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -53,6 +59,9 @@ class GpuReading:
     ecc_uncorrected: int | None = None
     xid_errors: int | None = None
     last_xid: int | None = None
+    # False: the GPU could not be read on this pass (lost, or a call to it hangs);
+    # every reading is then None.
+    up: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,9 +80,21 @@ class _Device:
     unsupported: set[str] = field(default_factory=set)
     xid_events: EventSet | None = None
     supported_reasons: int | None = None  # asked once per device
+    # A read that outlived the timeout and is still inside NVML.
+    stuck_read: threading.Thread | None = None
+
+    def down(self) -> GpuReading:
+        return GpuReading(index=self.index, uuid=self.uuid, model=self.model, up=False)
+
+    def stuck(self) -> bool:
+        return self.stuck_read is not None and self.stuck_read.is_alive()
 
 
 class _GpuLostError(Exception):
+    pass
+
+
+class _GpuStuckError(Exception):
     pass
 
 
@@ -93,6 +114,7 @@ class GpuReader:
         monotonic: Callable[[], float],
         retry_seconds: float = 30.0,
         rescan_seconds: float = 120.0,
+        read_timeout_seconds: float = 5.0,
     ) -> None:
         self._open_nvml = open_nvml
         self._monotonic = monotonic
@@ -100,6 +122,9 @@ class GpuReader:
         # nvmlInit takes seconds on a node without persistence mode, and it runs
         # inside a scrape: looking for a missing GPU must stay rare.
         self._rescan_seconds = rescan_seconds
+        # Per GPU and pass. Real reads take milliseconds; this only has to tell a
+        # hang from a slow call on a busy node.
+        self._read_timeout = read_timeout_seconds
         self._nvml: Nvml | None = None
         self._driver_version: str | None = None
         self._devices: dict[str, _Device] = {}
@@ -107,13 +132,16 @@ class GpuReader:
         self._next_rescan_at = 0.0
         self._reinit = False
         self._errors = 0
+        # A timed-out read goes on counting on its own thread.
+        self._errors_lock = threading.Lock()
         # Kept across re-inits: a counter must not reset because NVML did.
         self._xids: dict[str, _XidTally] = {}
         self._states = StateLog(log)
 
     # --- lifecycle -----------------------------------------------------------
     def _start(self) -> Nvml | None:
-        if self._reinit:
+        # Never shut NVML down under a call still inside it: wait until that returns.
+        if self._reinit and not self._any_stuck():
             self._stop()
             self._reinit = False
         if self._nvml is not None:
@@ -183,7 +211,18 @@ class GpuReader:
             log.debug("nvmlShutdown failed (ignored): %s", err)
 
     def close(self) -> None:
+        if self._any_stuck():
+            # nvmlShutdown would wait for the stuck call and hold up the pod's exit.
+            log.warning("an NVML call is stuck: exiting without nvmlShutdown")
+            return
         self._stop()
+
+    def _any_stuck(self) -> bool:
+        return any(d.stuck() for d in self._devices.values())
+
+    def _count_error(self) -> None:
+        with self._errors_lock:
+            self._errors += 1
 
     @property
     def read_errors(self) -> int:
@@ -238,15 +277,18 @@ class GpuReader:
         for uuid in selection.exported:
             device = self._devices[uuid]
             try:
-                readings.append(self._read_device(nvml, device))
+                readings.append(self._read_in_time(nvml, device))
             except _GpuLostError:
                 lost = True
+                readings.append(device.down())
+            except _GpuStuckError:
+                readings.append(device.down())
         if lost:
             # A GPU that stays lost but enumerated would otherwise cost an
-            # nvmlInit on every scrape.
+            # nvmlInit on every pass.
             self._schedule_rescan()
         readings.sort(key=lambda r: r.index)
-        up = bool(readings) and not lost and not selection.missing
+        up = bool(readings) and all(r.up for r in readings) and not selection.missing
         return GpuSnapshot(
             up=up,
             driver_version=self._driver_version,
@@ -281,9 +323,43 @@ class GpuReader:
                 device.unsupported.add(name)
                 log.info("GPU %d does not report %s (%s)", device.index, name, err.name)
                 return None
-            self._errors += 1
+            self._count_error()
             self._states.set(f"field/{device.uuid}/{name}", f"GPU {device.index} {name}: {err}")
             return None
+
+    def _read_in_time(self, nvml: Nvml, d: _Device) -> GpuReading:
+        """``_read_device`` on its own thread, given up on after the read timeout."""
+        if d.stuck_read is not None:
+            if d.stuck_read.is_alive():
+                raise _GpuStuckError
+            d.stuck_read = None
+            self._states.clear(f"stuck/{d.uuid}", f"GPU {d.index} ({d.uuid}) answers again")
+        result: list[GpuReading] = []
+        failure: list[Exception] = []
+
+        def read() -> None:
+            try:
+                result.append(self._read_device(nvml, d))
+            except Exception as err:  # handed to the sampler's thread below
+                failure.append(err)
+
+        thread = threading.Thread(target=read, name=f"trainop-nvml-gpu{d.index}", daemon=True)
+        thread.start()
+        thread.join(self._read_timeout)
+        if thread.is_alive():
+            d.stuck_read = thread
+            self._count_error()
+            self._states.set(
+                f"stuck/{d.uuid}",
+                f"GPU {d.index} ({d.uuid}): an NVML call has not returned in "
+                f"{self._read_timeout:g} s; reporting this GPU down, and not asking it again, "
+                "until the call returns (a GPU hung in the driver: see its XIDs in dmesg)",
+                logging.ERROR,
+            )
+            raise _GpuStuckError
+        if failure:
+            raise failure[0]
+        return result[0]
 
     def _read_device(self, nvml: Nvml, d: _Device) -> GpuReading:
         h = d.handle

@@ -66,6 +66,8 @@ SOURCE_RAPL: Final = "rapl"
 GPU_UP: Final = "trainop_gpu_up"
 GPU_DEVICES: Final = "trainop_gpu_devices"
 GPU_ASSIGNED_DEVICES: Final = "trainop_gpu_assigned_devices"
+GPU_SAMPLE_AGE: Final = "trainop_gpu_sample_age_seconds"
+GPU_DEVICE_UP: Final = "trainop_gpu_device_up"
 GPU_DRIVER_INFO: Final = "trainop_gpu_driver_info"
 GPU_UTILIZATION: Final = "trainop_gpu_utilization_ratio"
 GPU_MEMORY_UTILIZATION: Final = "trainop_gpu_memory_utilization_ratio"
@@ -135,7 +137,7 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         GPU_UP,
         "gauge",
-        "1 if NVML works and every GPU listed in gpus.json was read on this scrape, else 0.",
+        "1 if NVML works and every GPU listed in gpus.json was read on the last sample, else 0.",
     ),
     MetricSpec(GPU_DEVICES, "gauge", "Number of GPUs exported for this pod."),
     MetricSpec(
@@ -143,6 +145,19 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
         "gauge",
         "GPUs the trainer container was given (the UUIDs in gpus.json); absent until it "
         "writes the file. 0 for a CPU-only trainer, whose trainop_gpu_up 0 is no fault.",
+    ),
+    MetricSpec(
+        GPU_SAMPLE_AGE,
+        "gauge",
+        "Age of the GPU readings served, in seconds: NVML is read by a sampler thread on "
+        "its own clock, never inside a scrape.",
+    ),
+    MetricSpec(
+        GPU_DEVICE_UP,
+        "gauge",
+        "1 if this GPU was read on the last sample; 0 while it is lost or a call to it "
+        "hangs in the driver (its readings are then absent).",
+        _G,
     ),
     MetricSpec(GPU_DRIVER_INFO, "gauge", "NVIDIA driver version (always 1).", (L_DRIVER_VERSION,)),
     MetricSpec(GPU_UTILIZATION, "gauge", "Fraction of time a kernel ran on the GPU.", _G),
