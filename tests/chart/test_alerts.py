@@ -20,11 +20,14 @@ from tests.chart.helpers import (
     template,
     write_rule_file,
 )
+from tests.chart.promql import reads
+from trainop.exporter import names
 
 HERE = Path(__file__).parent
 # What the issue asks the rules to catch; each must have its promtool unit test.
 REQUIRED = {
     "TrainopTrainingStalled",
+    "TrainopTrainingHung",
     "TrainopGPUIdle",
     "TrainopRestartStorm",
     "TrainopJobRestartStorm",
@@ -37,6 +40,14 @@ REQUIRED = {
     "TrainopOperatorDown",
 }
 README = CHART / "README.md"
+RECORDING_ON = (*MONITORING_ON, "--set", "monitoring.prometheusRule.recordingRules=true")
+# The per-job usage records (issue 15), each with its promtool test in recording_test.yaml.
+RECORDS = {
+    "trainingjob:trainop_gpu_seconds:rate5m",
+    "trainingjob:trainop_gpu_idle_seconds:rate5m",
+    "trainingjob:trainop_gpu_energy_joules:rate5m",
+    "trainingjob:trainop_gpu_energy_joules_per_step:ratio5m",
+}
 
 
 def test_promtool_check_rules_accepts_the_rendered_rule(tmp_path: Path) -> None:
@@ -158,3 +169,39 @@ def test_a_target_down_alert_needs_its_monitor(monitors: str, absent: set[str]) 
         rule["alert"] for g in r.one("PrometheusRule")["spec"]["groups"] for rule in g["rules"]
     }
     assert alerts == REQUIRED - absent
+
+
+def _recording_rules() -> list[dict[str, str]]:
+    rule = template(*RECORDING_ON).one("PrometheusRule", "-recording")
+    return [r for g in rule["spec"]["groups"] for r in g["rules"]]
+
+
+def _write_recording_file(path: Path) -> Path:
+    rule = template(*RECORDING_ON).one("PrometheusRule", "-recording")
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    return path
+
+
+def test_recording_rules_are_valid_and_each_is_unit_tested(tmp_path: Path) -> None:
+    records = {r["record"] for r in _recording_rules()}
+    assert records == RECORDS
+    rules = _write_recording_file(tmp_path / "recording.yaml")
+    checked = run([promtool(), "check", "rules", rules])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    doc = yaml.safe_load((HERE / "recording_test.yaml").read_text())
+    tested = {
+        case["expr"].split("{")[0] for test in doc["tests"] for case in test["promql_expr_test"]
+    }
+    assert tested == RECORDS, "a recording rule without a promtool test"
+    shutil.copy(HERE / "recording_test.yaml", tmp_path / "recording_test.yaml")
+    result = run([promtool(), "test", "rules", "recording_test.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("rule", sorted(RECORDS))
+def test_recording_rules_read_only_metrics_trainop_emits(rule: str) -> None:
+    expr = next(r["expr"] for r in _recording_rules() if r["record"] == rule)
+    used = reads(expr)
+    assert used.metrics <= names.ALL_METRIC_NAMES, sorted(used.metrics - names.ALL_METRIC_NAMES)
+    # Grouped by the job's identity only: one series per TrainingJob.
+    assert used.labels == {names.L_TRAININGJOB_NAMESPACE, names.L_TRAININGJOB}
