@@ -28,6 +28,7 @@ class Case:
     patch: dict[str, Any]
     field: str  # the field path the message must name
     drop: tuple[str, ...] = ()  # top-level spec keys to remove
+    also: str = ""  # a second part of the message, e.g. the setting inside a container
 
     def spec(self) -> dict[str, Any]:
         out = merge(copy.deepcopy(BASE), self.patch)
@@ -316,5 +317,118 @@ AFTER_APPLY: list[tuple[Case, str]] = [
             "containerPort",
         ),
         "AdmissionRejected",
+    ),
+]
+
+
+def _ctr(name: str = "trainer", **fields: Any) -> dict[str, Any]:
+    return {"name": name, **({"image": "busybox:1"} if name != "trainer" else {}), **fields}
+
+
+def _sc(**context: Any) -> dict[str, Any]:
+    return {"securityContext": context}
+
+
+# Every Pod Security "baseline" control a podTemplate (or the checkpoint volume) can break.
+# Refused at kubectl apply by the chart's ValidatingAdmissionPolicy and, where that is not
+# installed, by the operator (SpecValid=False, reason PodSecurity, nothing created).
+POD_SECURITY: list[Case] = [
+    Case("host-network", _pt({"hostNetwork": True}), "spec.podTemplate.spec.hostNetwork"),
+    Case("host-pid", _pt({"hostPID": True}), "spec.podTemplate.spec.hostPID"),
+    Case("host-ipc", _pt({"hostIPC": True}), "spec.podTemplate.spec.hostIPC"),
+    Case(
+        "privileged-trainer",
+        _pt({"containers": [_ctr(**_sc(privileged=True))]}),
+        "spec.podTemplate.spec.containers[",
+        also="securityContext.privileged",
+    ),
+    Case(
+        "privileged-extra-container",
+        _pt({"containers": [_ctr("debug", **_sc(privileged=True))]}),
+        "spec.podTemplate.spec.containers[",
+        also="securityContext.privileged",
+    ),
+    Case(
+        "privileged-init-container",
+        _pt({"initContainers": [_ctr("setup", **_sc(privileged=True))]}),
+        "spec.podTemplate.spec.initContainers[",
+        also="securityContext.privileged",
+    ),
+    Case(
+        "cap-sys-admin",
+        _pt({"containers": [_ctr(**_sc(capabilities={"add": ["SYS_ADMIN"]}))]}),
+        "spec.podTemplate.spec.containers[",
+        also="capabilities.add",
+    ),
+    Case(
+        "cap-ipc-lock",
+        _pt({"containers": [_ctr(**_sc(capabilities={"add": ["IPC_LOCK"]}))]}),
+        "spec.podTemplate.spec.containers[",
+        also="capabilities.add",
+    ),
+    Case(
+        "cap-net-admin-init",
+        _pt({"initContainers": [_ctr("net", **_sc(capabilities={"add": ["NET_ADMIN"]}))]}),
+        "spec.podTemplate.spec.initContainers[",
+        also="capabilities.add",
+    ),
+    Case(
+        "host-path-volume",
+        _pt({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
+        "spec.podTemplate.spec.volumes",
+        also="hostPath",
+    ),
+    Case(
+        "host-path-checkpoint",
+        {"checkpoint": {"volume": {"hostPath": {"path": "/var/ckpt"}}}},
+        "spec.checkpoint.volume.hostPath",
+    ),
+    Case(
+        "host-port",
+        _pt({"containers": [_ctr(ports=[{"containerPort": 8080, "hostPort": 8080}])]}),
+        "spec.podTemplate.spec.containers[",
+        also="hostPort",
+    ),
+    Case(
+        "seccomp-unconfined-pod",
+        _pt(_sc(seccompProfile={"type": "Unconfined"})),
+        "spec.podTemplate.spec.securityContext",
+        also="seccompProfile",
+    ),
+    Case(
+        "seccomp-unconfined-container",
+        _pt({"containers": [_ctr(**_sc(seccompProfile={"type": "Unconfined"}))]}),
+        "spec.podTemplate.spec.containers[",
+        also="seccompProfile",
+    ),
+    Case(
+        "apparmor-unconfined",
+        _pt({"containers": [_ctr(**_sc(appArmorProfile={"type": "Unconfined"}))]}),
+        "spec.podTemplate.spec.containers[",
+        also="appArmorProfile",
+    ),
+    Case(
+        "selinux-custom-type",
+        _pt({"containers": [_ctr(**_sc(seLinuxOptions={"type": "spc_t"}))]}),
+        "spec.podTemplate.spec.containers[",
+        also="seLinuxOptions",
+    ),
+    Case(
+        "proc-mount-unmasked",
+        _pt({"containers": [_ctr(**_sc(procMount="Unmasked"))]}),
+        "spec.podTemplate.spec.containers[",
+        also="procMount",
+    ),
+    Case(
+        "unsafe-sysctl",
+        _pt(_sc(sysctls=[{"name": "kernel.msgmax", "value": "65536"}])),
+        "spec.podTemplate.spec.securityContext",
+        also="sysctls",
+    ),
+    Case(
+        "windows-host-process",
+        _pt(_sc(windowsOptions={"hostProcess": True})),
+        "spec.podTemplate.spec.securityContext",
+        also="hostProcess",
     ),
 ]

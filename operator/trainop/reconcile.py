@@ -282,13 +282,18 @@ class Reconciler:
                 return_exceptions=True,
             )
         )
-        results = await asyncio.gather(
-            *(self._bounded(self.kube.create(obj)) for obj in plan.creates),
-            return_exceptions=True,
-        )
+        # The Service and NetworkPolicy before any pod: a pod never runs unprotected.
+        first = [o for o in plan.creates if o["kind"] != "Pod"]
+        pods = [o for o in plan.creates if o["kind"] == "Pod"]
+        results = []
+        for batch in (first, pods):
+            results += await asyncio.gather(
+                *(self._bounded(self.kube.create(obj)) for obj in batch),
+                return_exceptions=True,
+            )
         refused = [
             (obj, r)
-            for obj, r in zip(plan.creates, results, strict=True)
+            for obj, r in zip([*first, *pods], results, strict=True)
             if isinstance(r, KubeError) and r.refused
         ]
         _raise_first([r for r in results if not (isinstance(r, KubeError) and r.refused)])

@@ -184,13 +184,17 @@ def test_bound_reporters_are_held_to_their_own_pod_by_an_admission_policy(
     args: tuple[str, ...], accounts: list[str] | None
 ) -> None:
     r = template(*args)
-    policies = r.of_kind("ValidatingAdmissionPolicy")
+
+    def reporters(kind: str) -> list[Any]:
+        return [o for o in r.of_kind(kind) if o["metadata"]["name"].endswith("progress-reporter")]
+
+    policies = reporters("ValidatingAdmissionPolicy")
     if accounts is None:
         assert policies == []
-        assert r.of_kind("ValidatingAdmissionPolicyBinding") == []
+        assert reporters("ValidatingAdmissionPolicyBinding") == []
         return
     (policy,) = policies
-    (binding,) = r.of_kind("ValidatingAdmissionPolicyBinding")
+    (binding,) = reporters("ValidatingAdmissionPolicyBinding")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     (cond,) = policy["spec"]["matchConditions"]
@@ -458,3 +462,77 @@ def test_capacity_check_off_reaches_the_operators_config(monkeypatch: pytest.Mon
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         monkeypatch.setattr("os.environ", env)
         assert config_from_env().capacity_check is expected
+
+
+@pytest.mark.parametrize(
+    ("args", "exempt", "env"),
+    [
+        pytest.param((), None, {"TRAINOP_POD_SECURITY": "baseline"}, id="default-baseline"),
+        pytest.param(
+            (
+                "--set",
+                "security.podSecurityNamespaces.rdma=privileged,"
+                "security.podSecurityNamespaces.vault=restricted",
+            ),
+            ["rdma"],
+            {
+                "TRAINOP_POD_SECURITY": "baseline",
+                "TRAINOP_POD_SECURITY_NAMESPACES": "rdma=privileged,vault=restricted",
+            },
+            id="per-namespace",
+        ),
+        pytest.param(
+            ("--set", "security.podSecurity=privileged"),
+            "no-policy",
+            {"TRAINOP_POD_SECURITY": "privileged"},
+            id="privileged-everywhere",
+        ),
+    ],
+)
+def test_pod_security_is_a_policy_at_apply_and_the_operators_setting(
+    args: tuple[str, ...], exempt: list[str] | str | None, env: dict[str, str]
+) -> None:
+    r = template(*args)
+    container = _operator(r)
+    given = {e["name"]: e.get("value") for e in container["env"]}
+    assert {k: given.get(k) for k in env} == env
+    policies = [
+        o
+        for o in r.of_kind("ValidatingAdmissionPolicy")
+        if o["metadata"]["name"].endswith("pod-security")
+    ]
+    if exempt == "no-policy":
+        assert policies == []
+        return
+    (policy,) = policies
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rules == [
+        {
+            "apiGroups": ["trainop.dev"],
+            "apiVersions": ["*"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["trainingjobs"],
+        }
+    ]
+    selector = policy["spec"]["matchConstraints"].get("namespaceSelector")
+    if exempt is None:
+        assert selector is None
+    else:
+        (expr,) = selector["matchExpressions"]
+        assert (expr["operator"], expr["values"]) == ("NotIn", exempt)
+    # Every message names the field it is about.
+    assert all(v["message"].startswith("spec.") for v in policy["spec"]["validations"])
+
+
+@pytest.mark.parametrize(
+    ("value", "metrics_from"), [("", None), ("monitoring", "monitoring")], ids=["any", "one-ns"]
+)
+def test_network_policy_settings_reach_the_operator(value: str, metrics_from: str | None) -> None:
+    r = template("--set", f"security.networkPolicy.metricsNamespace={value}")
+    env = {e["name"]: e.get("value") for e in _operator(r)["env"]}
+    assert env["TRAINOP_NETWORK_POLICY"] == "true"
+    assert env["TRAINOP_METRICS_NAMESPACE"] == (metrics_from or "")
+    off = template("--set", "security.networkPolicy.enabled=false")
+    assert {e["name"]: e.get("value") for e in _operator(off)["env"]}["TRAINOP_NETWORK_POLICY"] == (
+        "false"
+    )

@@ -205,6 +205,9 @@ def test_helm_install_apply_train_scrape_recover_succeed_uninstall(  # noqa: PLR
                 "image": {"pullPolicy": "Never"},
                 **ON_THE_REAL_NODE,
                 "progressReporter": {"bindings": [{"namespace": ns, "serviceAccount": "default"}]},
+                # The checkpoints live on a hostPath (no volume provisioner on this node),
+                # which Pod Security baseline forbids: the admin allows it for this namespace.
+                "security": {"podSecurityNamespaces": {ns: "privileged"}},
             }
         )
     )

@@ -221,8 +221,8 @@ def test_reconciler_refused_at_dry_run_creates_nothing_writes_the_condition_and_
     kube = FakeKube(job(), refuse={"Pod": FORBIDDEN})
     assert reconcile(kube) is None  # no retry loop: only a spec change or a resync asks again
     assert kube.objects == []  # not even the Service
-    # One of each: the Service, the store and one worker stand for every worker.
-    assert sorted(kube.dry_runs) == ["llm", "llm-rdzv", "llm-worker-0"]
+    # One of each: the Service, the NetworkPolicy, the store and one worker for all workers.
+    assert sorted(kube.dry_runs) == ["llm", "llm", "llm-rdzv", "llm-worker-0"]  # + NetworkPolicy
     st = kube.job["status"]
     assert st["reason"] == "AdmissionRejected"
     assert "no PriorityClass x" in st["message"]
@@ -243,7 +243,7 @@ def test_reconciler_does_not_ask_again_until_the_spec_changes_or_its_pause_ends(
         kube.job["spec"]["scheduling"] = {"priorityClassName": "exists"}
         kube.refuse = {}
         await rec.reconcile(("team-a", "llm"))
-        assert asked == 3
+        assert asked == 4  # the Service, the NetworkPolicy, the store, one worker
 
     asyncio.run(three_passes())
     assert {o["metadata"]["name"] for o in kube.objects} == {

@@ -29,9 +29,12 @@ def deleted(plan: Plan) -> dict[str, int | None]:
     return {d.name: d.grace_seconds for d in plan.deletes}
 
 
-def test_new_job_creates_service_store_and_every_worker() -> None:
+def test_new_job_creates_service_network_policy_store_and_every_worker() -> None:
     plan = plan_for(service=False)
-    assert created_names(plan) == ["llm", "llm-rdzv", "llm-worker-0", "llm-worker-1"]
+    assert created_names(plan) == ["llm", "llm", "llm-rdzv", "llm-worker-0", "llm-worker-1"]
+    # The NetworkPolicy comes before any pod: no pod of the job is ever open to others.
+    kinds = [o["kind"] for o in plan.creates]
+    assert kinds.index("NetworkPolicy") < kinds.index("Pod")
     assert plan.status.phase is Phase.PENDING
     assert plan.status.workers == "0/2"
     assert any(e.reason == "CreatedWorkers" for e in plan.events)

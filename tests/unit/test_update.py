@@ -64,7 +64,9 @@ def condition(plan: Plan, type_: str) -> tuple[str, str] | None:
             {"scheduling": {"nodeSelector": {"pool": "h100"}}}, "spec.scheduling", id="scheduling"
         ),
         pytest.param(
-            {"podTemplate": {"spec": {"hostIPC": True}}}, "spec.podTemplate", id="pod-template"
+            {"podTemplate": {"spec": {"dnsPolicy": "Default"}}},
+            "spec.podTemplate",
+            id="pod-template",
         ),
         pytest.param({"metrics": {"enabled": False}}, "spec.metrics", id="metrics"),
     ],

@@ -92,3 +92,26 @@ Call with (dict "kind" "ServiceMonitor" "value" "monitoring.serviceMonitor.enabl
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: without it every replica would reconcile the same TrainingJobs." }}
 {{- end }}
 {{- end }}
+
+{{/* security.podSecurityNamespaces as the operator reads it: ns=level,ns=level (sorted). */}}
+{{- define "trainop.levels" -}}
+{{- $items := list }}
+{{- range $ns, $level := . }}
+{{- $items = append $items (printf "%s=%s" $ns $level) }}
+{{- end }}
+{{- join "," $items }}
+{{- end }}
+
+{{/* The Pod Security Standard's lists, as CEL list literals (core/podsecurity.py has the same). */}}
+{{- define "trainop.baselineCapabilities" -}}
+['AUDIT_WRITE', 'CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'FSETID', 'KILL', 'MKNOD', 'NET_BIND_SERVICE', 'SETFCAP', 'SETGID', 'SETPCAP', 'SETUID', 'SYS_CHROOT']
+{{- end }}
+{{- define "trainop.safeSysctls" -}}
+['kernel.shm_rmid_forced', 'net.ipv4.ip_local_port_range', 'net.ipv4.ip_unprivileged_port_start', 'net.ipv4.tcp_syncookies', 'net.ipv4.ping_group_range', 'net.ipv4.ip_local_reserved_ports', 'net.ipv4.tcp_keepalive_time', 'net.ipv4.tcp_fin_timeout', 'net.ipv4.tcp_keepalive_intvl', 'net.ipv4.tcp_keepalive_probes']
+{{- end }}
+
+{{/* CEL: a securityContext (the argument) breaks none of the controls pods and containers share. */}}
+{{- define "trainop.baselineContext" -}}
+{{- $s := . -}}
+((!has({{ $s }}.seccompProfile) || {{ $s }}.seccompProfile.type != 'Unconfined') && (!has({{ $s }}.appArmorProfile) || {{ $s }}.appArmorProfile.type != 'Unconfined') && (!has({{ $s }}.seLinuxOptions) || ((!has({{ $s }}.seLinuxOptions.type) || {{ $s }}.seLinuxOptions.type in ['container_t', 'container_init_t', 'container_kvm_t', 'container_engine_t']) && !has({{ $s }}.seLinuxOptions.user) && !has({{ $s }}.seLinuxOptions.role))) && (!has({{ $s }}.windowsOptions) || !has({{ $s }}.windowsOptions.hostProcess) || !{{ $s }}.windowsOptions.hostProcess))
+{{- end }}

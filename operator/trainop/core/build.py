@@ -96,6 +96,36 @@ def build_service(job: JobRef, spec: TrainingJobSpec) -> ObjDict:
     }
 
 
+def build_network_policy(job: JobRef, spec: TrainingJobSpec, config: OperatorConfig) -> ObjDict:
+    """Ingress to the job's pods (store and workers) only from the job's own pods, plus
+    the metrics port from config.metrics_namespace (any namespace when unset). The
+    rendezvous store has no authentication: this is what keeps other pods off it.
+    Egress stays open: DNS, the API server (progress annotations), image registries."""
+    own = {"podSelector": {"matchLabels": {c.LABEL_JOB: job.name}}}
+    ingress: list[ObjDict] = [{"from": [own]}]
+    if spec.metrics.enabled:
+        scrape: ObjDict = {"ports": [{"port": spec.metrics.port, "protocol": "TCP"}]}
+        if config.metrics_namespace:
+            selector = {"kubernetes.io/metadata.name": config.metrics_namespace}
+            scrape["from"] = [{"namespaceSelector": {"matchLabels": selector}}]
+        ingress.append(scrape)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": job.name,
+            "namespace": job.namespace,
+            "labels": _labels(job, "network-policy"),
+            "ownerReferences": _owner(job),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {c.LABEL_JOB: job.name}},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
 def build_store_pod(job: JobRef, spec: TrainingJobSpec) -> ObjDict:
     port = spec.rendezvous.port
     return {

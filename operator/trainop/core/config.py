@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from trainop.core.podsecurity import Level
 
 
 @dataclass(frozen=True)
@@ -22,3 +25,11 @@ class OperatorConfig:
     resync_seconds: float = 60.0
     # Concurrent creates/deletes per reconcile: fast for big jobs, gentle on the API server.
     write_concurrency: int = 32
+    # The Pod Security Standard every worker pod must meet (core/podsecurity.py), and
+    # the namespaces a cluster admin gave another level (e.g. privileged for RDMA).
+    pod_security: Level = Level.BASELINE
+    pod_security_namespaces: Mapping[str, Level] = field(default_factory=dict)
+    # A NetworkPolicy per job: only its own pods reach its store and workers.
+    network_policy: bool = True
+    # Namespace whose pods (Prometheus) may scrape the workers' metrics port; "" = any.
+    metrics_namespace: str = ""

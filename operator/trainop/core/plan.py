@@ -15,7 +15,7 @@ from typing import Any
 from trainop.api import constants as c
 from trainop.api.spec import NNODES_KEY, Action, CleanPodPolicy, TrainingJobSpec
 from trainop.api.status import LastFailure, Phase, Progress, TrainingJobStatus
-from trainop.core import build
+from trainop.core import build, podsecurity
 from trainop.core.conditions import get_condition, set_condition
 from trainop.core.config import OperatorConfig
 from trainop.core.failures import (
@@ -283,11 +283,16 @@ def _stage_spec_changed(ctx: _Ctx) -> bool:
         st.applied_spec = wanted  # nothing runs the old spec: nothing to restart
         return False
     changed = _changed_fields(st.applied_spec, wanted)
-    if obs.admission_error is not None:
+    insecure = _pod_security(spec, obs, ctx.config)
+    refusal = (
+        f"the API server refuses the new worker pod: {obs.admission_error}"
+        if obs.admission_error is not None
+        else insecure
+    )
+    if refusal is not None:
         message = (
-            f"the edit to {changed} is not applied: the API server refuses the new worker "
-            f"pod: {obs.admission_error}; the workers keep running the previous spec. Fix "
-            "the field it names"
+            f"the edit to {changed} is not applied: {refusal}; the workers keep running the "
+            "previous spec. Fix the field it names"
         )
         old = get_condition(st.conditions, COND_SPEC_VALID)
         if old is None or (old.reason, old.message) != ("UpdateRejected", message):
@@ -390,6 +395,9 @@ def _validate(
     spec: TrainingJobSpec, obs: Observed, config: OperatorConfig
 ) -> tuple[str, str] | None:
     """What the schema cannot know. Checked before anything is created for the job."""
+    insecure = _pod_security(spec, obs, config)
+    if insecure is not None:
+        return ("PodSecurity", insecure)
     if config.capacity_check and spec.resources.gpus and obs.nodes is not None:
         short = _gpu_capacity(spec, obs, obs.nodes.values(), config)
         if short is not None:
@@ -407,6 +415,21 @@ def _validate(
             "fix the spec field (or the missing object) it names",
         )
     return None
+
+
+def _pod_security(spec: TrainingJobSpec, obs: Observed, config: OperatorConfig) -> str | None:
+    """Why the job's worker pods break its namespace's Pod Security level, if they do."""
+    ns = obs.job.namespace
+    level = podsecurity.level_for(ns, config.pod_security, config.pod_security_namespaces)
+    pod = build.build_worker_pod(obs.job, spec, 0, 0, config)["spec"]
+    found = podsecurity.violations(pod, level, checkpoint_volume=c.CHECKPOINT_VOLUME)
+    if not found:
+        return None
+    return (
+        f"{'; '.join(found[:5])}: not allowed at Pod Security level {level.value} in "
+        f"namespace {ns}. Change the field, or have a cluster admin allow more for this "
+        f"namespace (helm value security.podSecurityNamespaces.{ns})"
+    )
 
 
 def _gpu_capacity(
@@ -696,6 +719,9 @@ def _ensure_children(
     st = draft.status
     if not obs.service_exists:
         draft.creates.append(build.build_service(obs.job, spec))
+        # With the Service: before the first pod, so no pod is ever reachable by others.
+        if config.network_policy:
+            draft.creates.append(build.build_network_policy(obs.job, spec, config))
     store = _store(obs.pods)
     gone = draft.deletes.get(store.name) if store is not None else None
     # A store force-deleted from a lost node is gone before this plan creates.

@@ -17,6 +17,7 @@ import kopf
 
 from trainop.api import constants as c
 from trainop.core.config import OperatorConfig
+from trainop.core.podsecurity import Level
 from trainop.kube.client import Kube
 from trainop.reconcile import Key, Reconciler
 from trainop.workqueue import WorkQueue
@@ -39,7 +40,21 @@ def config_from_env() -> OperatorConfig:
         write_concurrency=int(
             os.environ.get("TRAINOP_WRITE_CONCURRENCY", defaults.write_concurrency)
         ),
+        pod_security=Level(os.environ.get("TRAINOP_POD_SECURITY", defaults.pod_security)),
+        pod_security_namespaces=parse_levels(os.environ.get("TRAINOP_POD_SECURITY_NAMESPACES", "")),
+        network_policy=os.environ.get("TRAINOP_NETWORK_POLICY", "true").lower() != "false",
+        metrics_namespace=os.environ.get("TRAINOP_METRICS_NAMESPACE", ""),
     )
+
+
+def parse_levels(text: str) -> dict[str, Level]:
+    """'ns-a=privileged,ns-b=restricted' (what the chart renders) -> {ns: Level}.
+    A bad entry stops the operator at start: a typo must not silently mean baseline."""
+    out: dict[str, Level] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        namespace, _, level = item.partition("=")
+        out[namespace.strip()] = Level(level.strip())
+    return out
 
 
 @kopf.on.startup()

@@ -25,6 +25,7 @@ _PATHS = {
     "Service": ("v1", "services"),
     "Event": ("v1", "events"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
 }
 
 
