@@ -57,7 +57,11 @@ EOF
   wait_for=Running
 else
   kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
-  kubectl wait --for=condition=Established crd/trainingjobs.trainop.dev >/dev/null
+  # Polled: `kubectl wait` errors out while a new CRD has no conditions yet.
+  for _ in $(seq 300); do
+    [[ $(kubectl get crd trainingjobs.trainop.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') == True ]] && break
+    sleep 0.2
+  done
   log=$cluster/logs/operator.log
   # A free port on 127.0.0.1: never 0.0.0.0:8080, which another operator may hold.
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
