@@ -109,6 +109,32 @@ def test_a_hung_gpu_is_down_alone_until_its_call_returns(tmp_path: Path, stuck: 
     assert fake.calls["nvmlInit"] == 1  # a hang is not a lost GPU: no re-init
 
 
+def test_nvml_is_not_shut_down_under_a_stuck_call(tmp_path: Path) -> None:
+    # A lost GPU asks for shutdown + init; with another GPU's call still inside NVML,
+    # nvmlShutdown would wait for it and stop the sampler too.
+    write_gpus_file(tmp_path, [uuid(0), uuid(1)])
+    fake = FakeNVML(gpus(2))
+    collector = collector_over(tmp_path, fake)
+    scrape(collector)
+    fake.hang(uuid(0))
+    fake.lose(uuid(1))
+    try:
+        for _ in range(3):
+            expo = scrape(collector)
+            assert device_up(expo) == {uuid(0): 0.0, uuid(1): 0.0}
+        assert fake.calls["nvmlShutdown"] == 0
+    finally:
+        fake.release(uuid(0))
+
+    def reinitialised() -> bool:
+        scrape(collector)
+        return fake.calls["nvmlShutdown"] == 1
+
+    # Once the call is back, the postponed re-init happens and finds GPU 0 alone.
+    wait_until(reinitialised, 5, "the postponed re-init")
+    assert device_up(scrape(collector)) == {uuid(0): 1.0}
+
+
 def test_a_sample_too_old_is_withdrawn_and_its_age_says_why(tmp_path: Path) -> None:
     # The sampler itself stuck (say in nvmlInit during a re-init): no new samples come.
     write_progress(tmp_path)

@@ -119,8 +119,9 @@ class GpuReader:
         self._open_nvml = open_nvml
         self._monotonic = monotonic
         self._retry_seconds = retry_seconds
-        # nvmlInit takes seconds on a node without persistence mode, and it runs
-        # inside a scrape: looking for a missing GPU must stay rare.
+        # nvmlInit takes seconds on a node without persistence mode, and it holds up
+        # the sampler's pass, every GPU's next reading: looking for a missing GPU
+        # must stay rare.
         self._rescan_seconds = rescan_seconds
         # Per GPU and pass. Real reads take milliseconds; this only has to tell a
         # hang from a slow call on a busy node.
