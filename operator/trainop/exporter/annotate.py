@@ -29,7 +29,7 @@ ENV_SA_DIR = "TRAINOP_SA_DIR"  # for tests; pods use the standard mount
 ENV_PROGRESS_SECONDS = "TRAINOP_EXPORTER_PROGRESS_SECONDS"
 DEFAULT_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_EVERY_SECONDS = 15.0
-# What the operator reads (trainop.core.plan._progress); nothing else is copied.
+# What the operator reads (trainop.core.plan.phases.record_progress); nothing else is copied.
 KEYS = (
     contract.P_STEP,
     contract.P_TOTAL_STEPS,

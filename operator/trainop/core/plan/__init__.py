@@ -1,0 +1,43 @@
+"""The pure core's decision for one job: `compute_plan(observed, now, config) -> Plan`.
+
+One module per policy; compute_plan (pipeline.py) runs them as stages:
+
+- model.py: the observation, the plan, the draft, condition and reason names;
+- checks.py and capacity.py: what must hold before a job's first pod (Pod Security,
+  GPU capacity, the checkpoint claim, the API server's dry run);
+- restarts.py: failures against the one restart budget;
+- updates.py: spec edits on a running job;
+- children.py: what to create and delete, counts, clean-up and TTL;
+- phases.py: phase, conditions, pending too long and progress.
+"""
+
+from trainop.core.plan.model import (
+    COND_PENDING_TOO_LONG,
+    COND_PODS_SCHEDULED,
+    COND_RECONCILE_ERROR,
+    COND_SPEC_APPLIED,
+    COND_SPEC_VALID,
+    IN_PLACE,
+    REASON_NO_CAPACITY,
+    Event,
+    Observed,
+    Plan,
+    PodDelete,
+)
+from trainop.core.plan.pipeline import compute_plan, planning_failed
+
+__all__ = [
+    "COND_PENDING_TOO_LONG",
+    "COND_PODS_SCHEDULED",
+    "COND_RECONCILE_ERROR",
+    "COND_SPEC_APPLIED",
+    "COND_SPEC_VALID",
+    "IN_PLACE",
+    "REASON_NO_CAPACITY",
+    "Event",
+    "Observed",
+    "Plan",
+    "PodDelete",
+    "compute_plan",
+    "planning_failed",
+]
