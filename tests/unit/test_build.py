@@ -95,3 +95,51 @@ def test_spec_rendezvous_defaults_are_the_contract_defaults() -> None:
     defaults = Rendezvous()
     assert defaults.join_timeout_seconds == rc.RDZV_JOIN_TIMEOUT_SECONDS
     assert defaults.last_call_timeout_seconds == rc.RDZV_LAST_CALL_TIMEOUT_SECONDS
+
+
+TRAINER = c.TRAINER_CONTAINER
+# spec overrides -> the trainer's OMP_NUM_THREADS (None: not set, torch's own default)
+THREADS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "no CPU figure: left to torch": ({}, None),
+    "request 16 cores over 8 GPU processes": ({"resources": {"gpus": 8, "cpu": "16"}}, "2"),
+    "millicores round down": ({"resources": {"gpus": 2, "cpu": "3500m"}}, "1"),
+    "an integer request, one process": ({"resources": {"cpu": 6}}, "6"),
+    "less than a core each is still 1": ({"resources": {"gpus": 4, "cpu": "500m"}}, "1"),
+    "explicit nprocPerNode divides": ({"resources": {"cpu": "8"}, "nprocPerNode": 4}, "2"),
+    "the limit beats the request": (
+        {
+            "resources": {"gpus": 2, "cpu": "4"},
+            "podTemplate": {
+                "spec": {"containers": [{"name": TRAINER, "resources": {"limits": {"cpu": "12"}}}]}
+            },
+        },
+        "6",
+    ),
+    "a podTemplate request when spec.resources has none": (
+        {
+            "resources": {"gpus": 1},
+            "podTemplate": {
+                "spec": {"containers": [{"name": TRAINER, "resources": {"requests": {"cpu": "3"}}}]}
+            },
+        },
+        "3",
+    ),
+    "the user's OMP_NUM_THREADS wins": (
+        {"resources": {"cpu": "16"}, "env": [{"name": "OMP_NUM_THREADS", "value": "5"}]},
+        "5",
+    ),
+    "the user's MKL_NUM_THREADS: no default added": (
+        {"resources": {"cpu": "16"}, "env": [{"name": "MKL_NUM_THREADS", "value": "3"}]},
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", THREADS, ids=list(THREADS))
+def test_each_worker_process_gets_its_share_of_the_pods_cpu_as_threads(case: str) -> None:
+    overrides, want = THREADS[case]
+    (trainer,) = pod_spec(**overrides)["containers"]
+    names = [e["name"] for e in trainer["env"]]
+    assert env_of(trainer).get("OMP_NUM_THREADS") == want
+    # One entry per name: the API server warns on duplicates and keeps only the last.
+    assert names.count("OMP_NUM_THREADS") <= 1

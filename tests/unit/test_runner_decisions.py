@@ -9,6 +9,7 @@ import pytest
 
 from tests.exporter.helpers import gpus as fake_gpus
 from tests.exporter.helpers import make_collector, scrape
+from tests.factories import spec
 from trainop.exporter.fake_nvml import FakeNVML
 from trainop.local.devices import (
     HostGpu,
@@ -19,6 +20,7 @@ from trainop.local.devices import (
 )
 from trainop.local.energy import energy_used
 from trainop.local.oom import parse_oom_kills, termination_reason
+from trainop.local.runner import local_threads
 
 SMI = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaaaaaa-0000-0000-0000-000000000000)
@@ -165,3 +167,27 @@ OOM_FILES = {
 def test_oom_kill_count_is_read_from_either_cgroup_version(case: str) -> None:
     text, want = OOM_FILES[case]
     assert parse_oom_kills(text) == want
+
+
+# (spec overrides, this machine's cores) -> OMP_NUM_THREADS of each local worker process
+LOCAL_THREADS: dict[str, tuple[dict[str, object], int, int]] = {
+    "the quickstart on 2 cores: 2 workers x 1 process": (
+        {"replicas": 2, "resources": {"gpus": 1}},
+        2,
+        1,
+    ),
+    "2 workers on 16 cores": ({"replicas": 2, "resources": {"gpus": 1}}, 16, 8),
+    "processes per worker count too": ({"replicas": 2, "resources": {"gpus": 4}}, 16, 2),
+    "more processes than cores: still 1": ({"replicas": 4, "resources": {"gpus": 8}}, 2, 1),
+    "a pod's cpu request does not apply here": (
+        {"replicas": 1, "resources": {"gpus": 1, "cpu": "64"}},
+        4,
+        4,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LOCAL_THREADS, ids=list(LOCAL_THREADS))
+def test_local_workers_share_this_machines_cores(case: str) -> None:
+    overrides, cores, want = LOCAL_THREADS[case]
+    assert local_threads(spec(**overrides), cores) == want

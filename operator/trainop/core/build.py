@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from trainop.api import constants as c
@@ -163,6 +165,73 @@ def build_store_pod(job: JobRef, spec: TrainingJobSpec) -> ObjDict:
     }
 
 
+# What sizes a worker's intra-op thread pool (libgomp, and so torch.get_num_threads()).
+# A user who sets one of these in spec.env knows their workload better than a default.
+THREADS_ENV = "OMP_NUM_THREADS"
+USER_THREAD_VARS = frozenset({THREADS_ENV, "MKL_NUM_THREADS"})
+
+_CPU_SUFFIXES = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{f"{p}i": Decimal(1024) ** (i + 1) for i, p in enumerate("KMGTPE")},
+}
+_CPU_QUANTITY = re.compile(r"^([0-9.]+(?:[eE][-+]?[0-9.]+)?)([a-zA-Z]*)$")
+
+
+def cpu_cores(quantity: int | str) -> Decimal | None:
+    """A Kubernetes CPU quantity (4, "0.5", "500m") in cores; None when unreadable."""
+    match = _CPU_QUANTITY.match(str(quantity))
+    if match is None or match.group(2) not in _CPU_SUFFIXES:
+        return None
+    try:
+        return Decimal(match.group(1)) * _CPU_SUFFIXES[match.group(2)]
+    except InvalidOperation:
+        return None
+
+
+def user_sets_threads(spec: TrainingJobSpec) -> bool:
+    return any(e.name in USER_THREAD_VARS for e in spec.env)
+
+
+def threads_per_process(cores: Decimal | int, processes: int) -> int:
+    """Each process's whole share of the cores, at least 1. Purely computational."""
+    return max(1, int(Decimal(cores) // max(1, processes)))
+
+
+def _trainer_cpu(spec: TrainingJobSpec) -> Decimal | None:
+    """The trainer's CPU limit (from podTemplate), else its request: what the kernel's
+    CFS quota lets it use, or at least what it is promised."""
+    resources: ObjDict = {}
+    for container in spec.pod_template.spec.get("containers") or []:
+        if isinstance(container, dict) and container.get("name") == c.TRAINER_CONTAINER:
+            resources = container.get("resources") or {}
+    limit = (resources.get("limits") or {}).get("cpu")
+    request = (resources.get("requests") or {}).get("cpu", spec.resources.cpu)
+    for quantity in (limit, request):
+        if quantity is not None and (cores := cpu_cores(quantity)) is not None:
+            return cores
+    return None
+
+
+def worker_threads(spec: TrainingJobSpec) -> int | None:
+    """Intra-op threads for each process of a worker pod: its CPU ÷ nproc-per-node.
+    None (torch's own default) when the user set them or the pod has no CPU figure.
+    Left alone, each process starts a thread per *node* core, so nproc processes
+    oversubscribe the pod's CPU quota nproc times over and are throttled."""
+    if user_sets_threads(spec):
+        return None
+    cores = _trainer_cpu(spec)
+    return None if cores is None else threads_per_process(cores, spec.procs_per_node)
+
+
 def build_worker_env(job: JobRef, spec: TrainingJobSpec, generation: int) -> list[ObjDict]:
     """The env elastic torchrun and the trainop runtime read (trainop_runtime.contract)."""
     rdzv = spec.rendezvous
@@ -188,6 +257,9 @@ def build_worker_env(job: JobRef, spec: TrainingJobSpec, generation: int) -> lis
         plain[rc.ENV_CHECKPOINT_EVERY_STEPS] = str(ckpt.every_steps)
     if ckpt.every_seconds is not None:
         plain[rc.ENV_CHECKPOINT_EVERY_SECONDS] = str(ckpt.every_seconds)
+    threads = worker_threads(spec)
+    if threads is not None:
+        plain[THREADS_ENV] = str(threads)
     env: list[ObjDict] = [{"name": k, "value": v} for k, v in plain.items()]
     env.append({"name": rc.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     # User env comes last so it can override a default it knows better (e.g. NCCL knobs).

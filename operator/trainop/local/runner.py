@@ -34,7 +34,7 @@ from trainop.api import constants as c
 from trainop.api.parse import parse_spec
 from trainop.api.spec import TrainingJobSpec
 from trainop.api.status import Phase, TrainingJobStatus
-from trainop.core.build import JobRef
+from trainop.core.build import THREADS_ENV, JobRef, threads_per_process, user_sets_threads
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import ObservedPod, Termination
 from trainop.core.plan import Observed, Plan, compute_plan
@@ -176,6 +176,18 @@ class LocalPod:
         return str(self.manifest["metadata"]["labels"][c.LABEL_ROLE])
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, cgroup cpusets), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def local_threads(spec: TrainingJobSpec, cores: int) -> int:
+    """Intra-op threads per worker process here: cores ÷ every worker process."""
+    return threads_per_process(cores, spec.replicas * spec.procs_per_node)
+
+
 class LocalCluster:
     """Plays the API server and kubelet for one job: plans in, processes out."""
 
@@ -276,6 +288,10 @@ class LocalCluster:
         else:
             # What the device plugin does for a pod: this slot's GPUs only, or none.
             env["CUDA_VISIBLE_DEVICES"] = self.gpus.visible_devices(int(labels[c.LABEL_SLOT]))
+            if not user_sets_threads(self.spec):
+                # Every process of every worker shares this machine's cores: a pod's
+                # CPU figure (or torch's thread-per-core default) would oversubscribe them.
+                env[THREADS_ENV] = str(local_threads(self.spec, usable_cores()))
             self.worker_run_dirs.add(run_dir)
         log = (self.workdir / "logs" / f"{name}.log").open("ab")
         proc = _start(argv, env, log)
