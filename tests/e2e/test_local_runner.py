@@ -18,8 +18,13 @@ import pytest
 import yaml
 
 from trainop import cli
+from trainop.api.status import TrainingJobStatus
+from trainop.core.build import build_store_pod, build_worker_pod
+from trainop.core.config import OperatorConfig
+from trainop.core.plan import compute_plan
 from trainop.local import devices
-from trainop.local.runner import load_job
+from trainop.local.runner import LocalCluster, LocalPod, load_job, utcnow
+from trainop_runtime import contract as rc
 from trainop_runtime.localjob import free_port, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,3 +320,45 @@ def test_a_failed_pod_is_replaced_and_rejoins_the_running_job(tmp_path: Path) ->
     assert summary["restarts"] >= 1, "the killed worker's pod was never replaced"
     assert "RendezvousClosedError" not in out
     assert summary["steps"] == 60
+
+
+def local_pod(cluster: LocalCluster, manifest: dict[str, Any], argv: list[str]) -> LocalPod:
+    """A LocalPod as the runner holds one, its process a stand-in (sh or sleep, not torch)."""
+    run_dir = cluster.workdir / manifest["metadata"]["name"]
+    run_dir.mkdir(parents=True)
+    log = (run_dir / "log").open("ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    return LocalPod(manifest, proc, run_dir, run_dir / "termination-log", log, None)
+
+
+# which started first -> the worker's failure as the runner's policy classifies it
+STORE_LOSS = {
+    "store replaced after the worker started: free": ("worker", "RendezvousLost", 0),
+    "the worker's own store still up: counted": ("store", "Error", 1),
+}
+
+
+@pytest.mark.parametrize("case", STORE_LOSS, ids=list(STORE_LOSS))
+def test_the_runner_charges_a_lost_store_as_the_operator_does(case: str, tmp_path: Path) -> None:
+    first, reason, restarts = STORE_LOSS[case]
+    name, spec = load_job(QUICKSTART, replicas=1)
+    cluster = LocalCluster(name, spec, tmp_path, print, devices.allocate(1, 0, []))
+    cluster.status = TrainingJobStatus.model_validate({"phase": "Running"})
+    # The worker's launcher exits as it does when its store is gone (EXIT_RENDEZVOUS_LOST).
+    exit_lost = ["sh", "-c", f"exit {rc.EXIT_RENDEZVOUS_LOST}"]
+    worker = (build_worker_pod(cluster.job, spec, 0, 0, OperatorConfig()), exit_lost)
+    store = (build_store_pod(cluster.job, spec), ["sleep", "60"])
+    order = [worker, store] if first == "worker" else [store, worker]
+    for manifest, argv in order:
+        cluster.pods[manifest["metadata"]["name"]] = local_pod(cluster, manifest, argv)
+        time.sleep(0.01)  # distinct creation times, as two spawns always have
+    cluster.pods[f"{name}-worker-0"].proc.wait(timeout=10)
+    try:
+        plan = compute_plan(cluster.observed(), utcnow(), OperatorConfig())
+    finally:
+        for pod in cluster.pods.values():
+            pod.proc.kill()
+            pod.proc.wait()
+            pod.log.close()
+    assert [f.reason for f in plan.failures] == [reason]
+    assert plan.status.restarts == restarts

@@ -193,6 +193,9 @@ def store_lost(**kw: Any) -> ObservedPod:
         pytest.param(replace(store(), deleting=True), Reason.RENDEZVOUS_LOST, id="store-deleting"),
         # The store the worker started with is still up: its own problem, counted.
         pytest.param(replace(store(), created=EARLIER), Reason.ERROR, id="same-store-running"),
+        # No creation times (the local runner once sent none): a running store cannot be
+        # told apart from the one the worker knew, so it is counted, never a free loop.
+        pytest.param(store(), Reason.ERROR, id="running-store-of-unknown-age"),
     ],
 )
 def test_a_lost_store_is_told_from_a_worker_that_cannot_reach_it(

@@ -129,6 +129,10 @@ class LocalPod:
     log: IO[bytes]
     oom_at_start: int | None
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # metadata.creationTimestamp, to the microsecond: the failure policy tells a store
+    # replaced since a worker started (a free RendezvousLost) by it, and here a store
+    # and a worker may well start within the same second.
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
     kill_at: float | None = None  # SIGKILL deadline after a graceful delete
     _term: Termination | None = None
 
@@ -166,6 +170,7 @@ class LocalPod:
             job_generation=int(labels.get(c.LABEL_JOB_GENERATION, "0")),
             phase=phase,
             ready=phase == "Running",
+            created=self.created,
             deleting=self.kill_at is not None,
             trainer=self.termination(),
             progress=progress if isinstance(progress, dict) else {},
