@@ -4,6 +4,7 @@ energy the job's GPUs used, when a SIGKILL was the OOM killer. No processes here
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,9 @@ from trainop.local.devices import (
     restrict,
 )
 from trainop.local.energy import energy_used
+from trainop.local.fit import Machine, fit_to_machine
 from trainop.local.oom import parse_oom_kills, termination_reason
-from trainop.local.runner import local_threads
+from trainop.local.runner import load_job, local_threads
 
 SMI = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaaaaaa-0000-0000-0000-000000000000)
@@ -191,3 +193,80 @@ LOCAL_THREADS: dict[str, tuple[dict[str, object], int, int]] = {
 def test_local_workers_share_this_machines_cores(case: str) -> None:
     overrides, cores, want = LOCAL_THREADS[case]
     assert local_threads(spec(**overrides), cores) == want
+
+
+ROOT = Path(__file__).resolve().parents[2]
+GB = 1024**3
+LAPTOP = Machine(cores=2, memory_bytes=8 * GB, gpus=0)
+
+
+def test_the_8_gpu_example_on_a_cpu_laptop_is_scaled_down_and_says_what_it_ignores() -> None:
+    _, job = load_job(ROOT / "examples" / "llm-8xh100.yaml")
+    fit = fit_to_machine(job, LAPTOP, replicas_given=False)
+    # 2 processes on 2 cores, not 4 workers x 8 processes.
+    assert (fit.spec.replicas, fit.spec.procs_per_node) == (2, 1)
+    assert fit.notes == [
+        "spec.replicas 4 -> 2: this machine has 2 core(s), one per worker process "
+        "(--replicas N overrides, within 2..8)",
+        "processes per worker 8 -> 1 (spec.resources.gpus, with no GPU to use here): "
+        "2 worker(s) on 2 core(s)",
+        "spec.resources.cpu 64 per worker is not reserved here: 2 worker(s) share this "
+        "machine's 2 core(s)",
+        "spec.resources.memory 800Gi per worker is not reserved here: 2 worker(s) share "
+        "this machine's 8.0 GiB; one that runs out ends as OOMKilled",
+        "ignored here, used on a cluster: checkpoint.volume, scheduling.schedulerName, "
+        "scheduling.priorityClassName, scheduling.nodeSelector, scheduling.tolerations, "
+        "podTemplate.metadata.annotations; checkpoints go to the work dir",
+    ]
+
+
+# (spec overrides, machine, --replicas given) -> (replicas, processes per worker, how
+# each printed note starts)
+FITS: dict[str, tuple[dict[str, Any], Machine, bool, tuple[int, int, list[str]]]] = {
+    "the quickstart fits 2 cores as it is": (
+        {"replicas": 2, "resources": {"gpus": 1}},
+        LAPTOP,
+        False,
+        (2, 1, []),
+    ),
+    "workers never below minReplicas": (
+        {"replicas": 3, "minReplicas": 3, "maxReplicas": 3, "resources": {"gpus": 1}},
+        LAPTOP,
+        False,
+        (3, 1, ["3 worker process(es) (spec.minReplicas 3) share 2 core(s)"]),
+    ),
+    "--replicas is the user's word: only processes are cut": (
+        {"replicas": 4, "resources": {"gpus": 2}},
+        LAPTOP,
+        True,
+        (4, 1, ["processes per worker 2 -> 1", "4 worker process(es) (--replicas) share"]),
+    ),
+    "an explicit nprocPerNode is cut on CPU too": (
+        {"replicas": 1, "nprocPerNode": 8, "resources": {"gpus": 0}},
+        Machine(cores=4, memory_bytes=None, gpus=4),
+        False,
+        (1, 4, ["processes per worker 8 -> 4 (spec.nprocPerNode): 1 worker(s) on 4 core(s)"]),
+    ),
+    "a GPU run keeps its shape (allocate refuses what does not fit)": (
+        {"replicas": 2, "resources": {"gpus": 4}},
+        Machine(cores=2, memory_bytes=None, gpus=8),
+        False,
+        (2, 4, []),
+    ),
+    "requests within the machine say nothing": (
+        {"replicas": 1, "resources": {"gpus": 1, "cpu": "2", "memory": "4Gi"}},
+        LAPTOP,
+        False,
+        (1, 1, []),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FITS, ids=list(FITS))
+def test_a_job_is_fitted_to_this_machine_and_each_change_is_said(case: str) -> None:
+    overrides, machine, given, (replicas, procs, notes) = FITS[case]
+    fit = fit_to_machine(spec(**overrides), machine, replicas_given=given)
+    assert (fit.spec.replicas, fit.spec.procs_per_node) == (replicas, procs)
+    assert len(fit.notes) == len(notes), fit.notes
+    for note, start in zip(fit.notes, notes, strict=True):
+        assert note.startswith(start), note

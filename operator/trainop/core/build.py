@@ -170,7 +170,7 @@ def build_store_pod(job: JobRef, spec: TrainingJobSpec) -> ObjDict:
 THREADS_ENV = "OMP_NUM_THREADS"
 USER_THREAD_VARS = frozenset({THREADS_ENV, "MKL_NUM_THREADS"})
 
-_CPU_SUFFIXES = {
+_QUANTITY_SUFFIXES = {
     "n": Decimal("1e-9"),
     "u": Decimal("1e-6"),
     "m": Decimal("1e-3"),
@@ -183,16 +183,17 @@ _CPU_SUFFIXES = {
     "E": Decimal("1e18"),
     **{f"{p}i": Decimal(1024) ** (i + 1) for i, p in enumerate("KMGTPE")},
 }
-_CPU_QUANTITY = re.compile(r"^([0-9.]+(?:[eE][-+]?[0-9.]+)?)([a-zA-Z]*)$")
+_QUANTITY = re.compile(r"^([0-9.]+(?:[eE][-+]?[0-9.]+)?)([a-zA-Z]*)$")
 
 
-def cpu_cores(quantity: int | str) -> Decimal | None:
-    """A Kubernetes CPU quantity (4, "0.5", "500m") in cores; None when unreadable."""
-    match = _CPU_QUANTITY.match(str(quantity))
-    if match is None or match.group(2) not in _CPU_SUFFIXES:
+def parse_quantity(quantity: int | str) -> Decimal | None:
+    """A Kubernetes quantity as a number: CPU in cores (4, "0.5", "500m"), memory in
+    bytes ("16Gi"); None when unreadable."""
+    match = _QUANTITY.match(str(quantity))
+    if match is None or match.group(2) not in _QUANTITY_SUFFIXES:
         return None
     try:
-        return Decimal(match.group(1)) * _CPU_SUFFIXES[match.group(2)]
+        return Decimal(match.group(1)) * _QUANTITY_SUFFIXES[match.group(2)]
     except InvalidOperation:
         return None
 
@@ -216,7 +217,7 @@ def _trainer_cpu(spec: TrainingJobSpec) -> Decimal | None:
     limit = (resources.get("limits") or {}).get("cpu")
     request = (resources.get("requests") or {}).get("cpu", spec.resources.cpu)
     for quantity in (limit, request):
-        if quantity is not None and (cores := cpu_cores(quantity)) is not None:
+        if quantity is not None and (cores := parse_quantity(quantity)) is not None:
             return cores
     return None
 

@@ -41,6 +41,7 @@ from trainop.core.plan import Observed, Plan, compute_plan
 from trainop.local import devices, oom
 from trainop.local.chaos import ChaosClock
 from trainop.local.energy import energy_used
+from trainop.local.fit import fit_to_machine, this_machine, usable_cores
 from trainop_runtime import contract as rc
 from trainop_runtime.localjob import free_port, kill_tree, worker_pids
 
@@ -179,13 +180,6 @@ class LocalPod:
     @property
     def role(self) -> str:
         return str(self.manifest["metadata"]["labels"][c.LABEL_ROLE])
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (taskset, cgroup cpusets), not the machine's."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def local_threads(spec: TrainingJobSpec, cores: int) -> int:
@@ -480,6 +474,8 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
     say = _never_fails(say)
     name, spec = load_job(path, opts.replicas)
     host = devices.restrict(devices.host_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    fit = fit_to_machine(spec, this_machine(len(host)), replicas_given=opts.replicas is not None)
+    spec = fit.spec
     try:
         gpus = devices.allocate(spec.replicas, spec.resources.gpus, host)
     except devices.NotEnoughGpusError as exc:
@@ -490,6 +486,8 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
     with stop.installed():
         cluster = LocalCluster(name, spec, workdir, say, gpus)
         metrics = Metrics(workdir, name, opts.metrics_port, gpus)
+        for note in fit.notes:
+            say(f"[fit] {note}")
         say(
             f"running {name}: {spec.replicas} worker(s) x {spec.procs_per_node} process(es) "
             f"{gpus.note}; checkpoints in {cluster.checkpoints}; logs in {workdir / 'logs'}"
