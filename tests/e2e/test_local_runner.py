@@ -22,8 +22,8 @@ from trainop.api.status import TrainingJobStatus
 from trainop.core.build import build_store_pod, build_worker_pod
 from trainop.core.config import OperatorConfig
 from trainop.core.plan import compute_plan
-from trainop.local import devices
-from trainop.local.runner import LocalCluster, LocalPod, load_job, utcnow
+from trainop.local import devices, oom
+from trainop.local.runner import LocalCluster, LocalPod, failure_line, load_job, utcnow
 from trainop_runtime import contract as rc
 from trainop_runtime.localjob import free_port, read_jsonl
 
@@ -322,13 +322,38 @@ def test_a_failed_pod_is_replaced_and_rejoins_the_running_job(tmp_path: Path) ->
     assert summary["steps"] == 60
 
 
-def local_pod(cluster: LocalCluster, manifest: dict[str, Any], argv: list[str]) -> LocalPod:
-    """A LocalPod as the runner holds one, its process a stand-in (sh or sleep, not torch)."""
+def local_pod(
+    cluster: LocalCluster,
+    manifest: dict[str, Any],
+    argv: list[str],
+    oom_at_start: int | None = None,
+) -> LocalPod:
+    """A LocalPod as the runner holds one, its process a stand-in (sh or sleep, not torch)
+    that finds its termination log in $TERMINATION_LOG."""
     run_dir = cluster.workdir / manifest["metadata"]["name"]
     run_dir.mkdir(parents=True)
     log = (run_dir / "log").open("ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    return LocalPod(manifest, proc, run_dir, run_dir / "termination-log", log, None)
+    term_log = run_dir / "termination-log"
+    env = {**os.environ, "TERMINATION_LOG": str(term_log)}
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return LocalPod(manifest, proc, run_dir, term_log, log, oom_at_start)
+
+
+def plan_once(cluster: LocalCluster) -> Any:
+    try:
+        return compute_plan(cluster.observed(), utcnow(), OperatorConfig())
+    finally:
+        for pod in cluster.pods.values():
+            pod.proc.kill()
+            pod.proc.wait()
+            pod.log.close()
+
+
+def running_cluster(tmp: Path) -> LocalCluster:
+    name, spec = load_job(QUICKSTART, replicas=1)
+    cluster = LocalCluster(name, spec, tmp, print, devices.allocate(1, 0, []))
+    cluster.status = TrainingJobStatus.model_validate({"phase": "Running"})
+    return cluster
 
 
 # which started first -> the worker's failure as the runner's policy classifies it
@@ -341,9 +366,8 @@ STORE_LOSS = {
 @pytest.mark.parametrize("case", STORE_LOSS, ids=list(STORE_LOSS))
 def test_the_runner_charges_a_lost_store_as_the_operator_does(case: str, tmp_path: Path) -> None:
     first, reason, restarts = STORE_LOSS[case]
-    name, spec = load_job(QUICKSTART, replicas=1)
-    cluster = LocalCluster(name, spec, tmp_path, print, devices.allocate(1, 0, []))
-    cluster.status = TrainingJobStatus.model_validate({"phase": "Running"})
+    cluster = running_cluster(tmp_path)
+    spec = cluster.spec
     # The worker's launcher exits as it does when its store is gone (EXIT_RENDEZVOUS_LOST).
     exit_lost = ["sh", "-c", f"exit {rc.EXIT_RENDEZVOUS_LOST}"]
     worker = (build_worker_pod(cluster.job, spec, 0, 0, OperatorConfig()), exit_lost)
@@ -352,13 +376,45 @@ def test_the_runner_charges_a_lost_store_as_the_operator_does(case: str, tmp_pat
     for manifest, argv in order:
         cluster.pods[manifest["metadata"]["name"]] = local_pod(cluster, manifest, argv)
         time.sleep(0.01)  # distinct creation times, as two spawns always have
-    cluster.pods[f"{name}-worker-0"].proc.wait(timeout=10)
-    try:
-        plan = compute_plan(cluster.observed(), utcnow(), OperatorConfig())
-    finally:
-        for pod in cluster.pods.values():
-            pod.proc.kill()
-            pod.proc.wait()
-            pod.log.close()
+    cluster.pods[f"{cluster.name}-worker-0"].proc.wait(timeout=10)
+    plan = plan_once(cluster)
     assert [f.reason for f in plan.failures] == [reason]
     assert plan.status.restarts == restarts
+
+
+ENOSPC_REASON = (
+    "worker rank 0 (pid 7) exited with 1: CheckpointError: checkpoint save failed: No space "
+    "left on device (ENOSPC) in /ckpt: the checkpoint volume is full: free space or give it more"
+)
+# what the launcher stand-in does, the kernel's OOM count before it -> the summary's line
+ROOT_CAUSES = {
+    "a full checkpoint volume": (
+        f"printf '%s' '{ENOSPC_REASON}' > $TERMINATION_LOG; exit 1",
+        None,
+        f"quickstart-worker-0 Error (exit 1, counted, RestartPod): {ENOSPC_REASON}",
+    ),
+    # A fake OOM: the SIGKILL is real, the kill count "before" is set one below now's.
+    "the OOM killer": (
+        "kill -9 $$",
+        -1,
+        "quickstart-worker-0 OOMKilled (exit 137, counted, RestartPod): "
+        "the trainer ran out of memory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ROOT_CAUSES, ids=list(ROOT_CAUSES))
+def test_the_root_cause_reaches_last_failure_and_the_summary(case: str, tmp_path: Path) -> None:
+    script, oom_offset, line = ROOT_CAUSES[case]
+    count = oom.oom_kill_count()
+    if oom_offset is not None and count is None:
+        pytest.skip("no readable OOM count here: every 137 is an Error")
+    cluster = running_cluster(tmp_path)
+    manifest = build_worker_pod(cluster.job, cluster.spec, 0, 0, OperatorConfig())
+    before = count + oom_offset if count is not None and oom_offset is not None else None
+    pod = local_pod(cluster, manifest, ["sh", "-c", script], oom_at_start=before)
+    cluster.pods[pod.name] = pod
+    pod.proc.wait(timeout=10)
+    plan = plan_once(cluster)
+    assert plan.status.last_failure is not None
+    assert failure_line(plan.status.last_failure) == line

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from trainop_runtime import checkpoint, contract
+from trainop_runtime._fs import temp_path
 from trainop_runtime.checkpoint import (
     CheckpointDir,
     Checkpointer,
+    CheckpointError,
     CheckpointPolicy,
     CorruptCheckpointError,
     checkpoint_name,
@@ -30,6 +32,7 @@ from trainop_runtime.launch import (
     WorkerFailure,
     build_torchrun_args,
     describe_failure,
+    error_file_message,
     merge_rdzv_conf,
     shutdown_timeout_for_grace,
 )
@@ -383,6 +386,68 @@ def test_a_failed_async_save_does_not_block_the_sigterm_save(
     assert (disk.steps(), ckpt.durable_step) == ([final], final)
     assert "earlier async checkpoint save failed" in caplog.text
     assert "No space left on device" in caplog.text
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_named_with_its_fix(tmp_path: Path) -> None:
+    # A real ENOSPC with no tiny filesystem to mount: the save's staging file is a
+    # symlink to /dev/full, where every write fails as on a full volume.
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt_dir.mkdir()
+    temp_path(ckpt_dir / checkpoint_name(5)).symlink_to("/dev/full")
+    ckpt = Checkpointer(CheckpointDir(ckpt_dir), CheckpointPolicy(), is_writer=True)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.save_now(5, lambda: _state(5))
+    assert str(err.value) == (
+        f"checkpoint save failed: No space left on device (ENOSPC) in {ckpt_dir}: "
+        "the checkpoint volume is full: free space or give it more"
+    )
+    assert CheckpointDir(ckpt_dir).steps() == []
+
+
+class _FakeRefusingDisk(CheckpointDir):
+    """A fake volume whose writes fail with one errno (no root-proof EACCES exists here)."""
+
+    def __init__(self, directory: Path, code: int) -> None:
+        super().__init__(directory)
+        self.code = code
+
+    def write(self, step: int, data: bytes) -> Path:
+        raise OSError(self.code, os.strerror(self.code))
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [
+        pytest.param(
+            errno.EACCES, "(EACCES) in {dir}: the trainer's user may not write", id="eacces"
+        ),
+        pytest.param(
+            errno.EROFS, "(EROFS) in {dir}: the checkpoint volume is mounted read-only", id="erofs"
+        ),
+        pytest.param(errno.EDQUOT, "(EDQUOT) in {dir}: the checkpoint volume's quota", id="edquot"),
+        pytest.param(errno.EIO, "Input/output error (EIO) in {dir}", id="other-errno-named"),
+    ],
+)
+def test_a_failed_save_names_its_cause(tmp_path: Path, code: int, cause: str) -> None:
+    ckpt = Checkpointer(_FakeRefusingDisk(tmp_path, code), CheckpointPolicy(), is_writer=True)
+    with pytest.raises(CheckpointError, match="checkpoint save failed") as err:
+        ckpt.save_now(5, lambda: _state(5))
+    assert cause.format(dir=tmp_path) in str(err.value)
+
+
+def test_the_root_cause_reaches_the_termination_log_whole() -> None:
+    # What torch's @record leaves for a worker that died of a failed save.
+    cause = "No space left on device (ENOSPC) in /checkpoints: the checkpoint volume is full"
+    raw = {
+        "message": f"CheckpointError: checkpoint save failed: {cause}",
+        "extraInfo": {"py_callstack": "Traceback ...\n" * 50, "timestamp": "1"},
+    }
+    message = error_file_message(raw)
+    _, reason = describe_failure([_failure(0, 1, 1.0, message=message, error_file=True)])
+    assert reason == (
+        f"worker rank 0 (pid 100) exited with 1: CheckpointError: checkpoint save failed: {cause}"
+    )
 
 
 def test_a_failed_final_save_is_raised(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ while training goes on. The final save (end of training, SIGTERM) is synchronous
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -57,6 +58,32 @@ _in_flight: set[Path] = set()
 _in_flight_lock = threading.Lock()
 
 StateDict = dict[str, Any]
+
+# The causes a user can fix, each with the fix. The message lands in the termination
+# log (status.lastFailure, the runner's summary), where a bare "checkpoint save failed"
+# would send them digging through worker logs for the errno.
+_FIXES = {
+    errno.ENOSPC: "the checkpoint volume is full: free space or give it more",
+    errno.EDQUOT: "the checkpoint volume's quota is used up: free space or raise the quota",
+    errno.EACCES: "the trainer's user may not write there: fix the directory's owner or "
+    "mode (on a cluster, podTemplate.spec.securityContext.fsGroup)",
+    errno.EPERM: "the trainer's user may not write there: fix the directory's owner or mode",
+    errno.EROFS: "the checkpoint volume is mounted read-only: mount it read-write",
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be saved or read; the message names the cause and its fix."""
+
+
+def explain(error: BaseException, directory: Path) -> str:
+    """One line for a failed save or read of ``directory``. Purely computational."""
+    if isinstance(error, OSError) and error.errno is not None:
+        name = errno.errorcode.get(error.errno, str(error.errno))
+        what = error.strerror or os.strerror(error.errno)
+        fix = _FIXES.get(error.errno)
+        return f"{what} ({name}) in {directory}" + (f": {fix}" if fix else "")
+    return f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)
@@ -265,9 +292,14 @@ class Checkpointer:
         :meth:`CheckpointDir.remove_stale_temps`): otherwise every kill mid-save would
         leak one checkpoint's worth of disk for good.
         """
-        if self.is_writer:
-            self.directory.remove_stale_temps()
-        loaded = self.directory.load_latest(map_location=map_location)
+        try:
+            if self.is_writer:
+                self.directory.remove_stale_temps()
+            loaded = self.directory.load_latest(map_location=map_location)
+        except OSError as e:  # the directory itself: unreadable (EACCES), gone...
+            raise CheckpointError(
+                f"checkpoint resume failed: {explain(e, self.directory.directory)}"
+            ) from e
         if loaded is not None:
             self._last_step = loaded.step
             self.durable_step = loaded.step
@@ -318,7 +350,9 @@ class Checkpointer:
         """Block until the in-flight save (if any) is durable; re-raise its failure."""
         error = self._join()
         if error is not None:
-            raise RuntimeError("checkpoint save failed") from error
+            raise CheckpointError(
+                f"checkpoint save failed: {explain(error, self.directory.directory)}"
+            ) from error
 
     def _join(self) -> BaseException | None:
         """Wait for the in-flight save; return (and forget) the failure of the last one."""

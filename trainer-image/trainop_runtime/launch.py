@@ -197,6 +197,19 @@ def exit_code_of(exitcode: int) -> int:
     return min(exitcode, 255) or 1
 
 
+def error_file_message(raw: object) -> str:
+    """The exception line of a worker's error file, as torch parsed it. Pure.
+
+    torch keeps {"message": "Type: text", "extraInfo": {"py_callstack": ...}} from a
+    worker wrapped in @record; printed whole, that dict would fill the termination log
+    with a repr of the traceback and cut off the cause (ENOSPC...) it ends with.
+    """
+    if isinstance(raw, dict):
+        inner = raw.get("message")
+        return inner if isinstance(inner, str) else ""
+    return str(raw)
+
+
 def describe_failure(failures: Sequence[WorkerFailure]) -> tuple[int, str]:
     """(exit code, one-line reason) of the root-cause failure. Purely computational.
 
@@ -316,7 +329,7 @@ def _run_agent(env: Mapping[str, str], entry: Entry, run_dir: Path, *, standalon
                     exitcode=f.exitcode,
                     timestamp=f.timestamp,
                     pid=f.pid,
-                    message=str(f.message),
+                    message=error_file_message(f.message),
                     has_error_file=bool(f.error_file_data),
                 )
                 for rank, f in e.failures.items()

@@ -33,7 +33,7 @@ import yaml
 from trainop.api import constants as c
 from trainop.api.parse import parse_spec
 from trainop.api.spec import TrainingJobSpec
-from trainop.api.status import Phase, TrainingJobStatus
+from trainop.api.status import LastFailure, Phase, TrainingJobStatus
 from trainop.core.build import THREADS_ENV, JobRef, threads_per_process, user_sets_threads
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import ObservedPod, Termination
@@ -401,6 +401,7 @@ class Summary:
     devices: str
     energy_joules: float | None
     signal: int | None  # what stopped it early (2: Ctrl-C, 15: SIGTERM, 1: SIGHUP)
+    last_failure: str | None = None  # its root cause, as status.lastFailure has it
 
     def lines(self) -> list[str]:
         ratio = f"{self.effective_ratio:.1%}" if self.effective_ratio is not None else "n/a"
@@ -421,6 +422,7 @@ class Summary:
             f"loss {self.first_loss} -> {self.last_loss}",
             f"restarts: {self.restarts} counted against the budget "
             f"({self.in_place_restarts} of them in place), {self.kills} injected kills",
+            *([f"last failure: {self.last_failure}"] if self.last_failure else []),
             f"effective training time ratio {ratio}",
             f"GPU energy {energy}",
         ]
@@ -531,11 +533,21 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
         devices=gpus.note,
         energy_joules=energy,
         signal=stop.signum,
+        last_failure=failure_line(st.last_failure) if st.last_failure else None,
     )
     (workdir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
     for line in summary.lines():
         say(line)
     return summary
+
+
+def failure_line(failure: LastFailure) -> str:
+    """status.lastFailure in one line: which pod, why, whether it spent the budget,
+    and the launcher's root cause (OOMKilled, ENOSPC on the checkpoint volume...)."""
+    exit_code = f"exit {failure.exit_code}, " if failure.exit_code is not None else ""
+    charged = "counted" if failure.counted else "not counted"
+    head = f"{failure.pod} {failure.reason} ({exit_code}{charged}, {failure.action})"
+    return f"{head}: {failure.message}" if failure.message else head
 
 
 def _ints(reports: list[dict[str, Any]], key: str) -> list[int]:
