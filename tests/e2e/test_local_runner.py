@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from trainop_runtime.localjob import free_port, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+README = ROOT / "README.md"
 # Every process the runner starts inherits its env: this tells ours from anyone else's.
 MARK = "TRAINOP_E2E_RUN"
 
@@ -46,18 +48,23 @@ def quickstart(tmp: Path, steps: int, *args: str, **spec: Any) -> Path:
 def trainop_run(
     job: Path, workdir: Path, *extra: str, mark: str = "", port: int | None = None
 ) -> subprocess.Popen[str]:
+    return trainop_run_argv([str(job), *extra], workdir, mark=mark, port=port)
+
+
+def trainop_run_argv(
+    argv: list[str], workdir: Path, *, mark: str = "", port: int | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "trainop.cli",
             "run",
-            str(job),
+            *argv,
             "--workdir",
             str(workdir),
             "--metrics-port",
             str(port or free_port()),
-            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -191,6 +198,26 @@ def test_quickstart_survives_fault_injection_and_learns(tmp_path: Path) -> None:
     assert "on CPU: this machine has no GPU" in summary["devices"]
     assert "metrics: http://127.0.0.1:" in out
     assert "[chaos] killed a worker process" in out
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_the_readmes_fault_injection_command_succeeds(tmp_path: Path) -> None:
+    # The README's command as written (the built-in quickstart, no file argument); only
+    # the work dir and metrics port differ, so the test neither reuses nor collides.
+    command = re.search(r"`(\.venv/bin/trainop run --kill-every-steps \d+)`", README.read_text())
+    assert command is not None, "the README no longer shows the fault-injection command"
+    flags = command.group(1).split()[2:]
+    proc = trainop_run_argv(flags, tmp_path / "w")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((tmp_path / "w" / "quickstart" / "summary.json").read_text())
+    assert (summary["phase"], summary["steps"]) == ("Succeeded", 200)
+    assert summary["kills"] >= 1, out[-3000:]
+    assert summary["restarts"] < 5, "fault injection spent the last restart"
+    # The display's last line shows the step the summary reports.
+    last_view = [line for line in out.splitlines() if " | step " in line][-1]
+    assert f"step {summary['steps']}/200 " in last_view, last_view
 
 
 @pytest.mark.torch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainop.local.chaos import ChaosClock
+from trainop.local.chaos import ChaosClock, kills_left
 
 # Each case: the clock, then (now, reported step, due?) in order; a due tick is
 # followed by a kill at that step.
@@ -63,3 +63,20 @@ def test_a_resumed_run_is_not_killed_on_its_first_report(case: str) -> None:
     clock.resumed(first)
     for now, (step, want) in enumerate(ticks):
         assert clock.due(float(now), step) is want, (case, step)
+
+
+# (kills so far, restarts in status, backoffLimit) -> kills still allowed
+BUDGET = {
+    "the quickstart's budget of 5 allows 4 kills": (0, 0, 5, 4),
+    "after 4 kills the last restart is kept": (4, 4, 5, 0),
+    "status trailing the kills: kills count": (3, 1, 5, 1),
+    "a kill that cost two restarts counts twice": (2, 4, 5, 0),
+    "a budget of 1 allows none": (0, 0, 1, 0),
+    "a budget of 0 allows none": (0, 0, 0, 0),
+}
+
+
+@pytest.mark.parametrize("case", BUDGET, ids=list(BUDGET))
+def test_fault_injection_never_spends_the_last_restart(case: str) -> None:
+    kills, restarts, limit, left = BUDGET[case]
+    assert kills_left(kills, restarts, limit) == left

@@ -45,3 +45,15 @@ class ChaosClock:
         """Arm for the next kill: it needs new progress past this step."""
         self.baseline = max(self.baseline, step)
         self.progress_since = None
+
+
+def kills_left(kills: int, restarts: int, backoff_limit: int) -> int:
+    """How many more kills the restart budget allows. Purely computational.
+
+    Each kill spends at least one restart (more if it lands mid-recovery), and the
+    count in status trails the kill, so both are taken; one restart is always kept for
+    a failure the job did not stage. Fault injection then shows recovery and never
+    becomes the reason a job fails: `--kill-every-steps 20` on the quickstart (200
+    steps, backoffLimit 5) would otherwise kill 9 times and end BackoffLimitExceeded.
+    """
+    return max(0, backoff_limit - 1 - max(kills, restarts))

@@ -33,13 +33,13 @@ import yaml
 from trainop.api import constants as c
 from trainop.api.parse import parse_spec
 from trainop.api.spec import TrainingJobSpec
-from trainop.api.status import LastFailure, Phase, TrainingJobStatus
+from trainop.api.status import LastFailure, Phase, Progress, TrainingJobStatus
 from trainop.core.build import THREADS_ENV, JobRef, threads_per_process, user_sets_threads
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import ObservedPod, Termination
 from trainop.core.plan import Observed, Plan, compute_plan
 from trainop.local import devices, oom
-from trainop.local.chaos import ChaosClock
+from trainop.local.chaos import ChaosClock, kills_left
 from trainop.local.energy import energy_used
 from trainop.local.fit import fit_to_machine, this_machine, usable_cores
 from trainop_runtime import contract as rc
@@ -512,6 +512,11 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
     reports = cluster.last_reports()
     steps = max([(st.progress.step or 0) if st.progress else 0, *_ints(reports, rc.P_STEP)])
     checkpoints = _ints(reports, rc.P_CHECKPOINT_STEP)
+    if st.progress is not None:
+        # The last reports came after the last plan: the display's last line shows
+        # what the summary below it says, not a step the workers trained past.
+        final = _final_progress(st.progress, steps, max(checkpoints, default=None))
+        say(_view_line(st.model_copy(update={"progress": final})))
     steps_run = max(0, steps - tally.first_step + 1) if tally.first_step is not None else 0
     interrupted = stop.signum is not None
     summary = Summary(
@@ -550,6 +555,17 @@ def failure_line(failure: LastFailure) -> str:
     return f"{head}: {failure.message}" if failure.message else head
 
 
+def _final_progress(progress: Progress, step: int, checkpoint: int | None) -> Progress:
+    total = progress.total_steps
+    return progress.model_copy(
+        update={
+            "step": step,
+            "summary": f"{step}/{total} ({100 * step // total}%)" if total else f"step {step}",
+            "checkpoint_step": checkpoint if checkpoint is not None else progress.checkpoint_step,
+        }
+    )
+
+
 def _ints(reports: list[dict[str, Any]], key: str) -> list[int]:
     return [r[key] for r in reports if isinstance(r.get(key), int)]
 
@@ -579,14 +595,24 @@ def _drive(
             return
         now = time.monotonic()
         if now >= next_view:
-            say(_view_line(cluster))
+            say(_view_line(cluster.status))
             next_view = now + opts.view_every
         step = st.progress.step if st.progress else None
         if tally.first_step is not None and not resumed:
             chaos.resumed(tally.first_step)
             resumed = True
         if st.phase is Phase.RUNNING and step is not None and chaos.due(now, step):
-            victim = cluster.kill_random_worker(rng)
+            limit = cluster.spec.failure_policy.backoff_limit
+            victim = None
+            if kills_left(tally.kills, st.restarts, limit) == 0:
+                say(
+                    f"[chaos] no more kills: {max(tally.kills, st.restarts)} of the restart "
+                    f"budget of {limit} used, the last one is kept for a real failure "
+                    f"(raise spec.failurePolicy.backoffLimit for more)"
+                )
+                chaos = ChaosClock()  # off for the rest of the run
+            else:
+                victim = cluster.kill_random_worker(rng)
             if victim:
                 tally.kills += 1
                 chaos.killed(step)
@@ -620,8 +646,7 @@ def _effective_ratio(step_times: dict[int, float], steps_run: int, wall: float) 
     return min(1.0, steps_run * median / wall)
 
 
-def _view_line(cluster: LocalCluster) -> str:
-    st = cluster.status
+def _view_line(st: TrainingJobStatus) -> str:
     p = st.progress
     parts = [
         f"{(st.phase.value if st.phase else 'Pending'):<10}",
