@@ -10,6 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each step says what it does and how long it may take: a fresh machine spends minutes
+# in pip (torch alone is ~800 MB), and a silent terminal looks hung.
+started=$SECONDS
+say() { printf '[setup %3ds] %s\n' "$((SECONDS - started))" "$*"; }
+
 need_apt=()
 want() { command -v "$1" >/dev/null || need_apt+=("$2"); }
 want prometheus prometheus
@@ -27,6 +32,7 @@ want gcc gcc
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a || -f /usr/lib/aarch64-linux-gnu/libc.a ]] || need_apt+=(libc6-dev)
 if [[ ${#need_apt[@]} -gt 0 ]]; then
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  say "Debian packages: installing ${need_apt[*]}"
   $SUDO apt-get update -qq
   # The Debian prometheus and containerd packages start services where systemd runs;
   # we only need the binaries (this machine has no systemd).
@@ -35,19 +41,39 @@ fi
 
 # The Go builds, the image bases and pip run side by side: the Go build is CPU-bound,
 # the other two mostly network.
-mkdir -p "${TRAINOP_CACHE:-$HOME/.cache/trainop}"
+cache=${TRAINOP_CACHE:-$HOME/.cache/trainop}
+mkdir -p "$cache"
+say "Go tools (kube-apiserver, kubelet, etcd, kwok, helm...): building in the background," \
+  "cached in $cache/bin (a first build takes minutes, later runs seconds)"
 bash hack/build-tools.sh > /dev/null &
 build_pid=$!
-bases_log=${TRAINOP_CACHE:-$HOME/.cache/trainop}/images-bases.log
+bases_log=$cache/images-bases.log
+say "image bases: preparing in the background (log: $bases_log)"
 bash hack/images.sh bases > "$bases_log" 2>&1 &
 bases_pid=$!
 
 if [[ ! -x .venv/bin/python ]]; then
+  say "Python env: creating .venv"
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e './trainer-image[train,gpu]' -e '.[dev,train,gpu]'
+pip_log=$cache/pip.log
+say "Python env: installing trainop, trainop-runtime and torch into .venv" \
+  "(minutes on a fresh machine; full log: $pip_log)"
+# pip's own output is hundreds of lines; one line per package fetched or installed
+# shows it moving. pipefail keeps pip's exit status.
+pip_progress() {
+  tee -a "$pip_log" | awk '/^ *(Collecting|Downloading|Installing collected|Successfully installed)/ {
+    sub(/^ +/, ""); print "  pip: " substr($0, 1, 110); fflush() }'
+}
+: > "$pip_log"
+.venv/bin/pip install --progress-bar off --upgrade pip 2>&1 | pip_progress
+.venv/bin/pip install --progress-bar off -e './trainer-image[train,gpu]' -e '.[dev,train,gpu]' \
+  2>&1 | pip_progress
+say "Python env: ready"
 
+say "waiting for the Go tools build"
 wait "$build_pid"
+say "Go tools: ready"
 wait "$bases_pid" || { tail -n 40 "$bases_log" >&2; exit 1; }
+say "image bases: ready"
 echo "setup done: tools in ${TRAINOP_CACHE:-$HOME/.cache/trainop}/bin, image bases in buildah's storage, Python env in .venv"

@@ -141,8 +141,19 @@ def _run(args: argparse.Namespace) -> int:
     return 128 + summary.signal if summary.signal is not None else 1
 
 
+def _version() -> str:
+    """The installed distribution's version: what a bug report needs to name."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("trainop")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainop", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"trainop {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     op = sub.add_parser("operator", help="run the operator against the current kubeconfig")
     op.add_argument(
