@@ -182,6 +182,12 @@ class LocalPod:
         return str(self.manifest["metadata"]["labels"][c.LABEL_ROLE])
 
 
+def _threads_note(spec: TrainingJobSpec) -> str:
+    if user_sets_threads(spec):
+        return "threads per process from spec.env"
+    return f"{local_threads(spec, usable_cores())} thread(s) per process"
+
+
 def local_threads(spec: TrainingJobSpec, cores: int) -> int:
     """Intra-op threads per worker process here: cores ÷ every worker process."""
     return threads_per_process(cores, spec.replicas * spec.procs_per_node)
@@ -492,7 +498,8 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
             say(f"[fit] {note}")
         say(
             f"running {name}: {spec.replicas} worker(s) x {spec.procs_per_node} process(es) "
-            f"{gpus.note}; checkpoints in {cluster.checkpoints}; logs in {workdir / 'logs'}"
+            f"{gpus.note}; {_threads_note(spec)}; checkpoints in {cluster.checkpoints}; "
+            f"logs in {workdir / 'logs'}"
         )
         started = time.monotonic()
         tally = _Tally()
