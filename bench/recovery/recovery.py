@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from trainop_runtime.ettr import compute_ettr
 from trainop_runtime.localjob import Agent, JobSpec, LocalJob, first, wait_for
 
 PROGRAM = ("--batch-size", "8", "--seq-len", "32", "--d-model", "32", "--step-sleep", "0.02")
@@ -172,30 +173,22 @@ def goodput(
 
 
 def kept_time_ratio(events: list[dict[str, Any]], *, t0: float, end: float) -> dict[str, Any]:
-    """Time spent on steps that were kept (never redone after a failure) / wall time."""
-    incarnations: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-    for e in events:
-        if e["event"] == "start":
-            incarnations.append((e, []))
-        elif e["event"] == "step" and incarnations:
-            incarnations[-1][1].append(e)
-    kept_seconds = 0.0
-    kept_steps = 0
-    for i, (start, steps) in enumerate(incarnations):
-        # Steps after the next incarnation's resume point were lost with this one.
-        limit = incarnations[i + 1][0]["resumed_step"] if i + 1 < len(incarnations) else None
-        previous = start["time"]
-        for s in steps:
-            if limit is None or s["step"] <= limit:
-                kept_seconds += s["time"] - previous
-                kept_steps += 1
-            previous = s["time"]
-    wall = end - t0
+    """ETTR as the runner prints it (trainop_runtime.ettr), from rank 0's own log: every
+    worker-group start is a mark at its resume step, every step a mark of its own."""
+    marks = [
+        (e["time"], int(e["resumed_step"] if e["event"] == "start" else e["step"]))
+        for e in events
+        if e["event"] in ("start", "step")
+    ]
+    ettr = compute_ettr(marks, start=t0, end=end)
     return {
-        "wall_seconds": round(wall, 1),
-        "kept_step_seconds": round(kept_seconds, 1),
-        "kept_steps": kept_steps,
-        "ratio": round(kept_seconds / wall, 4),
+        "wall_seconds": round(ettr.wall, 1),
+        "kept_step_seconds": round(ettr.kept, 1),
+        "kept_steps": ettr.kept_steps,
+        "ratio": round(ettr.ratio or 0.0, 4),
+        "lost_seconds": round(ettr.lost, 1),
+        "recovery_seconds": round(ettr.recovery, 1),
+        "stall_seconds": round(ettr.stalls, 1),
     }
 
 

@@ -215,6 +215,11 @@ def test_the_readmes_fault_injection_command_succeeds(tmp_path: Path) -> None:
     assert (summary["phase"], summary["steps"]) == ("Succeeded", 200)
     assert summary["kills"] >= 1, out[-3000:]
     assert summary["restarts"] < 5, "fault injection spent the last restart"
+    # Kills cost recovery time: the ratio is below 1 and its parts say where time went.
+    assert 0 < summary["effective_ratio"] < 1
+    assert "(time in steps kept ÷ wall time)" in summary["ettr"]
+    assert summary["ettr_seconds"]["recovery"] > 0
+    assert sum(summary["ettr_seconds"].values()) == pytest.approx(summary["wall_seconds"])
     # The display's last line shows the step the summary reports.
     last_view = [line for line in out.splitlines() if " | step " in line][-1]
     assert f"step {summary['steps']}/200 " in last_view, last_view

@@ -43,6 +43,7 @@ from trainop.local.chaos import ChaosClock, kills_left
 from trainop.local.energy import energy_used
 from trainop.local.fit import fit_to_machine, this_machine, usable_cores
 from trainop_runtime import contract as rc
+from trainop_runtime.ettr import Mark, compute_ettr
 from trainop_runtime.localjob import free_port, kill_tree, worker_pids
 
 # What stops a run cleanly: Ctrl-C, `kill`, a closed terminal. A second one forces it.
@@ -404,13 +405,14 @@ class Summary:
     in_place_restarts: int
     kills: int
     effective_ratio: float | None
+    ettr: str  # the ratio with its definition and parts, as printed
+    ettr_seconds: dict[str, float]  # its parts: kept, startup, lost, recovery, stalls
     devices: str
     energy_joules: float | None
     signal: int | None  # what stopped it early (2: Ctrl-C, 15: SIGTERM, 1: SIGHUP)
     last_failure: str | None = None  # its root cause, as status.lastFailure has it
 
     def lines(self) -> list[str]:
-        ratio = f"{self.effective_ratio:.1%}" if self.effective_ratio is not None else "n/a"
         energy = (
             f"{self.energy_joules / 3.6e6:.4f} kWh ({self.energy_joules:.0f} J)"
             if self.energy_joules is not None
@@ -429,7 +431,7 @@ class Summary:
             f"restarts: {self.restarts} counted against the budget "
             f"({self.in_place_restarts} of them in place), {self.kills} injected kills",
             *([f"last failure: {self.last_failure}"] if self.last_failure else []),
-            f"effective training time ratio {ratio}",
+            self.ettr,
             f"GPU energy {energy}",
         ]
 
@@ -441,7 +443,8 @@ class _Tally:
     kills: int = 0
     first_step: int | None = None
     losses: list[float] = field(default_factory=list)
-    step_times: dict[int, float] = field(default_factory=dict)
+    seen_steps: set[int] = field(default_factory=set)
+    marks: list[Mark] = field(default_factory=list)  # (monotonic time, job's step)
 
 
 class _Stop:
@@ -515,7 +518,9 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
             cluster.shutdown(forced=lambda: stop.forced)
             energy = metrics.stop()
     st = cluster.status
-    wall = time.monotonic() - started
+    ended = time.monotonic()
+    wall = ended - started
+    ettr = compute_ettr(tally.marks, start=started, end=ended)
     reports = cluster.last_reports()
     steps = max([(st.progress.step or 0) if st.progress else 0, *_ints(reports, rc.P_STEP)])
     checkpoints = _ints(reports, rc.P_CHECKPOINT_STEP)
@@ -541,7 +546,15 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
         restarts=st.restarts,
         in_place_restarts=st.in_place_restarts,
         kills=tally.kills,
-        effective_ratio=_effective_ratio(tally.step_times, steps_run, wall),
+        effective_ratio=ettr.ratio,
+        ettr=ettr.line(),
+        ettr_seconds={
+            "kept": ettr.kept,
+            "startup": ettr.startup,
+            "lost": ettr.lost,
+            "recovery": ettr.recovery,
+            "stalls": ettr.stalls,
+        },
         devices=gpus.note,
         energy_joules=energy,
         signal=stop.signum,
@@ -633,24 +646,10 @@ def _collect(cluster: LocalCluster, tally: _Tally) -> None:
         return
     if tally.first_step is None:
         tally.first_step = progress.step
-    if progress.step not in tally.step_times and progress.loss is not None:
+    if progress.step not in tally.seen_steps and progress.loss is not None:
         tally.losses.append(progress.loss)
-    for pod in cluster.pods.values():
-        report = pod.observe().progress
-        step, took = report.get(rc.P_STEP), report.get(rc.P_STEP_SECONDS)
-        if isinstance(step, int) and isinstance(took, int | float):
-            tally.step_times.setdefault(step, float(took))
-
-
-def _effective_ratio(step_times: dict[int, float], steps_run: int, wall: float) -> float | None:
-    """Time the steps this run kept took / its wall time. Steps an earlier run did are
-    not this run's; each kept step is costed at the median observed step time (we
-    sample progress, not every step)."""
-    if not step_times or steps_run <= 0 or wall <= 0:
-        return None
-    ordered = sorted(step_times.values())
-    median = ordered[len(ordered) // 2]
-    return min(1.0, steps_run * median / wall)
+    tally.seen_steps.add(progress.step)
+    tally.marks.append((time.monotonic(), progress.step))
 
 
 def _view_line(st: TrainingJobStatus) -> str:
