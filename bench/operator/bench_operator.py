@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import statistics
@@ -213,28 +214,61 @@ async def main_async(args: argparse.Namespace, cluster: Cluster, op: Operator) -
     }
 
 
+def ratios(off: dict[str, Any], on: dict[str, Any]) -> dict[str, float]:
+    """cache on / cache off for each figure both runs have (p50 for latencies)."""
+    out = {"api_requests_total": on["api_requests"]["total"] / off["api_requests"]["total"]}
+    for size, fig in on["create_to_all_pods_created"].items():
+        before = off["create_to_all_pods_created"][size]["p50"]
+        out[f"create_{size}_p50"] = fig["p50"] / before
+    for name in ("failure_observed_to_replacement_created",):
+        out[f"{name}_p50"] = (
+            on["pod_replacement"][name]["p50"] / off["pod_replacement"][name]["p50"]
+        )
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "operator" / "results.json"))
+    parser.add_argument(
+        "--compare-cache",
+        action="store_true",
+        help="run everything twice in one run, the operator's watch cache off then on",
+    )
     args = parser.parse_args()
     kubeconfig = localcluster.up()
     cluster = Cluster(kubeconfig, localcluster.bins(build=False))
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     cluster.kubectl("create", "namespace", NS, check=False)
     op = Operator(cluster, Path(tempfile.mkdtemp()) / "operator.log")
-    op.start()
+    modes = ["false", "true"] if args.compare_cache else ["true"]
+    runs: dict[str, Any] = {}
     try:
-        results = asyncio.run(main_async(args, cluster, op))
+        for cache in modes:
+            op.start(TRAINOP_WATCH_CACHE=cache)
+            load = os.getloadavg()
+            runs[cache] = asyncio.run(main_async(args, cluster, op))
+            runs[cache]["load_average_1_5_15"] = [round(x, 2) for x in load]
+            op.stop()
     finally:
         op.stop()
         cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+    if args.compare_cache:
+        results: dict[str, Any] = {
+            "watch_cache_off": runs["false"],
+            "watch_cache_on": runs["true"],
+            "ratio_on_to_off": ratios(runs["false"], runs["true"]),
+        }
+    else:
+        results = runs["true"]
     results["machine"] = {
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "note": "shared 2-core VM; kwok nodes; control plane on 127.0.0.1",
     }
-    results["command"] = "python bench/operator/bench_operator.py --repeats " + str(args.repeats)
+    flags = " --compare-cache" if args.compare_cache else ""
+    results["command"] = f"python bench/operator/bench_operator.py --repeats {args.repeats}{flags}"
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0

@@ -64,7 +64,7 @@ async def _run_operator(args: argparse.Namespace) -> int:
     # with another runAsUser than its USER would crash-loop before reconciling anything.
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     # Each replica's requests carry its identity: the API server's audit log tells them apart.
-    memo = kopf.Memo(user_agent=f"trainop-operator/{identity}", fence=None)
+    memo = kopf.Memo(user_agent=f"trainop-operator/{identity}", fence=None, namespaces=namespaces)
     if not args.leader_elect:
         # The probes ask Kopf's --liveness endpoint instead.
         _serve_metrics(lambda: (True, "no leader election"))

@@ -28,9 +28,11 @@ from trainop.core.plan import (
     Event,
     Observed,
     Plan,
+    PodDelete,
     compute_plan,
     planning_failed,
 )
+from trainop.kube.cache import ObjectCache
 from trainop.kube.client import Fenced, Kube, KubeError
 
 log = logging.getLogger("trainop.reconcile")
@@ -87,9 +89,13 @@ class Reconciler:
         *,
         clock: Callable[[], datetime] = utcnow,
         nodes: NodeCache | None = None,
+        cache: ObjectCache | None = None,
     ) -> None:
         self.kube = kube
         self.config = config
+        # Jobs, pods and Services as the watches showed them; reads go to the API server
+        # only while it is absent or not yet primed (kube/cache.py).
+        self.cache = cache
         self.clock = clock
         self.nodes = nodes or NodeCache()
         self._writes = asyncio.Semaphore(config.write_concurrency)
@@ -123,6 +129,11 @@ class Reconciler:
                 return None
             if exc.status == 409:  # written meanwhile (kubectl scale, a concurrent writer)
                 log.info("job %s/%s changed meanwhile (%s); looking again", *key, exc)
+                if self._cached():
+                    # The watch has not shown the newer job yet: read it once.
+                    fresh = await self.kube.get_job(*key)
+                    if fresh is not None and self.cache is not None:
+                        self.cache.put_job(fresh)
                 return 0.0
             if exc.namespace_terminating:
                 log.info("namespace %s is being deleted; leaving job %s alone", *key)
@@ -137,7 +148,11 @@ class Reconciler:
         namespace, name = key
         if time.monotonic() < self.terminating.get(namespace, 0.0):
             return None  # its jobs and pods are being deleted with it: nothing to replace
-        job = await self.kube.get_job(namespace, name)
+        job = (
+            self.cache.job(namespace, name)
+            if self.cache is not None and self._cached()
+            else await self.kube.get_job(namespace, name)
+        )
         if job is None or job["metadata"].get("deletionTimestamp"):
             self._forget(key)
             return None
@@ -228,11 +243,20 @@ class Reconciler:
                 "job %s/%s has an unreadable status; starting from an empty one", namespace, name
             )
             status = TrainingJobStatus()
-        raw_pods = await self.kube.list_pods(namespace, f"{c.LABEL_JOB}={name}")
+        cache = self.cache if self._cached() else None
+        raw_pods = (
+            cache.job_pods(namespace, name)
+            if cache is not None
+            else await self.kube.list_pods(namespace, f"{c.LABEL_JOB}={name}")
+        )
         # Only our own children: a job recreated under the same name must not adopt
         # the previous job's pods while the garbage collector removes them.
         pods = [parse_pod(p) for p in raw_pods if _owned_by(p, uid)]
-        service = await self.kube.get_service(namespace, name)
+        service = (
+            cache.service(namespace, name)
+            if cache is not None
+            else await self.kube.get_service(namespace, name)
+        )
         missing_pvc = None
         if spec is not None and not any(p.active for p in pods):
             claim = (spec.checkpoint.volume or {}).get("persistentVolumeClaim") or {}
@@ -258,7 +282,8 @@ class Reconciler:
         Returns seconds until a refused create may be tried again, if one was refused."""
         new_status = plan.status.to_api()
         if new_status != (job.get("status") or {}):
-            await self.kube.replace_job_status(job, new_status)
+            written = await self.kube.replace_job_status(job, new_status)
+            self._write_through(written)
         # Events and counters right after the status they describe is stored, so a
         # delete or create failing below cannot lose them.
         for ev in plan.events:
@@ -272,25 +297,11 @@ class Reconciler:
         ns = obs.job.namespace
         key = (ns, obs.job.name)
         if plan.suspend_job:
-            await self.kube.patch_job(ns, obs.job.name, {"spec": {"suspend": True}})
-        _raise_first(
-            await asyncio.gather(
-                *(
-                    self._bounded(self.kube.delete_pod(ns, d.name, d.uid, d.grace_seconds))
-                    for d in plan.deletes
-                ),
-                return_exceptions=True,
+            self._write_through(
+                await self.kube.patch_job(ns, obs.job.name, {"spec": {"suspend": True}})
             )
-        )
-        # The Service and NetworkPolicy before any pod: a pod never runs unprotected.
-        first = [o for o in plan.creates if o["kind"] != "Pod"]
-        pods = [o for o in plan.creates if o["kind"] == "Pod"]
-        results = []
-        for batch in (first, pods):
-            results += await asyncio.gather(
-                *(self._bounded(self.kube.create(obj)) for obj in batch),
-                return_exceptions=True,
-            )
+        await self._delete_pods(ns, obs.job.name, plan.deletes)
+        first, pods, results = await self._create_all(plan.creates)
         refused = [
             (obj, r)
             for obj, r in zip([*first, *pods], results, strict=True)
@@ -317,7 +328,59 @@ class Reconciler:
             )
         if plan.delete_job:
             await self.kube.delete_job(ns, obs.job.name, obs.job.uid)
+            if self.cache is not None:
+                self.cache.drop_job(ns, obs.job.name)
         return retry
+
+    async def _delete_pods(self, ns: str, job: str, deletes: Iterable[PodDelete]) -> None:
+        todo = list(deletes)
+        deleted = await asyncio.gather(
+            *(
+                self._bounded(self.kube.delete_pod(ns, d.name, d.uid, d.grace_seconds))
+                for d in todo
+            ),
+            return_exceptions=True,
+        )
+        if self.cache is not None:
+            stamp = self.clock().isoformat().replace("+00:00", "Z")
+            for d, result in zip(todo, deleted, strict=True):
+                if not isinstance(result, BaseException):
+                    self.cache.pod_deleting(ns, job, d.uid, stamp)
+        _raise_first(deleted)
+
+    async def _create_all(
+        self, creates: Iterable[ObjDict]
+    ) -> tuple[list[ObjDict], list[ObjDict], list[object]]:
+        """Create everything; (non-pods, pods, results in that order). The Service and
+        NetworkPolicy go before any pod: a pod never runs unprotected."""
+        objs = list(creates)
+        first = [o for o in objs if o["kind"] != "Pod"]
+        pods = [o for o in objs if o["kind"] == "Pod"]
+        results: list[object] = []
+        for batch in (first, pods):
+            results += await asyncio.gather(
+                *(self._bounded(self.kube.create(obj)) for obj in batch),
+                return_exceptions=True,
+            )
+        for created in results:
+            if isinstance(created, dict):
+                self._write_through(created)
+        return first, pods, results
+
+    def _cached(self) -> bool:
+        return self.cache is not None and self.cache.primed
+
+    def _write_through(self, obj: ObjDict | None) -> None:
+        """What the API server answered a write with goes into the cache at once: the
+        next reconcile sees its own create, delete or status before the watch does, so
+        it never creates twice, misses a replacement or writes a stale status."""
+        if self.cache is None or not obj:
+            return
+        kind = obj.get("kind")
+        if kind == c.KIND:
+            self.cache.put_job(obj)
+        elif kind in ("Pod", "Service"):
+            self.cache.put_child(obj)
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         async with self._writes:

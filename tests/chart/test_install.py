@@ -100,6 +100,8 @@ NEEDED = [
     ("delete", "pods"),
     ("patch", "pods"),
     ("get", "services"),
+    ("list", "services"),
+    ("watch", "services"),
     ("create", "services"),
     ("get", "persistentvolumeclaims"),
     ("create", "events"),

@@ -18,7 +18,8 @@ import kopf
 from trainop.api import constants as c
 from trainop.core.config import OperatorConfig
 from trainop.core.podsecurity import Level
-from trainop.kube.client import Kube
+from trainop.kube.cache import ObjectCache
+from trainop.kube.client import Kube, KubeError
 from trainop.reconcile import Key, Reconciler
 from trainop.workqueue import WorkQueue
 
@@ -68,11 +69,36 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube = await Kube.connect(
         os.environ.get("KUBECONFIG"), user_agent=memo.get("user_agent"), fence=memo.get("fence")
     )
-    reconciler = Reconciler(kube, config)
+    cache = None
+    if os.environ.get("TRAINOP_WATCH_CACHE", "true").lower() != "false":
+        cache = ObjectCache()
+        await _prime(kube, cache, memo.get("namespaces") or [])
+    reconciler = Reconciler(kube, config, cache=cache)
     memo.kube = kube
+    memo.cache = cache
     memo.reconciler = reconciler
     memo.queue = WorkQueue[Key](reconciler.reconcile)
     memo.resync = asyncio.create_task(_resync(memo.queue, reconciler, config.resync_seconds))
+
+
+async def _prime(kube: Kube, cache: ObjectCache, namespaces: list[str]) -> None:
+    """One LIST per resource (per watched namespace) before Kopf's watches start, so
+    the first reconciles read a complete cache. Should it fail, reconciles read the
+    API server until it is primed (never from a cache that is merely empty)."""
+    selector = c.LABEL_JOB
+    try:
+        jobs, pods, services = [], [], []
+        scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
+        for ns in scopes:
+            jobs += await kube.list_jobs(ns)
+            pods += await kube.list_labelled("pods", selector, ns)
+            services += await kube.list_labelled("services", selector, ns)
+    except (KubeError, OSError) as exc:
+        log.warning("watch cache not primed (%s); reading from the API server", exc)
+        return
+    for job in jobs:
+        job.setdefault("kind", c.KIND)
+    cache.prime(jobs, pods, services)
 
 
 @kopf.on.cleanup()
@@ -83,19 +109,37 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
-async def job_event(type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def job_event(
+    type: str, name: str, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     if namespace is None:
         return
+    cache: ObjectCache | None = memo.cache
     if type == "DELETED":
+        if cache is not None:
+            cache.drop_job(namespace, name)
         memo.queue.forget((namespace, name))
         return
+    if cache is not None:
+        cache.put_job(body)
     memo.queue.add((namespace, name))
 
 
 @kopf.on.event("v1", "pods", labels={c.LABEL_JOB: kopf.PRESENT})
-async def pod_event(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event("v1", "services", labels={c.LABEL_JOB: kopf.PRESENT})
+async def child_event(
+    type: str,
+    body: kopf.Body,
+    labels: kopf.Labels,
+    namespace: str | None,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """A job's pod or Service changed (a Service deleted by hand is recreated)."""
     if namespace is None:
         return
+    if memo.cache is not None:
+        memo.cache.put_child(body, deleted=type == "DELETED")
     memo.queue.add((namespace, labels[c.LABEL_JOB]))
 
 
@@ -122,5 +166,9 @@ async def _resync(queue: WorkQueue[Key], reconciler: Reconciler, every: float) -
     """Level-triggered safety net: look at every known job now and then, events or not."""
     while True:
         await asyncio.sleep(every)
-        for key in list(reconciler.phases):
+        cache = reconciler.cache
+        # From the cache a pass reads no API: it only re-runs the plan (and writes if
+        # time alone changed something, e.g. a deadline or a TTL).
+        keys = set(cache.jobs) if cache is not None and cache.primed else set()
+        for key in keys | set(reconciler.phases):
             queue.add(key)

@@ -180,6 +180,17 @@ class Kube:
         body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
         await self._delete_tolerant(job_path(namespace, name), "trainingjobs", body)
 
+    async def list_labelled(
+        self, resource: str, selector: str, namespace: str | None = None
+    ) -> list[ObjDict]:
+        """Every object of a core/v1 resource (pods, services) with the label selector,
+        in one namespace or all of them: the start-up listing of the watch cache."""
+        path = _ns_path("v1", resource, namespace) if namespace else f"/api/v1/{resource}"
+        data = await self.request(
+            "list", path, resource=resource, query={"labelSelector": selector}
+        )
+        return list(data["items"])
+
     # --- children
     async def list_pods(self, namespace: str, selector: str) -> list[ObjDict]:
         data = await self.request(
