@@ -30,7 +30,7 @@ if what == "sleep":
     # print: the signal may land while the report's print is still inside the buffered
     # writer, and a print from the handler then raises "reentrant call" (exit 1, seen
     # under load in CI).
-    signal.signal(signal.SIGTERM, lambda *_: (os.write(1, b"saved on SIGTERM\n"), sys.exit(0)))
+    signal.signal(signal.SIGTERM, lambda *_: (os.write(1, b"saved on SIGTERM\\n"), sys.exit(0)))
 print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "x": os.environ.get("X"),
                   "pid": os.getpid(), "torch": "torch" in sys.modules}), flush=True)
 if what == "exit":
