@@ -36,6 +36,12 @@ RECONCILE_SECONDS: Final = Histogram(
     "Time of one reconcile of one TrainingJob, API calls included.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+QUEUE_WAIT: Final = Histogram(
+    "trainop_operator_queue_wait_seconds",
+    "Time from a watch event (or a due requeue) for a TrainingJob to the start of the "
+    "reconcile that sees it; above 1 s an event counts as late.",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 RESTARTS: Final = Counter(
     "trainop_operator_restarts_total",
     "Worker restarts by failure reason and whether they were counted; reason InPlace "

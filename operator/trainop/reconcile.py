@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -100,8 +101,15 @@ class Reconciler:
         self.nodes = nodes or NodeCache()
         self._writes = asyncio.Semaphore(config.write_concurrency)
         self.phases: dict[Key, str] = {}
+        # Jobs per phase, kept as phases change: recounting every job on every reconcile
+        # made a burst of N jobs cost N^2.
+        self.phase_counts: Counter[str] = Counter()
+        for phase in Phase:  # every phase exported from start-up, 0 until a job is in it
+            m.JOBS.labels(phase.value).set(0)
         # node name -> jobs with pods there, so a node going NotReady wakes exactly those jobs.
         self.jobs_on_node: dict[str, set[Key]] = {}
+        # ... and its inverse, so a job's entries are dropped without visiting every node.
+        self.nodes_of_job: dict[Key, set[str]] = {}
         # Jobs held back because no node could take their pods: any change to a node
         # (one added, made ready, given GPUs, relabelled, untainted) may let them start.
         self.waiting_for_nodes: set[Key] = set()
@@ -112,6 +120,10 @@ class Reconciler:
         self.plan_errors: dict[Key, str] = {}
         # Namespaces found being deleted -> time.monotonic() until which they are left alone.
         self.terminating: dict[str, float] = {}
+        # Events being posted. Like client-go's event recorder they go out in the
+        # background: a reconcile (and the watch events queued behind it) never waits
+        # for them, and the status they describe is already stored.
+        self._posting: set[asyncio.Task[None]] = set()
 
     async def reconcile(self, key: Key) -> float | None:
         """Converge one job. Returns seconds until it must be looked at again, if any."""
@@ -244,14 +256,13 @@ class Reconciler:
             )
             status = TrainingJobStatus()
         cache = self.cache if self._cached() else None
-        raw_pods = (
-            cache.job_pods(namespace, name)
-            if cache is not None
-            else await self.kube.list_pods(namespace, f"{c.LABEL_JOB}={name}")
-        )
         # Only our own children: a job recreated under the same name must not adopt
         # the previous job's pods while the garbage collector removes them.
-        pods = [parse_pod(p) for p in raw_pods if _owned_by(p, uid)]
+        if cache is not None:
+            pods = [p.pod for p in cache.job_pods(namespace, name) if uid in p.owners]
+        else:
+            raw = await self.kube.list_pods(namespace, f"{c.LABEL_JOB}={name}")
+            pods = [parse_pod(p) for p in raw if _owned_by(p, uid)]
         service = (
             cache.service(namespace, name)
             if cache is not None
@@ -276,24 +287,54 @@ class Reconciler:
         )
 
     async def act(self, job: ObjDict, obs: Observed, plan: Plan) -> float | None:
-        """Status first: a failure is recorded as handled before its pod is deleted,
-        so an operator killed in between never counts it twice or loses it.
+        """Status first when the plan records a failure, deletes a pod or suspends the
+        job: a failure is then stored as handled before its pod goes, so an operator
+        killed in between never counts it twice or loses it. A plan that only creates
+        writes its status after the creates, so a new job's first pod does not wait for
+        a status round trip. Events describe the stored status: they are posted in the
+        background once it is written.
 
         Returns seconds until a refused create may be tried again, if one was refused."""
-        new_status = plan.status.to_api()
-        if new_status != (job.get("status") or {}):
-            written = await self.kube.replace_job_status(job, new_status)
-            self._write_through(written)
-        # Events and counters right after the status they describe is stored, so a
-        # delete or create failing below cannot lose them.
-        for ev in plan.events:
-            await self._emit(job, ev)
+        in_place = plan.status.in_place_restarts - obs.status.in_place_restarts
+        status_first = bool(
+            plan.failures or plan.deletes or plan.suspend_job or plan.delete_job or in_place > 0
+        )
+        if status_first:
+            await self._write_status(job, plan)
+            self._post(job, plan.events)
         for lf in plan.failures:
             m.RESTARTS.labels(lf.reason, str(lf.counted).lower()).inc()
         # torchrun restarted worker groups in place: no pod failed, but the budget paid.
-        in_place = plan.status.in_place_restarts - obs.status.in_place_restarts
         if in_place > 0:
             m.RESTARTS.labels(IN_PLACE, "true").inc(in_place)
+        retry = await self._change_children(job, obs, plan)
+        if not status_first:
+            await self._write_status(job, plan)
+            self._post(job, plan.events)
+        return retry
+
+    async def _write_status(self, job: ObjDict, plan: Plan) -> None:
+        new_status = plan.status.to_api()
+        if new_status != (job.get("status") or {}):
+            self._write_through(await self.kube.replace_job_status(job, new_status))
+
+    def _post(self, job: ObjDict, events: Iterable[Event]) -> None:
+        for ev in events:
+            task = asyncio.create_task(self._emit(job, ev), name=f"event {ev.reason}")
+            self._posting.add(task)
+            task.add_done_callback(self._posted)
+
+    def _posted(self, task: asyncio.Task[None]) -> None:
+        self._posting.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.info("event not posted: %s", exc)  # e.g. Fenced: the operator is stopping
+
+    async def drain_events(self) -> None:
+        """Wait for the events still being posted (at shutdown, and in tests)."""
+        while self._posting:
+            await asyncio.gather(*list(self._posting), return_exceptions=True)
+
+    async def _change_children(self, job: ObjDict, obs: Observed, plan: Plan) -> float | None:
         ns = obs.job.namespace
         key = (ns, obs.job.name)
         if plan.suspend_job:
@@ -342,10 +383,10 @@ class Reconciler:
             return_exceptions=True,
         )
         if self.cache is not None:
-            stamp = self.clock().isoformat().replace("+00:00", "Z")
+            now = self.clock()
             for d, result in zip(todo, deleted, strict=True):
                 if not isinstance(result, BaseException):
-                    self.cache.pod_deleting(ns, job, d.uid, stamp)
+                    self.cache.pod_deleting(ns, job, d.uid, now)
         _raise_first(deleted)
 
     async def _create_all(
@@ -445,42 +486,54 @@ class Reconciler:
         waits_for_nodes: bool = False,
     ) -> None:
         phase = (status.phase or Phase.PENDING).value
-        if self.phases.get(key) != phase:
+        before = self.phases.get(key)
+        if before != phase:
             for each in Phase:
                 m.JOB_PHASE.labels(*key, each.value).set(1 if each.value == phase else 0)
+            self._count_phase(before, phase)
         self.phases[key] = phase
         m.JOB_RESTARTS.labels(*key).set(status.restarts)
         if status.reason == REASON_NO_CAPACITY or waits_for_nodes:
             self.waiting_for_nodes.add(key)
         else:
             self.waiting_for_nodes.discard(key)
-        for jobs in self.jobs_on_node.values():
-            jobs.discard(key)
-        for pod in pods:
-            if pod.node_name:
-                self.jobs_on_node.setdefault(pod.node_name, set()).add(key)
-        self._export_phases()
+        nodes = {pod.node_name for pod in pods if pod.node_name}
+        if nodes != self.nodes_of_job.get(key, set()):
+            self._unplace(key)
+            for node in nodes:
+                self.jobs_on_node.setdefault(node, set()).add(key)
+            if nodes:
+                self.nodes_of_job[key] = nodes
 
     def _forget(self, key: Key) -> None:
         # A deleted job's series go away with it: no stale per-job series.
-        if self.phases.pop(key, None) is not None:
+        before = self.phases.pop(key, None)
+        if before is not None:
             for each in Phase:
                 with contextlib.suppress(KeyError):
                     m.JOB_PHASE.remove(*key, each.value)
             for gauge in (m.JOB_RESTARTS, m.JOB_RESTART_BUDGET):
                 with contextlib.suppress(KeyError):
                     gauge.remove(*key)
-        for jobs in self.jobs_on_node.values():
-            jobs.discard(key)
+            self._count_phase(before, None)
+        self._unplace(key)
         self.refusals.pop(key, None)
         self.plan_errors.pop(key, None)
         self.waiting_for_nodes.discard(key)
-        self._export_phases()
 
-    def _export_phases(self) -> None:
-        for phase in Phase:
-            count = sum(1 for p in self.phases.values() if p == phase.value)
-            m.JOBS.labels(phase.value).set(count)
+    def _unplace(self, key: Key) -> None:
+        for node in self.nodes_of_job.pop(key, ()):
+            jobs = self.jobs_on_node.get(node)
+            if jobs is not None:
+                jobs.discard(key)
+                if not jobs:
+                    del self.jobs_on_node[node]
+
+    def _count_phase(self, before: str | None, after: str | None) -> None:
+        for phase, step in ((before, -1), (after, 1)):
+            if phase is not None:
+                self.phase_counts[phase] += step
+                m.JOBS.labels(phase).set(self.phase_counts[phase])
 
 
 def _owned_by(obj: ObjDict, uid: str) -> bool:

@@ -32,11 +32,15 @@ class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._failures: dict[K, int] = {}
+        # When each key was first asked for since its last reconcile started: the wait
+        # of its oldest event, so one that sits behind a long reconcile shows as late.
+        self._since: dict[K, float] = {}
         self._closed = False
 
     def add(self, key: K) -> None:
         if self._closed:
             return
+        self._since.setdefault(key, asyncio.get_running_loop().time())
         if key in self._running:
             self._dirty.add(key)
             return
@@ -57,6 +61,7 @@ class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
         if timer is not None:
             timer.cancel()
         self._failures.pop(key, None)
+        self._since.pop(key, None)
 
     async def close(self) -> None:
         self._closed = True
@@ -80,6 +85,9 @@ class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
         try:
             while True:
                 self._dirty.discard(key)
+                since = self._since.pop(key, None)
+                if since is not None:
+                    m.QUEUE_WAIT.observe(asyncio.get_running_loop().time() - since)
                 try:
                     again = await self._work(key)
                 except asyncio.CancelledError:

@@ -212,9 +212,16 @@ def job(generation: int = 1, **overrides: Any) -> dict[str, Any]:
 FORBIDDEN = KubeError(403, "Forbidden", 'pods "llm-worker-0" is forbidden: no PriorityClass x')
 
 
+async def settled(rec: Reconciler, key: tuple[str, str]) -> float | None:
+    """One reconcile, and the Events it posts in the background posted."""
+    again = await rec.reconcile(key)
+    await rec.drain_events()
+    return again
+
+
 def reconcile(kube: FakeKube) -> float | None:
     rec = Reconciler(kube, CFG, clock=lambda: NOW)  # type: ignore[arg-type]
-    return asyncio.run(rec.reconcile(("team-a", "llm")))
+    return asyncio.run(settled(rec, ("team-a", "llm")))
 
 
 def test_reconciler_refused_at_dry_run_creates_nothing_writes_the_condition_and_warns() -> None:
@@ -236,13 +243,13 @@ def test_reconciler_does_not_ask_again_until_the_spec_changes_or_its_pause_ends(
     rec = Reconciler(kube, CFG, clock=lambda: NOW)  # type: ignore[arg-type]
 
     async def three_passes() -> None:
-        await rec.reconcile(("team-a", "llm"))
-        await rec.reconcile(("team-a", "llm"))  # e.g. woken by its own status write
+        await settled(rec, ("team-a", "llm"))
+        await settled(rec, ("team-a", "llm"))  # e.g. woken by its own status write
         asked = len(kube.dry_runs)
         kube.job["metadata"]["generation"] = 2
         kube.job["spec"]["scheduling"] = {"priorityClassName": "exists"}
         kube.refuse = {}
-        await rec.reconcile(("team-a", "llm"))
+        await settled(rec, ("team-a", "llm"))
         assert asked == 4  # the Service, the NetworkPolicy, the store, one worker
 
     asyncio.run(three_passes())
@@ -261,12 +268,12 @@ def test_reconciler_turns_a_refused_real_create_into_an_event_and_a_paused_retry
     rec = Reconciler(kube, CFG, clock=lambda: NOW)  # type: ignore[arg-type]
 
     async def run() -> float | None:
-        await rec.reconcile(("team-a", "llm"))
+        await settled(rec, ("team-a", "llm"))
         # worker-1 went away and the namespace's quota has been used up meanwhile.
         kube.objects = [o for o in kube.objects if o["metadata"]["name"] != "llm-worker-1"]
         kube.refuse = {"Pod": quota}
-        retry = await rec.reconcile(("team-a", "llm"))
-        await rec.reconcile(("team-a", "llm"))  # woken again before the pause is over
+        retry = await settled(rec, ("team-a", "llm"))
+        await settled(rec, ("team-a", "llm"))  # woken again before the pause is over
         return retry
 
     retry = asyncio.run(run())
@@ -323,7 +330,7 @@ def _fail(pod: dict[str, Any], exit_code: int) -> None:
 def test_events_and_restart_counts_survive_a_delete_that_fails_after_the_status_write() -> None:
     kube = FakeKube(job())
     rec = Reconciler(kube, CFG, clock=lambda: NOW)  # type: ignore[arg-type]
-    asyncio.run(rec.reconcile(("team-a", "llm")))
+    asyncio.run(settled(rec, ("team-a", "llm")))
     for pod in kube.objects:
         if pod["metadata"]["name"].startswith("llm-worker-"):
             _fail(pod, 1)
@@ -331,7 +338,7 @@ def test_events_and_restart_counts_survive_a_delete_that_fails_after_the_status_
     labels = {"reason": "Error", "counted": "true"}
     before = REGISTRY.get_sample_value("trainop_operator_restarts_total", labels) or 0.0
     with pytest.raises(KubeError):
-        asyncio.run(rec.reconcile(("team-a", "llm")))
+        asyncio.run(settled(rec, ("team-a", "llm")))
     assert kube.job["status"]["restarts"] == 2
     failed_events = [e["message"] for e in kube.events if e["reason"] == "WorkerFailed"]
     assert len(failed_events) == 2

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from typing import Any
 
 import pytest
 
 from tests.factories import NOW
-from tests.unit.test_bad_input import CFG, FakeKube, job
+from tests.unit.test_bad_input import CFG, FakeKube, job, settled
 from trainop.kube.cache import ObjectCache
 from trainop.reconcile import Reconciler
 
@@ -52,8 +53,7 @@ def test_the_newest_version_of_a_pod_wins_in_any_order(
     for what, rv in events:
         cache.put_pod(pod("llm-worker-0", rv), deleted=what == "del")
     held = cache.job_pods(*KEY)
-    assert [p["status"]["phase"] for p in held] == ([phase] if phase else [])
-    assert all("managedFields" not in p["metadata"] for p in held)  # what costs memory
+    assert [p.pod.phase for p in held] == ([phase] if phase else [])
 
 
 def test_pods_without_the_job_label_are_not_held() -> None:
@@ -116,7 +116,7 @@ def test_a_primed_cache_serves_every_read_and_sees_the_reconcilers_own_writes() 
 
     async def passes(n: int) -> None:
         for _ in range(n):  # woken again and again, no watch event in between
-            await rec.reconcile(KEY)
+            await settled(rec, KEY)
 
     asyncio.run(passes(3))
     assert api.reads == 0
@@ -130,5 +130,106 @@ def test_a_primed_cache_serves_every_read_and_sees_the_reconcilers_own_writes() 
 def test_an_unprimed_cache_is_never_read() -> None:
     api = ApiServer(job())
     rec = Reconciler(api, CFG, clock=lambda: NOW, cache=ObjectCache())  # type: ignore[arg-type]
-    asyncio.run(rec.reconcile(KEY))
+    asyncio.run(settled(rec, KEY))
     assert api.reads >= 3  # job, pods and Service from the API server
+
+
+def _as_scheduled(body: dict[str, Any], **status: Any) -> dict[str, Any]:
+    """A pod the operator built, as the API server and kubelet hand it back later."""
+    full = copy.deepcopy(body)
+    full["metadata"].update(
+        uid="uid-w0",
+        resourceVersion="9",
+        creationTimestamp="2026-11-22T11:59:00Z",
+        managedFields=[{"manager": "kubelet", "fieldsV1": {"f:status": {}}}] * 8,
+    )
+    full["spec"]["nodeName"] = "gpu-node-3"
+    full["status"] = status
+    return full
+
+
+TERMINATED = {
+    "phase": "Failed",
+    "conditions": [
+        {"type": "Ready", "status": "False"},
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"},
+    ],
+    "containerStatuses": [
+        {
+            "name": "trainer",
+            "state": {
+                "terminated": {
+                    "exitCode": 137,
+                    "reason": "OOMKilled",
+                    "message": "rank 3 ran out of memory",
+                    "finishedAt": "2026-11-22T12:00:00Z",
+                }
+            },
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "meta"),
+    [
+        pytest.param({"phase": "Pending"}, {}, id="pending"),
+        pytest.param(
+            {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            {"annotations": {"trainop.dev/progress": '{"step": 41}'}},
+            id="running-with-progress",
+        ),
+        pytest.param(TERMINATED, {}, id="failed-oom-preempted"),
+        pytest.param(
+            {"phase": "Running"},
+            {"deletionTimestamp": "2026-11-22T12:00:30Z", "deletionGracePeriodSeconds": 30},
+            id="being-deleted",
+        ),
+    ],
+)
+def test_a_cached_pod_is_what_the_reconcile_reads_and_its_owner_nothing_more(
+    status: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """The cache holds a pod parsed once (core/observe.parse_pod) with its owners' uids:
+    the reconcile decides on exactly what it would from the full pod."""
+    from tests.factories import JOB, spec
+    from trainop.core.build import build_worker_pod
+    from trainop.core.config import OperatorConfig
+    from trainop.core.observe import parse_pod
+
+    full = _as_scheduled(build_worker_pod(JOB, spec(), 0, 0, OperatorConfig()), **status)
+    full["metadata"].update(meta)
+    cache = ObjectCache()
+    cache.put_pod(full)
+    (held,) = cache.job_pods(JOB.namespace, JOB.name)
+    assert held.pod == parse_pod(full)
+    assert held.owners == (JOB.uid,)
+    assert held.version == 9
+
+
+def test_our_accepted_delete_shows_at_once_and_a_late_event_does_not_undo_it() -> None:
+    cache = ObjectCache()
+    cache.put_pod(pod("llm-worker-0", 5))
+    cache.pod_deleting("team-a", "llm", "uid-llm-worker-0", NOW)
+    (held,) = cache.job_pods(*KEY)
+    assert held.pod.deleting
+    assert held.pod.deletion_time == NOW
+    for replayed in (4, 5):  # an older event, or the same version listed again
+        cache.put_pod(pod("llm-worker-0", replayed))
+        assert cache.job_pods(*KEY)[0].pod.deleting
+    cache.put_pod(pod("llm-worker-0", 6), deleted=True)
+    assert cache.job_pods(*KEY) == []
+
+
+def test_kubectls_copy_of_the_spec_is_not_held_for_a_job() -> None:
+    body = job()
+    body["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(body["spec"]),
+        "team": "vision",
+    }
+    cache = ObjectCache()
+    cache.put_job(body)
+    held = cache.job(body["metadata"]["namespace"], body["metadata"]["name"])
+    assert held is not None
+    assert held["metadata"]["annotations"] == {"team": "vision"}
+    assert held["spec"] == body["spec"]

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from tests.factories import NOW, failed, observed, spec, store, worker
 from tests.unit.test_api import SCHEMA
-from tests.unit.test_bad_input import FakeKube
+from tests.unit.test_bad_input import FakeKube, settled
 from tests.unit.test_bad_input import job as fake_job
 from trainop.api import constants as c
 from trainop.api.spec import Action, Reason
@@ -235,7 +235,7 @@ def test_in_place_restarts_reach_the_restarts_metric_once(
     kube = FakeKube(fake_job())
     rec = Reconciler(kube, CFG, clock=lambda: NOW)  # type: ignore[arg-type]
     labels = {"reason": "InPlace", "counted": "true"}
-    asyncio.run(rec.reconcile(("team-a", "llm")))  # creates the pods
+    asyncio.run(settled(rec, ("team-a", "llm")))  # creates the pods
     before = REGISTRY.get_sample_value("trainop_operator_restarts_total", labels) or 0.0
     for reports in passes:
         for pod in kube.objects:
@@ -243,7 +243,7 @@ def test_in_place_restarts_reach_the_restarts_metric_once(
             if n is not None:
                 progress = json.dumps({"step": 5, "restarts": n})
                 pod["metadata"]["annotations"] = {c.ANNOTATION_PROGRESS: progress}
-        asyncio.run(rec.reconcile(("team-a", "llm")))
+        asyncio.run(settled(rec, ("team-a", "llm")))
     after = REGISTRY.get_sample_value("trainop_operator_restarts_total", labels) or 0.0
     assert after - before == counted
     assert kube.job["status"].get("inPlaceRestarts", 0) == counted

@@ -46,3 +46,71 @@ def test_a_job_no_longer_held_is_not_woken_by_nodes() -> None:
     rec._remember(HELD, TrainingJobStatus(phase=Phase.PENDING, reason=REASON_NO_CAPACITY), [])
     rec._remember(HELD, TrainingJobStatus(phase=Phase.RUNNING, reason="Running"), [])
     assert rec.jobs_woken_by("gpu-node-9", None, node("gpu-node-9")) == set()
+
+
+def _recount(rec: Reconciler) -> tuple[dict[str, int], dict[str, set[tuple[str, str]]]]:
+    phases: dict[str, int] = {}
+    for phase in rec.phases.values():
+        phases[phase] = phases.get(phase, 0) + 1
+    return phases, {n: jobs for n, jobs in rec.jobs_on_node.items() if jobs}
+
+
+A, B = ("team-a", "a"), ("team-b", "b")
+RUNNING = TrainingJobStatus(phase=Phase.RUNNING, reason="Running")
+PENDING = TrainingJobStatus(phase=Phase.PENDING, reason="Pending")
+DONE = TrainingJobStatus(phase=Phase.SUCCEEDED, reason="Succeeded")
+
+
+@pytest.mark.parametrize(
+    ("steps", "phases", "placed"),
+    [
+        pytest.param(
+            [(A, PENDING, []), (A, RUNNING, ["n1", "n2"])],
+            {"Running": 1},
+            {"n1": {A}, "n2": {A}},
+            id="pending-then-running",
+        ),
+        pytest.param(
+            [(A, RUNNING, ["n1"]), (B, RUNNING, ["n1"]), (A, RUNNING, ["n2"])],
+            {"Running": 2},
+            {"n1": {B}, "n2": {A}},
+            id="a-pod-moved-node",
+        ),
+        pytest.param(
+            [(A, RUNNING, ["n1"]), (B, PENDING, []), (A, None, [])],
+            {"Pending": 1},
+            {},
+            id="forgotten-job-leaves-no-trace",
+        ),
+        pytest.param(
+            [(A, RUNNING, ["n1"]), (A, DONE, []), (B, DONE, [])],
+            {"Succeeded": 2},
+            {},
+            id="finished-jobs-hold-no-node",
+        ),
+    ],
+)
+def test_the_reconcilers_books_match_a_recount_after_any_sequence(
+    steps: list[tuple[tuple[str, str], TrainingJobStatus | None, list[str]]],
+    phases: dict[str, int],
+    placed: dict[str, set[tuple[str, str]]],
+) -> None:
+    """Jobs per phase and jobs per node are kept as they change, not recounted on
+    every reconcile (which made a burst of N jobs cost N^2): they must stay exact."""
+    from trainop import operator_metrics as m
+    from trainop.core.observe import ObservedPod
+
+    rec = Reconciler(None, OperatorConfig())  # type: ignore[arg-type]
+    for key, status, nodes in steps:
+        if status is None:
+            rec._forget(key)
+            continue
+        pods = [
+            ObservedPod(f"w{i}", f"u{i}", "worker", i, 0, "Running", node_name=n)
+            for i, n in enumerate(nodes)
+        ]
+        rec._remember(key, status, pods)
+    assert _recount(rec) == (phases, placed)
+    assert {k: v for k, v in rec.phase_counts.items() if v} == phases
+    for phase in Phase:  # the exported gauge says the same
+        assert m.JOBS.labels(phase.value)._value.get() == phases.get(phase.value, 0)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.factories import NOW
-from tests.unit.test_bad_input import CFG, FakeKube, job
+from tests.unit.test_bad_input import CFG, FakeKube, job, settled
 from trainop.kube.client import KubeError
 from trainop.reconcile import Reconciler
 
@@ -28,7 +28,7 @@ def poisoned() -> dict[str, Any]:
 
 def run(rec: Reconciler, passes: int = 1) -> list[float | None]:
     async def go() -> list[float | None]:
-        return [await rec.reconcile(KEY) for _ in range(passes)]
+        return [await settled(rec, KEY) for _ in range(passes)]
 
     return asyncio.run(go())
 
@@ -76,9 +76,9 @@ def test_a_poisoned_job_leaves_its_neighbours_alone() -> None:
     rec = Reconciler(bad, CFG, clock=lambda: NOW)  # type: ignore[arg-type]
 
     async def both() -> None:
-        await rec.reconcile(KEY)
+        await settled(rec, KEY)
         rec.kube = good  # type: ignore[assignment]  (the same reconciler, the next job)
-        await rec.reconcile(("team-b", "llm"))
+        await settled(rec, ("team-b", "llm"))
 
     asyncio.run(both())
     assert condition(good, "ReconcileError") is None

@@ -16,7 +16,7 @@ def parse_time(value: object) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Termination:
     exit_code: int
     reason: str  # kubelet's: Error, OOMKilled, Completed, ContainerStatusUnknown...
@@ -24,7 +24,7 @@ class Termination:
     finished_at: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedPod:
     name: str
     uid: str

@@ -9,6 +9,7 @@ after an operator restart, converges through the same reconcile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
@@ -24,6 +25,7 @@ from trainop.reconcile import Key, Reconciler
 from trainop.workqueue import WorkQueue
 
 log = logging.getLogger("trainop.operator")
+PRIME_MAX_PAUSE_SECONDS = 30.0
 
 
 def config_from_env() -> OperatorConfig:
@@ -82,20 +84,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 
 async def _prime(kube: Kube, cache: ObjectCache, namespaces: list[str]) -> None:
-    """One LIST per resource (per watched namespace) before Kopf's watches start, so
-    the first reconciles read a complete cache. Should it fail, reconciles read the
-    API server until it is primed (never from a cache that is merely empty)."""
+    """One LIST per resource (per watched namespace) before Kopf's watches start, so the
+    first reconciles read a complete cache. Like controller-runtime's WaitForCacheSync,
+    nothing is reconciled until it succeeds: a busy or unready API server is tried
+    again with a growing pause (each LIST itself already rides out 429s)."""
     selector = c.LABEL_JOB
-    try:
-        jobs, pods, services = [], [], []
-        scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
-        for ns in scopes:
-            jobs += await kube.list_jobs(ns)
-            pods += await kube.list_labelled("pods", selector, ns)
-            services += await kube.list_labelled("services", selector, ns)
-    except (KubeError, OSError) as exc:
-        log.warning("watch cache not primed (%s); reading from the API server", exc)
-        return
+    pause = 1.0
+    while True:
+        try:
+            jobs, pods, services = [], [], []
+            scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
+            for ns in scopes:
+                jobs += await kube.list_jobs(ns)
+                pods += await kube.list_labelled("pods", selector, ns)
+                services += await kube.list_labelled("services", selector, ns)
+        except (KubeError, OSError) as exc:
+            log.warning("watch cache not primed (%s); trying again in %.0fs", exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, PRIME_MAX_PAUSE_SECONDS)
+            continue
+        break
     for job in jobs:
         job.setdefault("kind", c.KIND)
     cache.prime(jobs, pods, services)
@@ -105,6 +113,9 @@ async def _prime(kube: Kube, cache: ObjectCache, namespaces: list[str]) -> None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.resync.cancel()
     await memo.queue.close()
+    reconciler: Reconciler = memo.reconciler
+    with contextlib.suppress(TimeoutError):  # an API server that does not answer
+        await asyncio.wait_for(reconciler.drain_events(), timeout=5)
     await memo.kube.close()
 
 
@@ -163,12 +174,19 @@ async def node_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
 
 
 async def _resync(queue: WorkQueue[Key], reconciler: Reconciler, every: float) -> None:
-    """Level-triggered safety net: look at every known job now and then, events or not."""
+    """Level-triggered safety net: every known job is looked at once per period, events
+    or not. Paced evenly over the period, never all at once: a burst of plans would hold
+    the event loop and make the watch events that arrive meanwhile wait for it."""
     while True:
-        await asyncio.sleep(every)
         cache = reconciler.cache
         # From the cache a pass reads no API: it only re-runs the plan (and writes if
-        # time alone changed something, e.g. a deadline or a TTL).
+        # time alone changed something the plan did not already ask to be woken for).
         keys = set(cache.jobs) if cache is not None and cache.primed else set()
-        for key in keys | set(reconciler.phases):
+        keys |= set(reconciler.phases)
+        if not keys:
+            await asyncio.sleep(every)
+            continue
+        gap = every / len(keys)
+        for key in sorted(keys):
+            await asyncio.sleep(gap)
             queue.add(key)

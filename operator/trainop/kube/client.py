@@ -6,6 +6,7 @@ these counters), and API errors become KubeError with the server's message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from trainop import operator_metrics as m
 from trainop.api import constants as c
 
 ObjDict = dict[str, Any]
+# Tries of a request the API server answers 429 (Too Many Requests), as client-go does.
+THROTTLED_TRIES = 5
 _JSON = "application/json"
 _MERGE = "application/merge-patch+json"
 _PATHS = {
@@ -121,31 +124,41 @@ class Kube:
             "patch": "PATCH",
             "delete": "DELETE",
         }[verb]
-        if verb in _WRITES and self._fence is not None and not self._fence():
-            m.API_FENCED.labels(verb, resource).inc()
-            raise Fenced(f"{verb} {resource}: not sent, this replica no longer holds the lease")
-        m.API_REQUESTS.labels(verb, resource).inc()
-        try:
-            resp = await self._api.call_api(
-                path,
-                method,
-                query_params=list((query or {}).items()),
-                header_params={"Accept": _JSON, "Content-Type": content_type},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-            )
-            raw = await resp.read()
-        except ApiException as exc:  # transport-level failures
-            m.API_ERRORS.labels(verb, resource, str(exc.status)).inc()
-            raise _error(exc.status, exc.reason, exc.body) from None
-        # Without preloading, kubernetes_asyncio hands back error responses as they are.
-        if not 200 <= resp.status <= 299:
-            m.API_ERRORS.labels(verb, resource, str(resp.status)).inc()
-            raise _error(resp.status, resp.reason, raw)
-        data: ObjDict = json.loads(raw) if raw else {}
-        return data
+        for attempt in range(1, THROTTLED_TRIES + 1):
+            # Asked again before each try: a write held back by throttling must not go
+            # out after this replica has lost the lease meanwhile.
+            if verb in _WRITES and self._fence is not None and not self._fence():
+                m.API_FENCED.labels(verb, resource).inc()
+                raise Fenced(f"{verb} {resource}: not sent, this replica no longer holds the lease")
+            m.API_REQUESTS.labels(verb, resource).inc()
+            try:
+                resp = await self._api.call_api(
+                    path,
+                    method,
+                    query_params=list((query or {}).items()),
+                    header_params={"Accept": _JSON, "Content-Type": content_type},
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _return_http_data_only=True,
+                )
+                raw = await resp.read()
+            except ApiException as exc:  # transport-level failures
+                m.API_ERRORS.labels(verb, resource, str(exc.status)).inc()
+                raise _error(exc.status, exc.reason, exc.body) from None
+            if resp.status == 429 and attempt < THROTTLED_TRIES:
+                # The API server sheds load (max-requests-inflight, API priority and
+                # fairness) and says when to come back: a loaded cluster is not an error.
+                m.API_ERRORS.labels(verb, resource, "429").inc()
+                await asyncio.sleep(_retry_after(resp.headers.get("Retry-After")))
+                continue
+            # Without preloading, kubernetes_asyncio hands back error responses as they are.
+            if not 200 <= resp.status <= 299:
+                m.API_ERRORS.labels(verb, resource, str(resp.status)).inc()
+                raise _error(resp.status, resp.reason, raw)
+            data: ObjDict = json.loads(raw) if raw else {}
+            return data
+        raise AssertionError("unreachable: the last try returns or raises")
 
     # --- TrainingJobs
     async def get_job(self, namespace: str, name: str) -> ObjDict | None:
@@ -261,6 +274,15 @@ class Kube:
             # with this name exists and must not be touched.
             if exc.status not in (404, 409):
                 raise
+
+
+def _retry_after(header: str | None) -> float:
+    """Seconds the API server asked us to wait (whole seconds), within sane bounds."""
+    try:
+        seconds = float(header or 1)
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.1), 10.0)
 
 
 def _error(status: object, reason: object, body: object) -> KubeError:
