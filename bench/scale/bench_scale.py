@@ -111,13 +111,16 @@ def errors(text: str) -> dict[str, float]:
     return out
 
 
-def queue_wait(text: str) -> tuple[float, float]:
-    """(events reconciled, of which late) from the queue-wait histogram."""
+WAIT = "trainop_operator_queue_wait_seconds"  # event -> the reconcile that sees it
+DELAY = "trainop_operator_queue_delay_seconds"  # ... beyond its job's reconcile in progress
+
+
+def queue_wait(text: str, metric: str = WAIT) -> tuple[float, float]:
+    """(events reconciled, of which late: over LATE_SECONDS) from a queue histogram."""
     total = late_free = 0.0
-    for m in re.finditer(r"trainop_operator_queue_wait_seconds_count (\S+)", text):
+    for m in re.finditer(rf"{metric}_count (\S+)", text):
         total = float(m.group(1))
-    bucket = r'trainop_operator_queue_wait_seconds_bucket\{le="([^"]+)"\} (\S+)'
-    for m in re.finditer(bucket, text):
+    for m in re.finditer(rf'{metric}_bucket\{{le="([^"]+)"\}} (\S+)', text):
         if float(m.group(1)) == LATE_SECONDS:
             late_free = float(m.group(2))
     return total, total - late_free
@@ -331,6 +334,9 @@ class Run:
             "api_requests": delta(requests(now), requests(before)),
             "events_reconciled": int(queue_wait(now)[0] - queue_wait(before)[0]),
             "events_late_over_1s": int(queue_wait(now)[1] - queue_wait(before)[1]),
+            "events_delayed_over_1s_by_the_queue": int(
+                queue_wait(now, DELAY)[1] - queue_wait(before, DELAY)[1]
+            ),
             "load_average_1_5_15": load(),
         }
 
@@ -378,7 +384,12 @@ async def run_size(
         total, late = (
             a - b for a, b in zip(queue_wait(run.metrics), queue_wait(start), strict=True)
         )
-        out["events"] = {"reconciled": int(total), "late_over_1s": int(late)}
+        delayed = queue_wait(run.metrics, DELAY)[1] - queue_wait(start, DELAY)[1]
+        out["events"] = {
+            "reconciled": int(total),
+            "late_over_1s": int(late),
+            "delayed_over_1s_by_the_queue": int(delayed),
+        }
     finally:
         await kube.close()
     return out

@@ -36,11 +36,19 @@ RECONCILE_SECONDS: Final = Histogram(
     "Time of one reconcile of one TrainingJob, API calls included.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# 1 s is the line between on time and late (workqueue.LATE_SECONDS).
+WAIT_BUCKETS: Final = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 QUEUE_WAIT: Final = Histogram(
     "trainop_operator_queue_wait_seconds",
     "Time from a watch event (or a due requeue) for a TrainingJob to the start of the "
     "reconcile that sees it; above 1 s an event counts as late.",
-    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=WAIT_BUCKETS,
+)
+QUEUE_DELAY: Final = Histogram(
+    "trainop_operator_queue_delay_seconds",
+    "The part of trainop_operator_queue_wait_seconds not spent behind the job's own "
+    "reconcile in progress: what the queue and the event loop alone add.",
+    buckets=WAIT_BUCKETS,
 )
 RESTARTS: Final = Counter(
     "trainop_operator_restarts_total",

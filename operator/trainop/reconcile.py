@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import time
@@ -46,6 +48,10 @@ REFUSED_MAX_SECONDS = 300.0
 # A namespace being deleted is gone within seconds to minutes; one recreated under the
 # same name afterwards is served again once this has passed.
 TERMINATING_MEMORY_SECONDS = 60.0
+# How long a dry run's admission of an object shape is trusted: long enough for a burst
+# of identical jobs, short enough that a new quota or policy is met within seconds.
+ADMITTED_MEMORY_SECONDS = 10.0
+ADMITTED_MEMORY_MAX = 4096
 
 
 def utcnow() -> datetime:
@@ -120,6 +126,9 @@ class Reconciler:
         self.plan_errors: dict[Key, str] = {}
         # Namespaces found being deleted -> time.monotonic() until which they are left alone.
         self.terminating: dict[str, float] = {}
+        # (namespace, shape) of objects a dry run admitted -> time.monotonic() until which
+        # the answer is trusted (see _dry_run).
+        self._admitted: dict[tuple[str, str], float] = {}
         # Events being posted. Like client-go's event recorder they go out in the
         # background: a reconcile (and the watch events queued behind it) never waits
         # for them, and the status they describe is already stored.
@@ -229,20 +238,37 @@ class Reconciler:
 
     async def _dry_run(self, creates: Iterable[ObjDict]) -> str | None:
         """The API server's message if it refuses one of the objects; every worker is
-        built the same way, so one of each kind and role stands for all of them."""
+        built the same way, so one of each kind and role stands for all of them.
+
+        An object of the same shape (equal but for its job's name and uid) admitted in
+        the same namespace moments ago is not asked about again: a burst of identical
+        jobs pays one dry run, not one per job. Only admissions are remembered, and any
+        refusal in the namespace forgets them."""
         samples: dict[tuple[str, str], ObjDict] = {}
         for obj in creates:
             role = obj["metadata"].get("labels", {}).get(c.LABEL_ROLE, "")
             samples.setdefault((obj["kind"], role), obj)
+        now = time.monotonic()
+        shapes = {k: _shape(obj) for k, obj in samples.items()}
+        ask = {k: obj for k, obj in samples.items() if self._admitted.get(shapes[k], 0.0) < now}
         results = await asyncio.gather(
-            *(self.kube.create(obj, dry_run=True) for obj in samples.values()),
+            *(self.kube.create(obj, dry_run=True) for obj in ask.values()),
             return_exceptions=True,
         )
-        for obj, result in zip(samples.values(), results, strict=True):
+        for k, obj, result in zip(ask, ask.values(), results, strict=True):
             if isinstance(result, KubeError) and result.refused:
+                self._forget_admitted(obj["metadata"].get("namespace", ""))
                 return f"{obj['kind']} {obj['metadata']['name']}: {result.message}"
+            if not isinstance(result, BaseException):
+                self._admitted[shapes[k]] = now + ADMITTED_MEMORY_SECONDS
         _raise_first(results)
+        if len(self._admitted) > ADMITTED_MEMORY_MAX:  # expired shapes go in bulk
+            self._admitted = {s: t for s, t in self._admitted.items() if t >= now}
         return None
+
+    def _forget_admitted(self, namespace: str) -> None:
+        """A refusal (a new quota, a policy) may hold for every shape in the namespace."""
+        self._admitted = {s: t for s, t in self._admitted.items() if s[0] != namespace}
 
     async def observe(self, job: ObjDict) -> Observed:
         meta = job["metadata"]
@@ -354,6 +380,7 @@ class Reconciler:
             # Sending the same object again gets the same answer: say so once per try,
             # and try again only after a growing pause (quota may free up meanwhile).
             obj, exc = refused[0]
+            self._forget_admitted(ns)
             what = f"{obj['kind']} {obj['metadata']['name']}"
             retry = self._refused(key, obs.generation, f"{what}: {exc.message}")
             log.warning(
@@ -534,6 +561,20 @@ class Reconciler:
             if phase is not None:
                 self.phase_counts[phase] += step
                 m.JOBS.labels(phase).set(self.phase_counts[phase])
+
+
+def _shape(obj: ObjDict) -> tuple[str, str]:
+    """(namespace, digest of the object with its job's name and uid taken out): objects
+    of two jobs built from the same spec have the same shape. The name's length stays
+    in, since names are checked against length limits (a hostname is a DNS label)."""
+    meta = obj["metadata"]
+    refs = meta.get("ownerReferences") or [{}]
+    job, uid = str(refs[0].get("name") or meta["name"]), str(refs[0].get("uid") or "")
+    text = json.dumps(obj, sort_keys=True)
+    if uid:
+        text = text.replace(uid, "\x00uid")
+    text = text.replace(job, f"\x00job{len(job)}")
+    return str(meta.get("namespace", "")), hashlib.sha256(text.encode()).hexdigest()
 
 
 def _owned_by(obj: ObjDict, uid: str) -> bool:

@@ -16,6 +16,8 @@ from trainop import operator_metrics as m
 
 log = logging.getLogger("trainop.workqueue")
 K = TypeVar("K", bound=Hashable)
+# An event that waits longer than this for its reconcile is late (and logged).
+LATE_SECONDS = 1.0
 
 
 class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
@@ -35,6 +37,8 @@ class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
         # When each key was first asked for since its last reconcile started: the wait
         # of its oldest event, so one that sits behind a long reconcile shows as late.
         self._since: dict[K, float] = {}
+        self._took: dict[K, float] = {}  # how long each key's last reconcile ran
+        self._ended: dict[K, float] = {}  # and when it ended
         self._closed = False
 
     def add(self, key: K) -> None:
@@ -62,6 +66,8 @@ class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
             timer.cancel()
         self._failures.pop(key, None)
         self._since.pop(key, None)
+        self._took.pop(key, None)
+        self._ended.pop(key, None)
 
     async def close(self) -> None:
         self._closed = True
@@ -87,7 +93,19 @@ class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
                 self._dirty.discard(key)
                 since = self._since.pop(key, None)
                 if since is not None:
-                    m.QUEUE_WAIT.observe(asyncio.get_running_loop().time() - since)
+                    now = asyncio.get_running_loop().time()
+                    waited = now - since
+                    m.QUEUE_WAIT.observe(waited)
+                    # The part not spent behind the job's own reconcile in progress.
+                    m.QUEUE_DELAY.observe(now - max(since, self._ended.get(key, since)))
+                    if waited > LATE_SECONDS:  # which job, and whether its own work held it
+                        log.info(
+                            "reconcile of %s starts %.1fs after its event (previous took %.1fs)",
+                            key,
+                            waited,
+                            self._took.get(key, 0.0),
+                        )
+                began = asyncio.get_running_loop().time()
                 try:
                     again = await self._work(key)
                 except asyncio.CancelledError:
@@ -110,6 +128,9 @@ class WorkQueue(Generic[K]):  # PEP 695 generics need Python 3.12
                     self._failures.pop(key, None)
                     if again is not None:
                         self.add_after(key, again)
+                finally:
+                    self._ended[key] = asyncio.get_running_loop().time()
+                    self._took[key] = self._ended[key] - began
                 if key not in self._dirty:
                     return
         finally:

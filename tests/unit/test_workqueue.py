@@ -12,13 +12,10 @@ from prometheus_client import REGISTRY
 from trainop.workqueue import WorkQueue
 
 
-def _waits() -> tuple[float, float]:
+def _waits(metric: str = "trainop_operator_queue_wait_seconds") -> tuple[float, float]:
     """(reconciles started, of which late: waited more than 1 s) so far."""
-    count = REGISTRY.get_sample_value("trainop_operator_queue_wait_seconds_count") or 0.0
-    quick = (
-        REGISTRY.get_sample_value("trainop_operator_queue_wait_seconds_bucket", {"le": "1.0"})
-        or 0.0
-    )
+    count = REGISTRY.get_sample_value(f"{metric}_count") or 0.0
+    quick = REGISTRY.get_sample_value(f"{metric}_bucket", {"le": "1.0"}) or 0.0
     return count, count - quick
 
 
@@ -68,7 +65,7 @@ def test_events_for_one_job_coalesce_and_none_is_lost(
     assert not work.overlapped  # never two reconciles of one job at once
 
 
-def test_an_event_waiting_behind_a_slow_reconcile_is_counted_late() -> None:
+def test_an_event_waiting_behind_its_jobs_slow_reconcile_is_late_but_not_delayed() -> None:
     async def scenario() -> None:
         work = Recorder()
         queue = WorkQueue[str](work)
@@ -81,10 +78,13 @@ def test_an_event_waiting_behind_a_slow_reconcile_is_counted_late() -> None:
         await queue.drain()
 
     started, late = _waits()
+    _, delayed = _waits("trainop_operator_queue_delay_seconds")
     asyncio.run(scenario())
     after_started, after_late = _waits()
     assert after_started - started == 2
     assert after_late - late == 1  # the second event waited at least 1.2 s
+    # ... all of it behind its own job's reconcile: the queue itself added nothing.
+    assert _waits("trainop_operator_queue_delay_seconds")[1] == delayed
 
 
 def test_a_failing_reconcile_is_retried_with_backoff() -> None:
