@@ -106,6 +106,7 @@ class Reconciler:
         self.clock = clock
         self.nodes = nodes or NodeCache()
         self._writes = asyncio.Semaphore(config.write_concurrency)
+        self._lanes = asyncio.Semaphore(config.write_lanes)
         self.phases: dict[Key, str] = {}
         # Jobs per phase, kept as phases change: recounting every job on every reconcile
         # made a burst of N jobs cost N^2.
@@ -333,7 +334,13 @@ class Reconciler:
         # torchrun restarted worker groups in place: no pod failed, but the budget paid.
         if in_place > 0:
             m.RESTARTS.labels(IN_PLACE, "true").inc(in_place)
-        retry = await self._change_children(job, obs, plan)
+        if len(plan.creates) + len(plan.deletes) > 1:
+            # Several objects: one job at a time per lane, so jobs finish one after
+            # another. A single replacement or delete (a repair) never queues here.
+            async with self._lanes:
+                retry = await self._change_children(job, obs, plan)
+        else:
+            retry = await self._change_children(job, obs, plan)
         if not status_first:
             await self._write_status(job, plan)
             self._post(job, plan.events)

@@ -27,6 +27,11 @@ class OperatorConfig:
     resync_seconds: float = 300.0
     # Concurrent creates/deletes per reconcile: fast for big jobs, gentle on the API server.
     write_concurrency: int = 32
+    # Jobs creating several objects at once (a new job, a coordinated restart) that may
+    # write at the same time; the rest wait their turn. Without it a burst of N new
+    # jobs advanced in lockstep (every job's Service, then every job's pods) and each
+    # finished only at the end of the burst, its events waiting all along.
+    write_lanes: int = 8
     # The Pod Security Standard every worker pod must meet (core/podsecurity.py), and
     # the namespaces a cluster admin gave another level (e.g. privileged for RDMA).
     pod_security: Level = Level.BASELINE

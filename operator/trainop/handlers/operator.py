@@ -43,6 +43,7 @@ def config_from_env() -> OperatorConfig:
         write_concurrency=int(
             os.environ.get("TRAINOP_WRITE_CONCURRENCY", defaults.write_concurrency)
         ),
+        write_lanes=int(os.environ.get("TRAINOP_WRITE_LANES", defaults.write_lanes)),
         pod_security=Level(os.environ.get("TRAINOP_POD_SECURITY", defaults.pod_security)),
         pod_security_namespaces=parse_levels(os.environ.get("TRAINOP_POD_SECURITY_NAMESPACES", "")),
         network_policy=os.environ.get("TRAINOP_NETWORK_POLICY", "true").lower() != "false",
