@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -61,11 +62,30 @@ def parse_levels(text: str) -> dict[str, Level]:
     return out
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf diffs each object's last-handled essence against the new one on every watch
+    event, deep-copying every pod, Service and job body to do so: most of its CPU under
+    load (measured with py-spy: 36-43% of the operator's busy samples). Only on-change
+    handlers read that diff, and trainop has on-event handlers only."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf would post Events for its log records through its own client, past the
     # leader fence; the operator's own Events (through the fenced client) say what matters.
     settings.posting.enabled = False
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     config = config_from_env()

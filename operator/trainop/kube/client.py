@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -19,6 +20,14 @@ from trainop import operator_metrics as m
 from trainop.api import constants as c
 
 ObjDict = dict[str, Any]
+_PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 # Tries of a request the API server answers 429 (Too Many Requests), as client-go does.
 THROTTLED_TRIES = 5
 _JSON = "application/json"
@@ -99,6 +108,12 @@ class Kube:
         # controllers crawl. Concurrency is bounded by the connection pool instead.
         cfg.connection_pool_maxsize = pool
         api = client.ApiClient(configuration=cfg)
+        if not any(os.environ.get(v) for v in _PROXY_VARIABLES):
+            # kubernetes_asyncio opens its aiohttp session with trust_env=True, and with
+            # it every request looks up ~/.netrc and the proxy variables in a thread pool:
+            # two hops per request, 5.7% of the operator's CPU in a burst. Nothing here
+            # uses netrc, and with no proxy variable set there is no proxy to find.
+            api.rest_client.pool_manager._trust_env = False
         if user_agent:  # which replica sent a request, in the API server's audit log
             api.user_agent = user_agent
         return cls(api, fence=fence)
