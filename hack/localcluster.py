@@ -263,23 +263,36 @@ rules:
     verbs: [create, update, patch, delete, deletecollection]
   - level: None
 """
+# Reads too (not watches: those last as long as the client), for benchmarks that count
+# every request a controller sends. Off by default: most clients' reads are noise.
+AUDIT_POLICY_WITH_READS = AUDIT_POLICY.replace(
+    "verbs: [create, update, patch, delete, deletecollection]",
+    "verbs: [get, list, create, update, patch, delete, deletecollection]",
+)
 
 
 def audit_log(d: Path | None = None) -> Path:
-    """The API server's audit log: one JSON line per write request."""
+    """The API server's audit log: one JSON line per write request (and per get or
+    list with `up(audit_reads=True)`)."""
     return (d or cluster_dir()) / "logs" / "audit.log"
 
 
-def _audit_policy(d: Path) -> Path:
+def _audit_policy_text(reads: bool) -> str:
+    return AUDIT_POLICY_WITH_READS if reads else AUDIT_POLICY
+
+
+def _audit_policy(d: Path, reads: bool) -> Path:
     path = d / "audit-policy.yaml"
-    path.write_text(AUDIT_POLICY)
+    path.write_text(_audit_policy_text(reads))
     return path
 
 
-def up(real_node: bool = False) -> Path:
+def up(real_node: bool = False, audit_reads: bool = False) -> Path:
     d = cluster_dir()
     kubeconfig = d / "kubeconfig"
-    if running(d) and real_node == (d / "node").exists():
+    policy = d / "audit-policy.yaml"
+    same_policy = policy.exists() and policy.read_text() == _audit_policy_text(audit_reads)
+    if running(d) and real_node == (d / "node").exists() and same_policy:
         return kubeconfig
     down()  # stale state from a stopped session: its pids may belong to others now
     b = bins()
@@ -364,7 +377,7 @@ def up(real_node: bool = False) -> Path:
             "none",
             # Every write, with the user agent that sent it (tests tell replicas apart).
             "--audit-policy-file",
-            str(_audit_policy(d)),
+            str(_audit_policy(d, audit_reads)),
             "--audit-log-path",
             str(audit_log(d)),
             "--audit-log-format",

@@ -36,11 +36,12 @@ NS = "bench"
 SEL = "trainop.dev/job-name={},trainop.dev/role=worker"
 
 
-def job(name: str, workers: int) -> dict[str, Any]:
+def job(name: str, workers: int, namespace: str = NS) -> dict[str, Any]:
+    """Elastic 1..workers, restarted on any failure at once (bench/compare-kubeflow too)."""
     return {
         "apiVersion": "trainop.dev/v1alpha1",
         "kind": "TrainingJob",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "image": "trainer:1",
             "entrypoint": {"module": "m"},
