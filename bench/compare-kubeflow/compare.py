@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -64,6 +66,9 @@ TJ_AGENTS = ("trainop-operator/", "kopf/")
 FAIL_ANNOTATION = "kwok.trainop.dev/exit-code"  # hack/kwok-stages.yaml: trainop-pod-exit
 FAIL_EXIT_CODE = "137"  # SIGKILL: retryable for Kubeflow's ExitCode policy and for trainop
 SETTLE_S = 2.0  # after a lifecycle, for the operators' last reactions to reach the log
+# Idle time before each measurement: longer than Kubeflow's client-side rate limiter
+# takes to refill (burst 30 at 20 QPS), so neither operator carries the last step's work.
+QUIET_S = 1.5
 # Room for the burst's 1,600 pods beside hack/localcluster.py's four nodes (440 pods).
 EXTRA_NODES = {f"bench-node-{i}": 500 for i in range(4)}
 
@@ -83,6 +88,8 @@ class Side:
     manifest: Callable[[str, str, int], dict[str, Any]]
     path: Callable[[str, str | None], str]
     pid: Callable[[], int]
+    alive: Callable[[], bool]
+    restart: Callable[[], None]
     samples: dict[str, list[float]] = field(default_factory=dict)
     requests_by_kind: list[dict[str, int]] = field(default_factory=list)
     failed_requests: list[dict[str, int]] = field(default_factory=list)
@@ -92,6 +99,19 @@ class Side:
         if value is not None:
             self.samples.setdefault(key, []).append(value)
 
+    def checkpoint(self) -> Callable[[], None]:
+        """A function that drops every sample added after this call."""
+        lengths = {k: len(v) for k, v in self.samples.items()}
+        counts = len(self.requests_by_kind), len(self.failed_requests)
+
+        def rollback() -> None:
+            for key, values in self.samples.items():
+                del values[lengths.get(key, 0) :]
+            del self.requests_by_kind[counts[0] :]
+            del self.failed_requests[counts[1] :]
+
+        return rollback
+
 
 class AuditTail:
     """Follows the audit log as the API server appends to it (and rotates it)."""
@@ -99,6 +119,7 @@ class AuditTail:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: list[audit.Entry] = []
+        self.last_from: dict[str, float] = {}  # user agent -> its latest request
         self._file: Any = None
         self._inode = -1
         self._rest = ""
@@ -128,6 +149,7 @@ class AuditTail:
             entry = audit.parse_line(line)
             if entry is not None:
                 self.entries.append(entry)
+                self.last_from[entry.user_agent] = entry.t
 
     def mark(self) -> int:
         self.poll()
@@ -243,7 +265,23 @@ class Bench:
         await until(found, limit or self.timeout, 0.01)
         return box[0] if box else None
 
+    async def quiet(self, side: Side) -> None:
+        """Until the operator has sent nothing for QUIET_S: each measurement starts from
+        an idle operator (and a refilled client-side rate limiter, for Kubeflow's)."""
+
+        async def calm() -> bool:
+            self.tail.poll()
+            last = max(
+                (t for agent, t in self.tail.last_from.items() if agent.startswith(side.agents)),
+                default=0.0,
+            )
+            return time.time() - last >= QUIET_S
+
+        if not await until(calm, self.timeout, 0.1):
+            print(f"  ! {side.name}: never quiet for {QUIET_S} s", flush=True)
+
     async def time_to_pods(self, side: Side, name: str, workers: int) -> float | None:
+        await self.quiet(side)
         i0 = self.tail.mark()
         await self.create(side, name, workers)
         took = await self.audit_until(
@@ -272,11 +310,13 @@ class Bench:
 
     async def lifecycle(self, side: Side, name: str) -> None:
         """4 workers: apply -> Running -> worker-0 fails -> replaced -> Running -> delete."""
+        await self.quiet(side)
         i0 = self.tail.mark()
         start = time.time()
         await self.create(side, name, 4)
         if not await until(lambda: self.all_running(side, name, 4), self.timeout, 0.05):
             print(f"  ! {side.name}/{name}: 4 workers not Running", flush=True)
+        await self.quiet(side)
         pod = f"{audit.worker_prefix(name)}0"
         asked = time.time()
         await self.kube.patch_pod_annotations(
@@ -335,13 +375,14 @@ class Bench:
         self, side: Side, jobs: int, workers: int, clients: int, log: Path
     ) -> dict[str, Any]:
         """`jobs` jobs created by `clients` concurrent clients; until all their pods exist."""
+        await self.quiet(side)
         pid = side.pid()
         reset = reset_peak_rss(pid)
         log_offset = file_size(log)
         cpu0 = cpu_seconds(pid)
         i0 = self.tail.mark()
         start = time.time()
-        names = [f"burst-{i:03d}" for i in range(jobs)]
+        names = [f"burst-{i:03d}" for i in range(jobs)]  # prepare() emptied the namespace
         todo = list(reversed(names))
         create_errors: list[str] = []
 
@@ -423,6 +464,14 @@ class Bench:
         }
 
 
+def keep_audit_log(work: Path) -> None:
+    """The run's audit log, compressed, beside the operators' logs: the cluster's copy
+    goes with the cluster."""
+    for src in sorted(localcluster.audit_log().parent.glob("audit*.log")):
+        with src.open("rb") as f, gzip.open(work / f"{src.name}.gz", "wb") as out:
+            shutil.copyfileobj(f, out)
+
+
 def file_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
@@ -479,6 +528,14 @@ def prepare(cluster: Cluster) -> None:
         )
 
     wait_for("every node Ready", ready, timeout=60)
+    # A kept cluster may hold an earlier run's jobs: start from empty namespaces.
+    for ns, kind in ((KF_NS, "pytorchjobs.kubeflow.org"), (TJ_NS, "trainingjobs.trainop.dev")):
+        cluster.kubectl("delete", kind, "--all", "-n", ns, "--wait=false", check=False)
+    wait_for(
+        "the namespaces empty",
+        lambda: not any(cluster.list("pods", ns) for ns in (KF_NS, TJ_NS)),
+        timeout=180,
+    )
 
 
 async def run(
@@ -493,7 +550,7 @@ async def run(
         for side in sides:  # first reconciles (imports, informers) are nobody's figure
             await bench.time_to_pods(side, "warmup", 1)
             side.timelines.clear()
-        warnings = []
+        warnings: list[str] = []
         if "watch cache not primed" in read_from(tj_log, 0):
             warnings.append("trainop started without its watch cache (see its log)")
             print(f"  ! {warnings[-1]}", flush=True)
@@ -501,7 +558,7 @@ async def run(
             order = sides if rep % 2 == 0 else list(reversed(sides))
             row: dict[str, Any] = {"repetition": rep, "order": [s.name for s in order]}
             for side in order:
-                row[side.name] = await bench.repetition(side, rep, sizes)
+                row[side.name] = await repetition(bench, side, rep, sizes, warnings)
                 print(f"rep {rep} {side.name}: {json.dumps(row[side.name])}", flush=True)
             reps.append(row)
         load_after = load()
@@ -511,6 +568,9 @@ async def run(
         burst = None
         if args.burst_jobs:
             tj = next(s for s in sides if s.name == "trainop")
+            if not tj.alive():
+                warnings.append("trainop had exited before the burst: restarted")
+                tj.restart()
             burst = await bench.burst(tj, args.burst_jobs, 8, 8, tj_log)
             print(f"burst: {json.dumps(burst)}", flush=True)
     finally:
@@ -521,6 +581,28 @@ async def run(
         "load_after_repetitions": load_after,
         "warnings": warnings,
     }
+
+
+async def repetition(
+    bench: Bench, side: Side, rep: int, sizes: list[int], warnings: list[str]
+) -> dict[str, Any]:
+    """One repetition of one operator's workload. On a shared machine an operator can be
+    killed from outside (a stale pid file of another cluster, say): a repetition it did
+    not live through is dropped and run again on a restarted operator, and said so."""
+    for _ in range(3):
+        if not side.alive():
+            warnings.append(f"{side.name} had exited before repetition {rep}: restarted")
+            print(f"  ! {warnings[-1]}", flush=True)
+            side.restart()
+            await bench.time_to_pods(side, f"r{rep}-warmup", 1)
+        rollback = side.checkpoint()
+        out = await bench.repetition(side, rep, sizes)
+        if side.alive():
+            return out
+        rollback()
+        warnings.append(f"{side.name} exited during repetition {rep}: its samples dropped")
+        print(f"  ! {warnings[-1]}", flush=True)
+    raise RuntimeError(f"{side.name} keeps exiting")
 
 
 def render(results: dict[str, Any], rows: list[report.Row], sides: list[Side]) -> str:
@@ -651,8 +733,6 @@ def main() -> int:
         kf.install(cluster, kf_src, work / "certs", kf_op.webhook_port)
         kf_op.start(KF_NS)
         tj_op.start(args=["--namespace", TJ_NS])
-        assert tj_op.proc is not None
-        tj_proc = tj_op.proc
         sides = [
             Side(
                 "kubeflow",
@@ -662,6 +742,8 @@ def main() -> int:
                 kf.pytorchjob,
                 kf.job_path,
                 lambda: kf_op.pid,
+                kf_op.alive,
+                lambda: kf_op.start(KF_NS),
             ),
             Side(
                 "trainop",
@@ -670,13 +752,16 @@ def main() -> int:
                 TJ_AGENTS,
                 tj_manifest,
                 tj_job_path,
-                lambda: tj_proc.pid,
+                lambda: tj_op.pid,
+                tj_op.alive,
+                lambda: tj_op.start(args=["--namespace", TJ_NS]),
             ),
         ]
         out = asyncio.run(run(args, cluster, sides, work / "trainop.log"))
     finally:
         kf_op.stop()
         tj_op.stop()
+        keep_audit_log(work)
         if not args.keep_cluster:
             localcluster.down()
     kf_side, tj_side = sides

@@ -186,6 +186,9 @@ class KubeflowOperator:
         assert self.proc is not None
         return self.proc.pid
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_group(self.proc, grace=15)

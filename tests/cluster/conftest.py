@@ -208,6 +208,11 @@ class Operator:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
 
 @pytest.fixture(scope="session")
 def operator(crd: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
