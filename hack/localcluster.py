@@ -499,10 +499,32 @@ def _pids(d: Path) -> list[int]:
     return [int(p.read_text()) for p in (d / "pids").glob("*.pid")] if (d / "pids").exists() else []
 
 
-def _ours(pid: int) -> bool:
+def _started_at(pid: int) -> float:
+    """When the process started, in seconds since the epoch (proc(5): stat field 22)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _ours(pid: int, d: Path | None = None) -> bool:
+    """A cluster binary, or any trainop process (hack/demo.sh's operator), that is still
+    the process its pid file was written for: one started after the file was written is
+    another process that was given a recycled pid (a benchmark's own operator, say)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        started = _started_at(pid)
+    except (OSError, ValueError, IndexError):
+        return False
+    written = [
+        f.stat().st_mtime
+        for f in ((d or cluster_dir()) / "pids").glob("*.pid")
+        if f.read_text().strip() == str(pid)
+    ]
+    if written and started > max(written) + 5:  # 5 s: btime and tick rounding
         return False
     return str(cache_dir()).encode() in cmdline or b"trainop" in cmdline
 
@@ -518,7 +540,7 @@ def _alive(pid: int) -> bool:
 def _pid_of(d: Path, name: str) -> int | None:
     f = d / "pids" / f"{name}.pid"
     pid = int(f.read_text()) if f.exists() else None
-    return pid if pid is not None and _ours(pid) else None
+    return pid if pid is not None and _ours(pid, d) else None
 
 
 def down() -> None:
@@ -527,7 +549,7 @@ def down() -> None:
     realnode.stop(d, lambda name: _pid_of(d, name))
     # Only our own processes: a pid whose command line is not a cluster binary is
     # someone else's after a restart, and is left alone.
-    pids = [p for p in _pids(d) if _ours(p)]
+    pids = [p for p in _pids(d) if _ours(p, d)]
     for pid in pids:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGTERM)
