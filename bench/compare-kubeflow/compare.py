@@ -743,7 +743,7 @@ def why_missed(
         report.RATIO_GOALS[4][1]: "more than Kubeflow in the last lifecycle: "
         + ", ".join(f"{k} +{n}" for k, n in extra)
         + "; Kubeflow's extra are Events and per-worker Services (table above).",
-        report.RATIO_GOALS[5][1]: "see README, 'Where trainop's CPU goes'"
+        report.RATIO_GOALS[5][1]: "see README, 'Where trainop's time goes'"
         " (bench/compare-kubeflow/profile_trainop.py).",
         report.RATIO_GOALS[6][1]: "a Python process with Kopf, kubernetes_asyncio, aiohttp and"
         " pydantic loaded; see README.",
