@@ -116,6 +116,7 @@ def main() -> int:
     parser.add_argument("--py-spy", default=os.environ.get("PY_SPY", "py-spy"))
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--floor", type=float, default=2.0, help="smallest share shown, %%")
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running")
     args = parser.parse_args()
     os.environ.setdefault(
         "TRAINOP_CLUSTER_DIR", str(c.localcluster.cache_dir() / "cluster-compare-kubeflow")
@@ -131,6 +132,8 @@ def main() -> int:
         asyncio.run(workload(args, cluster, op))
     finally:
         op.stop()
+        if not args.keep_cluster:
+            c.localcluster.down()
     with args.raw.open() as raw:
         print(render(*summarize(raw), floor=args.floor))
     print(f"raw stacks and the operator's log in {work}")
