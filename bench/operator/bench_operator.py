@@ -36,11 +36,12 @@ NS = "bench"
 SEL = "trainop.dev/job-name={},trainop.dev/role=worker"
 
 
-def job(name: str, workers: int) -> dict[str, Any]:
+def job(name: str, workers: int, namespace: str = NS) -> dict[str, Any]:
+    """Elastic 1..workers, restarted on any failure at once (bench/compare-kubeflow too)."""
     return {
         "apiVersion": "trainop.dev/v1alpha1",
         "kind": "TrainingJob",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "image": "trainer:1",
             "entrypoint": {"module": "m"},
@@ -218,11 +219,11 @@ def ratios(off: dict[str, Any], on: dict[str, Any]) -> dict[str, float]:
     """cache on / cache off for each figure both runs have (p50 for latencies)."""
     out = {"api_requests_total": on["api_requests"]["total"] / off["api_requests"]["total"]}
     for size, fig in on["create_to_all_pods_created"].items():
-        before = off["create_to_all_pods_created"][size]["p50"]
-        out[f"create_{size}_p50"] = fig["p50"] / before
+        before = off["create_to_all_pods_created"][size]["p50_s"]
+        out[f"create_{size}_p50"] = fig["p50_s"] / before
     for name in ("failure_observed_to_replacement_created",):
         out[f"{name}_p50"] = (
-            on["pod_replacement"][name]["p50"] / off["pod_replacement"][name]["p50"]
+            on["pod_replacement"][name]["p50_s"] / off["pod_replacement"][name]["p50_s"]
         )
     return {k: round(v, 2) for k, v in out.items()}
 

@@ -120,16 +120,22 @@ def cluster() -> Iterator[Cluster]:
 def crd(cluster: Cluster) -> Cluster:
     # --force-conflicts: a kept cluster may hold a CRD that helm (another field manager) applied.
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    wait_established(cluster, "trainingjobs.trainop.dev")
+    return cluster
 
+
+def wait_established(cluster: Cluster, name: str) -> None:
     def established() -> bool:
         # `kubectl wait` errors out (instead of waiting) while the new CRD has no
         # conditions yet, which a fresh cluster takes a moment to write.
-        crd = cluster.get_or_none("crd", "trainingjobs.trainop.dev", "")
+        crd = cluster.get_or_none("crd", name, "")
         conds = ((crd or {}).get("status") or {}).get("conditions") or []
         return any(x["type"] == "Established" and x["status"] == "True" for x in conds)
 
-    wait_for("the TrainingJob CRD established", established, timeout=60)
-    return cluster
+    wait_for(f"the CRD {name} established", established, timeout=60)
+    # Established is not yet servable: until the API server's watch cache for the new
+    # resource is initialized, a LIST answers 429 "storage is (re)initializing".
+    wait_for(f"{name} listable", lambda: cluster.kubectl("get", name, "-A", "-o", "name") or True)
 
 
 @pytest.fixture
@@ -201,6 +207,11 @@ class Operator:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
 
 @pytest.fixture(scope="session")
