@@ -52,6 +52,8 @@ TERMINATING_MEMORY_SECONDS = 60.0
 # of identical jobs, short enough that a new quota or policy is met within seconds.
 ADMITTED_MEMORY_SECONDS = 10.0
 ADMITTED_MEMORY_MAX = 4096
+# Events posted at once (the rest wait in the background, see Reconciler._emit).
+EVENT_CONCURRENCY = 4
 
 
 def utcnow() -> datetime:
@@ -134,6 +136,7 @@ class Reconciler:
         # background: a reconcile (and the watch events queued behind it) never waits
         # for them, and the status they describe is already stored.
         self._posting: set[asyncio.Task[None]] = set()
+        self._event_gate = asyncio.Semaphore(EVENT_CONCURRENCY)
 
     async def reconcile(self, key: Key) -> float | None:
         """Converge one job. Returns seconds until it must be looked at again, if any."""
@@ -374,7 +377,7 @@ class Reconciler:
             self._write_through(
                 await self.kube.patch_job(ns, obs.job.name, {"spec": {"suspend": True}})
             )
-        await self._delete_pods(ns, obs.job.name, plan.deletes)
+        gone = await self._delete_pods(ns, obs.job.name, plan.deletes)
         first, pods, results = await self._create_all(plan.creates)
         refused = [
             (obj, r)
@@ -405,9 +408,13 @@ class Reconciler:
             await self.kube.delete_job(ns, obs.job.name, obs.job.uid)
             if self.cache is not None:
                 self.cache.drop_job(ns, obs.job.name)
+        if gone and retry is None:
+            retry = 0.0  # plan again now: the freed name can take its replacement
         return retry
 
-    async def _delete_pods(self, ns: str, job: str, deletes: Iterable[PodDelete]) -> None:
+    async def _delete_pods(self, ns: str, job: str, deletes: Iterable[PodDelete]) -> bool:
+        """Delete the pods; True if one of them is gone at once (see ObjectCache.pod_deleted):
+        its replacement can then be created without waiting for the watch to say so."""
         todo = list(deletes)
         deleted = await asyncio.gather(
             *(
@@ -416,12 +423,14 @@ class Reconciler:
             ),
             return_exceptions=True,
         )
+        gone = False
         if self.cache is not None:
             now = self.clock()
             for d, result in zip(todo, deleted, strict=True):
                 if not isinstance(result, BaseException):
-                    self.cache.pod_deleting(ns, job, d.uid, now)
+                    gone |= self.cache.pod_deleted(ns, job, d.uid, now)
         _raise_first(deleted)
+        return gone
 
     async def _create_all(
         self, creates: Iterable[ObjDict]
@@ -462,6 +471,12 @@ class Reconciler:
             return await call
 
     async def _emit(self, job: ObjDict, ev: Event) -> None:
+        # Few at a time: a burst of Events must not take the connections that the
+        # status writes, deletes and creates of other jobs are waiting for.
+        async with self._event_gate:
+            await self._post_event(job, ev)
+
+    async def _post_event(self, job: ObjDict, ev: Event) -> None:
         meta = job["metadata"]
         stamp = self.clock().isoformat().replace("+00:00", "Z")
         body = {

@@ -20,9 +20,12 @@ from trainop.reconcile import Reconciler
 KEY = ("team-a", "llm")
 
 
-def pod(name: str, rv: int, uid: str | None = None, **meta: Any) -> dict[str, Any]:
+def pod(
+    name: str, rv: int, uid: str | None = None, spec: dict[str, Any] | None = None, **meta: Any
+) -> dict[str, Any]:
     return {
         "kind": "Pod",
+        "spec": spec or {},
         "metadata": {
             "name": name,
             "namespace": "team-a",
@@ -98,6 +101,7 @@ class ApiServer(FakeKube):
             return None
         stored = self.objects[-1]
         stored["metadata"]["resourceVersion"] = self._next()
+        stored["metadata"]["uid"] += f"-{self.rv}"  # a new object, a new uid
         return copy.deepcopy(stored)
 
     async def replace_job_status(self, body: dict[str, Any], status: dict[str, Any]) -> Any:
@@ -209,16 +213,43 @@ def test_a_cached_pod_is_what_the_reconcile_reads_and_its_owner_nothing_more(
 
 def test_our_accepted_delete_shows_at_once_and_a_late_event_does_not_undo_it() -> None:
     cache = ObjectCache()
-    cache.put_pod(pod("llm-worker-0", 5))
-    cache.pod_deleting("team-a", "llm", "uid-llm-worker-0", NOW)
+    running = pod("llm-worker-0", 5, spec={"nodeName": "gpu-node-0"})
+    cache.put_pod(running)
+    assert cache.pod_deleted("team-a", "llm", "uid-llm-worker-0", NOW) is False  # graceful
     (held,) = cache.job_pods(*KEY)
     assert held.pod.deleting
     assert held.pod.deletion_time == NOW
     for replayed in (4, 5):  # an older event, or the same version listed again
-        cache.put_pod(pod("llm-worker-0", replayed))
+        cache.put_pod(pod("llm-worker-0", replayed, spec={"nodeName": "gpu-node-0"}))
         assert cache.job_pods(*KEY)[0].pod.deleting
     cache.put_pod(pod("llm-worker-0", 6), deleted=True)
     assert cache.job_pods(*KEY) == []
+
+
+@pytest.mark.parametrize(
+    ("phase", "node"),
+    [
+        pytest.param("Failed", "gpu-node-0", id="failed"),
+        pytest.param("Succeeded", "gpu-node-0", id="succeeded"),
+        pytest.param("Pending", None, id="never-scheduled"),
+    ],
+)
+def test_a_pod_the_api_server_removes_at_once_frees_its_name_at_once(
+    phase: str, node: str | None
+) -> None:
+    """Finished or unscheduled pods have no grace period: deleted means gone, so the
+    replacement (same name) can be created without waiting for the watch."""
+    cache = ObjectCache()
+    body = pod("llm-worker-0", 5, spec={"nodeName": node} if node else {})
+    body["status"] = {"phase": phase}
+    cache.put_pod(body)
+    assert cache.pod_deleted("team-a", "llm", "uid-llm-worker-0", NOW) is True
+    assert cache.job_pods(*KEY) == []
+    cache.put_pod(body)  # the watch's late event of the pod as it was
+    assert cache.job_pods(*KEY) == []
+    cache.put_pod(pod("llm-worker-0", 6), deleted=True)  # the watch catches up
+    assert cache.job_pods(*KEY) == []
+    assert cache.pods == {}
 
 
 def test_kubectls_copy_of_the_spec_is_not_held_for_a_job() -> None:
@@ -233,3 +264,38 @@ def test_kubectls_copy_of_the_spec_is_not_held_for_a_job() -> None:
     assert held is not None
     assert held["metadata"]["annotations"] == {"team": "vision"}
     assert held["spec"] == body["spec"]
+
+
+def test_a_failed_worker_is_replaced_without_waiting_for_the_watch() -> None:
+    api = ApiServer(job())
+    cache = ObjectCache()
+    cache.prime([copy.deepcopy(api.job)], [], [])
+    rec = Reconciler(api, CFG, clock=lambda: NOW, cache=cache)  # type: ignore[arg-type]
+    created: list[str] = []
+    create = api.create
+
+    async def counting_create(obj: dict[str, Any], *, dry_run: bool = False) -> Any:
+        if not dry_run:
+            created.append(obj["metadata"]["name"])
+        return await create(obj, dry_run=dry_run)
+
+    api.create = counting_create  # type: ignore[method-assign]
+
+    async def scenario() -> float | None:
+        await settled(rec, KEY)
+        (w0,) = [o for o in api.objects if o["metadata"]["name"] == "llm-worker-0"]
+        failed = copy.deepcopy(w0)
+        failed["metadata"]["resourceVersion"] = "1000"
+        failed["spec"]["nodeName"] = "gpu-node-0"
+        failed["status"] = TERMINATED
+        cache.put_pod(failed)  # the one watch event: the worker failed
+        # Counted, deleted (gone at once: it had finished), and replaced by the same
+        # reconcile, with no watch event in between; asked to look again at once.
+        again = await settled(rec, KEY)
+        assert again == 0.0
+        assert created.count("llm-worker-0") == 2, " ".join(created)
+        return await settled(rec, KEY)
+
+    asyncio.run(scenario())
+    assert created.count("llm-worker-0") == 2, " ".join(created)  # and no third
+    assert api.job["status"]["restarts"] == 1

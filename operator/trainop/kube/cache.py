@@ -34,6 +34,7 @@ Key = tuple[str, str]  # (namespace, name)
 # last-applied annotation is a second copy of a job's spec. (A status write sends the
 # job back without them: the API server keeps everything but the status as stored.)
 _DROPPED_METADATA = ("managedFields",)
+GONE_MAX = 10_000  # tombstones kept; the watch removes each within seconds
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 
@@ -53,6 +54,8 @@ class ObjectCache:
         # (namespace, job name) -> pod uid -> pod, by the pods' job label.
         self.pods: dict[Key, dict[str, CachedPod]] = {}
         self.services: dict[Key, ObjDict] = {}
+        # uid -> resourceVersion of pods we deleted that were gone at once (pod_deleted).
+        self._gone: dict[str, int | None] = {}
         # Until primed, reads go to the API server: an empty cache is not an empty cluster.
         self.primed = False
 
@@ -82,13 +85,18 @@ class ObjectCache:
         if not job or not uid:
             return
         key = (meta["namespace"], job)
-        held = self.pods.setdefault(key, {})
-        old = held.get(uid)
+        old = self.pods.get(key, {}).get(uid)
         version = _version(body)
+        if uid in self._gone:
+            if deleted:
+                del self._gone[uid]  # the watch caught up: the tombstone has done its job
+            if deleted or _newer_or_same_version(self._gone.get(uid), version):
+                return
         if old is not None and not _newer_or_same_version(version, old.version):
             return  # a replayed listing or a late event: what is held is newer
         if old is not None and not deleted and version is not None and version == old.version:
             return  # the same state again; keep what we know beyond it (our own delete)
+        held = self.pods.setdefault(key, {})
         if deleted:
             held.pop(uid, None)
         else:
@@ -104,13 +112,28 @@ class ObjectCache:
         else:
             self.put_pod(body, deleted=deleted)
 
-    def pod_deleting(self, namespace: str, job: str, uid: str, when: datetime) -> None:
-        """Our delete was accepted: the pod is going, whatever the watch says yet."""
+    def pod_deleted(self, namespace: str, job: str, uid: str, when: datetime) -> bool:
+        """Our delete was accepted. A pod that had finished (Failed, Succeeded) or was
+        never scheduled is removed by the API server at once, with no grace period
+        (pkg/registry/core/pod: CheckGracefulDelete): it is dropped, and True says its
+        name is free. Any other pod is going, whatever the watch says yet."""
         held = self.pods.get((namespace, job), {})
         entry = held.get(uid)
-        if entry is not None and not entry.pod.deleting:
+        if entry is None:
+            return False
+        if entry.pod.finished or not entry.pod.node_name:
+            del held[uid]
+            if not held:
+                self.pods.pop((namespace, job), None)
+            # A late event of the pod as it was must not bring it back.
+            if len(self._gone) > GONE_MAX:
+                self._gone.clear()
+            self._gone[uid] = entry.version
+            return True
+        if not entry.pod.deleting:
             pod = replace(entry.pod, deleting=True, deletion_time=when, delete_requested=when)
             held[uid] = replace(entry, pod=pod)
+        return False
 
     def put_service(self, body: Mapping[str, Any], *, deleted: bool = False) -> None:
         svc = _slim(body)
