@@ -82,6 +82,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def control_plane_cpu() -> dict[str, float]:
+    """CPU seconds used so far by each control-plane process (hack/localcluster.py's pids)."""
+    out = {}
+    for pid_file in sorted((localcluster.cluster_dir() / "pids").glob("*.pid")):
+        try:
+            out[pid_file.stem] = cpu_seconds(int(pid_file.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def cpu_shares(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Share of one core each process used over `wall` seconds."""
+    return {k: round((after[k] - before.get(k, 0.0)) / wall, 3) for k in sorted(after)}
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -249,7 +265,11 @@ class Run:
         before, self.metrics = self.metrics, self.op.metrics()
         return before, self.metrics
 
+    def cpu(self) -> dict[str, float]:
+        return {**control_plane_cpu(), "trainop-operator": cpu_seconds(self.pid)}
+
     async def create(self) -> dict[str, Any]:
+        cpu0 = self.cpu()
         t0 = time.time()
         await bounded(
             [
@@ -268,13 +288,17 @@ class Run:
         await wait("every worker pod exists", all_pods, limit=1800)
         creates = operator_creates(AUDIT.since(t0))
         last_pod = max(stamp(e) for e in creates)
+        cpu1 = self.cpu()
         before, now = self.advance()
         out: dict[str, Any] = {
             "clients": CLIENTS,
             "jobs_created_in_s": round(created - t0, 2),
             "first_job_to_last_worker_pod_s": round(last_pod - t0, 2),
             "jobs_per_s": round(self.n / (last_pod - t0), 2),
-            "worker_pods_created": len(creates),
+            "worker_pods_created": len({e["objectRef"]["name"] for e in creates}),
+            # Who the 2 cores went to while the jobs were created: the operator's share
+            # against the control plane's says which one limits the rate here.
+            "cpu_share_of_a_core_by_process": cpu_shares(cpu0, cpu1, time.time() - t0),
             "api_requests": delta(requests(now), requests(before)),
             "api_errors": delta(errors(now), errors(before)),
             "load_average_1_5_15": load(),
