@@ -169,7 +169,7 @@ class Reconciler:
         finally:
             m.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
-    async def _reconcile(self, key: Key) -> float | None:
+    async def _reconcile(self, key: Key, *, in_lane: bool = False) -> float | None:
         namespace, name = key
         if time.monotonic() < self.terminating.get(namespace, 0.0):
             return None  # its jobs and pods are being deleted with it: nothing to replace
@@ -184,6 +184,15 @@ class Reconciler:
         obs = await self.observe(job)
         now = self.clock()
         plan = self._plan(key, obs, now)
+        if not in_lane and len(plan.creates) + len(plan.deletes) > 1:
+            # Several objects (a new job, a coordinated restart): one job per lane at a
+            # time, so a burst of jobs finishes job after job. A single replacement or
+            # delete (a repair) never queues here. A lane may take minutes in a burst:
+            # wait holding no plan (its built pods are most of a waiting job's memory),
+            # then plan again from what is known by then.
+            del job, obs, plan
+            async with self._lanes:
+                return await self._reconcile(key, in_lane=True)
         refused = await self._admission(key, obs, plan)
         if refused is not None:
             obs = replace(obs, admission_error=refused)
@@ -337,13 +346,7 @@ class Reconciler:
         # torchrun restarted worker groups in place: no pod failed, but the budget paid.
         if in_place > 0:
             m.RESTARTS.labels(IN_PLACE, "true").inc(in_place)
-        if len(plan.creates) + len(plan.deletes) > 1:
-            # Several objects: one job at a time per lane, so jobs finish one after
-            # another. A single replacement or delete (a repair) never queues here.
-            async with self._lanes:
-                retry = await self._change_children(job, obs, plan)
-        else:
-            retry = await self._change_children(job, obs, plan)
+        retry = await self._change_children(job, obs, plan)
         if not status_first:
             await self._write_status(job, plan)
             self._post(job, plan.events)
