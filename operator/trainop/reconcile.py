@@ -19,6 +19,7 @@ from trainop import operator_metrics as m
 from trainop.api import constants as c
 from trainop.api.parse import parse_spec
 from trainop.api.status import Phase, TrainingJobStatus
+from trainop.core import kueue
 from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo, ObservedPod, parse_node, parse_pod
@@ -29,6 +30,7 @@ from trainop.core.plan import (
     Observed,
     Plan,
     PodDelete,
+    WorkloadWrite,
     compute_plan,
     planning_failed,
 )
@@ -45,6 +47,9 @@ REFUSED_MAX_SECONDS = 300.0
 # A namespace being deleted is gone within seconds to minutes; one recreated under the
 # same name afterwards is served again once this has passed.
 TERMINATING_MEMORY_SECONDS = 60.0
+# How long an answer to "does the API server serve Kueue's API?" is trusted: Kueue may be
+# installed (or removed) while jobs wait for it.
+SERVED_MEMORY_SECONDS = 30.0
 
 
 def utcnow() -> datetime:
@@ -112,6 +117,8 @@ class Reconciler:
         self.plan_errors: dict[Key, str] = {}
         # Namespaces found being deleted -> time.monotonic() until which they are left alone.
         self.terminating: dict[str, float] = {}
+        # apiVersion -> (served, time.monotonic() of the answer): APIs of optional add-ons.
+        self.served: dict[str, tuple[bool, float]] = {}
 
     async def reconcile(self, key: Key) -> float | None:
         """Converge one job. Returns seconds until it must be looked at again, if any."""
@@ -257,6 +264,12 @@ class Reconciler:
             if cache is not None
             else await self.kube.get_service(namespace, name)
         )
+        job_ref = JobRef(name=name, namespace=namespace, uid=uid, labels=meta.get("labels") or {})
+        queue = (
+            await self.observe_queue(job_ref, spec.scheduling.priority_class_name)
+            if spec is not None and job_ref.labels.get(c.LABEL_KUEUE_QUEUE)
+            else None
+        )
         missing_pvc = None
         if spec is not None and not any(p.active for p in pods):
             claim = (spec.checkpoint.volume or {}).get("persistentVolumeClaim") or {}
@@ -264,7 +277,7 @@ class Reconciler:
             if claim_name and await self.kube.get_pvc(namespace, claim_name) is None:
                 missing_pvc = claim_name
         return Observed(
-            job=JobRef(name=name, namespace=namespace, uid=uid, labels=meta.get("labels") or {}),
+            job=job_ref,
             generation=int(meta.get("generation", 0)),
             spec=spec,
             spec_error=error,
@@ -273,7 +286,73 @@ class Reconciler:
             service_exists=service is not None and _owned_by(service, uid),
             nodes=self.nodes.snapshot(),
             missing_pvc=missing_pvc,
+            queue=queue,
         )
+
+    async def observe_queue(self, job: JobRef, priority_class: str | None) -> kueue.QueueView:
+        """Kueue's side of a queued job: its Workload, the flavors it was admitted on and
+        the value of its PriorityClass (a Workload must carry it)."""
+        if not await self._serves(c.KUEUE_API_VERSION):
+            return kueue.QueueView(served=False)
+        raw = await self.kube.get_namespaced(
+            c.KUEUE_API_VERSION, "workloads", job.namespace, kueue.workload_name(job)
+        )
+        wl = kueue.parse_workload(raw) if raw is not None else None
+        if wl is not None and wl.owner_uid != job.uid:
+            wl = None  # a previous job's of the same name, on its way out with it
+        flavors: dict[str, kueue.Flavor] = {}
+        for assignment in wl.assignments.values() if wl is not None else ():
+            for flavor in set(assignment.flavors.values()) - set(flavors):
+                got = await self.kube.get_cluster_scoped(
+                    c.KUEUE_API_VERSION, "resourceflavors", flavor
+                )
+                if got is not None:
+                    flavors[flavor] = kueue.parse_flavor(got)
+        priority, missing = None, False
+        if priority_class is not None and wl is None:
+            pc = await self.kube.get_cluster_scoped(
+                "scheduling.k8s.io/v1", "priorityclasses", priority_class
+            )
+            priority, missing = (int(pc.get("value", 0)), False) if pc else (None, True)
+        return kueue.QueueView(
+            served=True,
+            workload=wl,
+            flavors=flavors,
+            priority=priority,
+            priority_class_missing=missing,
+        )
+
+    async def _serves(self, api_version: str) -> bool:
+        known = self.served.get(api_version)
+        if known is not None and time.monotonic() - known[1] < SERVED_MEMORY_SECONDS:
+            return known[0]
+        served = await self.kube.serves(api_version)
+        self.served[api_version] = (served, time.monotonic())
+        return served
+
+    async def _write_workload(self, job: ObjDict, ns: str, write: WorkloadWrite) -> float | None:
+        """One write to a job's Workload. Returns seconds until the job must be looked at
+        again: at once after a conflict, later after a refusal (said in an Event)."""
+        try:
+            if write.verb == "create":
+                await self.kube.create(write.body)
+            elif write.verb == "delete":
+                await self.kube.delete_workload(ns, write.name, write.uid)
+            else:
+                await self.kube.patch_workload_status(ns, write.name, write.body)
+        except KubeError as exc:
+            if exc.status in (404, 409):  # gone or changed meanwhile: look again
+                self.served.pop(c.KUEUE_API_VERSION, None)
+                return 0.0
+            if not exc.refused:
+                raise
+            log.warning("Workload %s/%s: %s refused: %s", ns, write.name, write.verb, exc)
+            await self._emit(
+                job,
+                Event("Warning", "WorkloadRejected", f"Workload {write.name}: {exc.message}"),
+            )
+            return REFUSED_MAX_SECONDS / 10
+        return None
 
     async def act(self, job: ObjDict, obs: Observed, plan: Plan) -> float | None:
         """Status first: a failure is recorded as handled before its pod is deleted,
@@ -296,10 +375,6 @@ class Reconciler:
             m.RESTARTS.labels(IN_PLACE, "true").inc(in_place)
         ns = obs.job.namespace
         key = (ns, obs.job.name)
-        if plan.suspend_job:
-            self._write_through(
-                await self.kube.patch_job(ns, obs.job.name, {"spec": {"suspend": True}})
-            )
         await self._delete_pods(ns, obs.job.name, plan.deletes)
         first, pods, results = await self._create_all(plan.creates)
         refused = [
@@ -326,6 +401,10 @@ class Reconciler:
             await self._emit(
                 job, Event("Warning", "CreateRejected", f"{what} was refused: {exc.message}")
             )
+        for write in plan.workload:
+            again = await self._write_workload(job, ns, write)
+            if again is not None:
+                retry = again if retry is None else min(retry, again)
         if plan.delete_job:
             await self.kube.delete_job(ns, obs.job.name, obs.job.uid)
             if self.cache is not None:
