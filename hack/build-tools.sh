@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl) and the kubelet of the real node, etcd, kwok, helm and
-# CoreDNS (the real node's cluster DNS) from Go modules and caches each
+# kube-scheduler, kubectl) and the kubelet of the real node, etcd, kwok, helm,
+# CoreDNS (the real node's cluster DNS) and Kueue from Go modules and caches each
 # by version under $TRAINOP_CACHE (default ~/.cache/trainop). Nothing is fetched
 # except through the Go module proxy; nothing is written into the repository.
-# Usage: hack/build-tools.sh [kube|etcd|kwok|helm ...]   (default: all)
+# Usage: hack/build-tools.sh [kube|etcd|kwok|helm|coredns|kueue ...]   (default: all)
 # Prints the bin directory of every tool on the last line as KEY=path pairs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -75,8 +75,11 @@ build_kwok() { GOBIN=$1 go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$
 build_helm() { GOBIN=$1 go install -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$2"; }
 # Its go.mod has no replace lines; the default plugin set includes kubernetes.
 build_coredns() { GOBIN=$1 go install -ldflags "-s -w" "github.com/coredns/coredns@$2"; }
+# No replace lines either. Its CRDs and webhook manifests are read from the module
+# cache at test time (hack/kueue.py), never copied into the repository.
+build_kueue() { GOBIN=$1 go install -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$2"; }
 
-want=("$@"); [[ ${#want[@]} -gt 0 ]] || want=(kube etcd kwok helm coredns)
+want=("$@"); [[ ${#want[@]} -gt 0 ]] || want=(kube etcd kwok helm coredns kueue)
 for t in "${want[@]}"; do
   case $t in
     kube) done_or_build kube "$K8S_VERSION" build_kube ;;
@@ -84,7 +87,8 @@ for t in "${want[@]}"; do
     kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
     helm) done_or_build helm "$HELM_VERSION" build_helm ;;
     coredns) done_or_build coredns "$COREDNS_VERSION" build_coredns ;;
-    *) echo "unknown tool: $t (expected kube, etcd, kwok, helm or coredns)" >&2; exit 2 ;;
+    kueue) done_or_build kueue "$KUEUE_VERSION" build_kueue ;;
+    *) echo "unknown tool: $t (expected kube, etcd, kwok, helm, coredns or kueue)" >&2; exit 2 ;;
   esac
 done
-echo "KUBE_BIN=$cache/bin/kube-$K8S_VERSION ETCD_BIN=$cache/bin/etcd-$ETCD_VERSION KWOK_BIN=$cache/bin/kwok-$KWOK_VERSION HELM_BIN=$cache/bin/helm-$HELM_VERSION COREDNS_BIN=$cache/bin/coredns-$COREDNS_VERSION"
+echo "KUBE_BIN=$cache/bin/kube-$K8S_VERSION ETCD_BIN=$cache/bin/etcd-$ETCD_VERSION KWOK_BIN=$cache/bin/kwok-$KWOK_VERSION HELM_BIN=$cache/bin/helm-$HELM_VERSION COREDNS_BIN=$cache/bin/coredns-$COREDNS_VERSION KUEUE_BIN=$cache/bin/kueue-$KUEUE_VERSION"

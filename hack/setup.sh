@@ -2,7 +2,7 @@
 # Installs what a fresh machine lacks, idempotently:
 #   Debian: prometheus (server + promtool), openssl; for the images and the real node:
 #           buildah, debootstrap, containerd, runc, CNI plugins, iptables, iproute2, gcc
-#   Go:     kube-apiserver & co, the kubelet, etcd, kwok, helm, CoreDNS
+#   Go:     kube-apiserver & co, the kubelet, etcd, kwok, helm, CoreDNS, Kueue
 #           (hack/build-tools.sh, cached by version)
 #   Images: the stand-in bases the Dockerfiles build FROM (hack/images.sh bases, cached
 #           in buildah's storage), since the official ones cannot be pulled here
@@ -43,7 +43,7 @@ fi
 # the other two mostly network.
 cache=${TRAINOP_CACHE:-$HOME/.cache/trainop}
 mkdir -p "$cache"
-say "Go tools (kube-apiserver, kubelet, etcd, kwok, helm...): building in the background," \
+say "Go tools (kube-apiserver, kubelet, etcd, kwok, helm, Kueue...): building in the background," \
   "cached in $cache/bin (a first build takes minutes, later runs seconds)"
 bash hack/build-tools.sh > /dev/null &
 build_pid=$!
