@@ -19,7 +19,7 @@ from trainop import operator_metrics as m
 from trainop.api import constants as c
 from trainop.api.parse import parse_spec
 from trainop.api.status import Phase, TrainingJobStatus
-from trainop.core import kueue
+from trainop.core import gang, kueue
 from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo, ObservedPod, parse_node, parse_pod
@@ -270,6 +270,11 @@ class Reconciler:
             if spec is not None and job_ref.labels.get(c.LABEL_KUEUE_QUEUE)
             else None
         )
+        gang_view = (
+            await self.observe_gang(job_ref)
+            if spec is not None and spec.scheduling.gang is not None
+            else None
+        )
         missing_pvc = None
         if spec is not None and not any(p.active for p in pods):
             claim = (spec.checkpoint.volume or {}).get("persistentVolumeClaim") or {}
@@ -287,7 +292,20 @@ class Reconciler:
             nodes=self.nodes.snapshot(),
             missing_pvc=missing_pvc,
             queue=queue,
+            gang=gang_view,
         )
+
+    async def observe_gang(self, job: JobRef) -> gang.GangView:
+        """Which PodGroup APIs the cluster serves and the job's PodGroup under each."""
+        served = {api: await self._serves(api) for api in gang.APIS}
+        groups = {
+            api: await self.kube.get_namespaced(
+                api, "podgroups", job.namespace, gang.pod_group_name(job)
+            )
+            for api, yes in served.items()
+            if yes
+        }
+        return gang.GangView(served=served, pod_groups=groups)
 
     async def observe_queue(self, job: JobRef, priority_class: str | None) -> kueue.QueueView:
         """Kueue's side of a queued job: its Workload, the flavors it was admitted on and

@@ -14,6 +14,7 @@ from trainop.api.spec import TrainingJobSpec
 from trainop.api.status import LastFailure, TrainingJobStatus
 from trainop.core import build
 from trainop.core.config import OperatorConfig
+from trainop.core.gang import GangView
 from trainop.core.kueue import Placement, QueueView
 from trainop.core.observe import NodeInfo, ObservedPod
 
@@ -33,6 +34,11 @@ COND_PODS_SCHEDULED = "PodsScheduled"
 COND_QUEUE_ADMITTED = "QueueAdmitted"
 
 
+# Of a job with spec.scheduling.gang: True once minMember workers run together; False
+# with the PodGroup and scheduler it waits for, or the PodGroup API that is missing.
+COND_GANG_SCHEDULED = "GangScheduled"
+
+
 # True once some worker pod has waited to start longer than config.pending_timeout_seconds.
 COND_PENDING_TOO_LONG = "PendingTooLong"
 
@@ -47,7 +53,12 @@ REASON_NO_CAPACITY = "InsufficientGPUCapacity"
 
 
 # Conditions about running workers, dropped while none should run (suspended, finished).
-WORKER_CONDITIONS = (COND_PODS_SCHEDULED, COND_PENDING_TOO_LONG, COND_SPEC_APPLIED)
+WORKER_CONDITIONS = (
+    COND_PODS_SCHEDULED,
+    COND_PENDING_TOO_LONG,
+    COND_SPEC_APPLIED,
+    COND_GANG_SCHEDULED,
+)
 
 
 PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
@@ -81,6 +92,8 @@ class Observed:
     admission_error: str | None = None
     # What the reconciler saw of Kueue; None for a job without the queue label.
     queue: QueueView | None = None
+    # PodGroup APIs and the job's PodGroups; None for a job without spec.scheduling.gang.
+    gang: GangView | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from trainop.core.plan.children import (
     schedule_ttl,
     set_counts,
 )
+from trainop.core.plan.gang import ensure_pod_group, gang_status, mark_members, stage_gang_api
 from trainop.core.plan.model import (
     COND_RECONCILE_ERROR,
     PLANNING_RETRY_SECONDS,
@@ -69,6 +70,7 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         _stage_suspended,
         _stage_deadline,
         _stage_validate,
+        stage_gang_api,
         _stage_failures,
         stage_spec_changed,
         _stage_succeeded,
@@ -115,10 +117,13 @@ def _stage_suspended(ctx: Ctx) -> bool:
 
 def _place(ctx: Ctx) -> None:
     """Pods created under a queue's admission go where it admitted them (its flavors'
-    nodeLabels and tolerations), beside the job's own constraints."""
+    nodeLabels and tolerations), beside the job's own constraints; a gang's workers are
+    marked as members of its PodGroup."""
+    draft = ctx.draft
+    draft.creates = mark_members(ctx, draft.creates)
+    draft.verify = mark_members(ctx, draft.verify)
     if not ctx.placements:
         return
-    draft = ctx.draft
 
     def placed(obj: dict[str, Any]) -> dict[str, Any]:
         if obj.get("kind") != "Pod":
@@ -214,10 +219,12 @@ def _stage_converge(ctx: Ctx) -> None:
     if scaled:
         draft.note("ScaledDown", f"removing {len(scaled)} worker(s) to reach {spec.replicas}")
     ensure_children(draft, ctx.obs, spec, ctx.now, ctx.config)
+    ensure_pod_group(ctx)
     set_counts(draft, ctx.obs, spec, desired=spec.replicas)
     record_progress(draft, current)
     running_phase(draft, ctx.obs, spec, current, ctx.now, ctx.config)
     spec_applied(draft, ctx)
+    gang_status(ctx)
 
 
 def planning_failed(obs: Observed, now: datetime, error: str) -> Plan:
