@@ -4,7 +4,8 @@
 # CoreDNS (the real node's cluster DNS) and Kueue from Go modules and caches each
 # by version under $TRAINOP_CACHE (default ~/.cache/trainop). Nothing is fetched
 # except through the Go module proxy; nothing is written into the repository.
-# Usage: hack/build-tools.sh [kube|etcd|kwok|helm|coredns|kueue ...]   (default: all)
+# Usage: hack/build-tools.sh [kube|etcd|kwok|helm|coredns|kueue|scheduler-plugins|volcano-crds ...]
+#        (default: all)
 # Prints the bin directory of every tool on the last line as KEY=path pairs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -77,6 +78,43 @@ build_helm() { GOBIN=$1 go install -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$2
 build_coredns() { GOBIN=$1 go install -ldflags "-s -w" "github.com/coredns/coredns@$2"; }
 # No replace lines either. Its CRDs and webhook manifests are read from the module
 # cache at test time (hack/kueue.py), never copied into the repository.
+# scheduler-plugins' go.mod pins every k8s.io module with replace lines (to v0.34.1),
+# which `go install` refuses: a wrapper module re-pins them to K8S_VERSION's twins, so
+# the k8s.io packages come from the kube build's compile cache (same tags).
+build_scheduler_plugins() { # dir version
+  local dir=$1 v=$2 mod="$cache/build/scheduler-plugins-$2"
+  mkdir -p "$mod"; cd "$mod"
+  local gomod
+  gomod=$(go mod download -json "sigs.k8s.io/scheduler-plugins@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module trainop.dev/build/scheduler-plugins"; echo; echo "go 1.24"; echo
+    echo "require sigs.k8s.io/scheduler-plugins $v"; echo
+    grep -oE 'k8s.io/[a-z0-9-]+ => k8s.io/[a-z0-9-]+ v[0-9.]+' "$gomod" | sort -u | while read -r m _ _ pv; do
+      case $m in
+        k8s.io/kubernetes) echo "replace $m => $m $K8S_VERSION" ;;
+        k8s.io/legacy-cloud-providers) echo "replace $m => $m $pv" ;;
+        *) echo "replace $m => $m v0.${K8S_VERSION#v1.}" ;;
+      esac
+    done
+  } > go.mod
+  go get "sigs.k8s.io/scheduler-plugins/cmd/scheduler@$v" >&2
+  go build -tags selinux,notest -ldflags "-s -w" -o "$dir/kube-scheduler-plugins" sigs.k8s.io/scheduler-plugins/cmd/scheduler
+}
+
+# Volcano's CRDs come from its own repository, which the module proxy here does not serve
+# (volcano.sh/volcano: 403 for v1.13.0 and v1.14.0). Its types, with their kubebuilder
+# markers, are in volcano.sh/apis: controller-gen makes the CRD from them with Volcano's
+# own options (Makefile CRD_OPTIONS).
+build_volcano_crds() { # dir apis-version
+  local dir=$1 v=$2 mod="$cache/build/volcano-crds-$2"
+  mkdir -p "$mod"; cd "$mod"
+  printf 'module trainop.dev/build/volcano-crds\n\ngo 1.24\n' > go.mod
+  go get "volcano.sh/apis@$v" "sigs.k8s.io/controller-tools/cmd/controller-gen@$CONTROLLER_TOOLS_VERSION" >&2
+  go build -o "$mod/controller-gen" sigs.k8s.io/controller-tools/cmd/controller-gen
+  "$mod/controller-gen" crd:crdVersions=v1,allowDangerousTypes=true \
+    paths=volcano.sh/apis/pkg/apis/scheduling/v1beta1 output:crd:dir="$dir"
+}
+
 build_kueue() { GOBIN=$1 go install -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$2"; }
 
 want=("$@"); [[ ${#want[@]} -gt 0 ]] || want=(kube etcd kwok helm coredns kueue)
@@ -88,7 +126,9 @@ for t in "${want[@]}"; do
     helm) done_or_build helm "$HELM_VERSION" build_helm ;;
     coredns) done_or_build coredns "$COREDNS_VERSION" build_coredns ;;
     kueue) done_or_build kueue "$KUEUE_VERSION" build_kueue ;;
-    *) echo "unknown tool: $t (expected kube, etcd, kwok, helm, coredns or kueue)" >&2; exit 2 ;;
+    scheduler-plugins) done_or_build scheduler-plugins "$SCHEDULER_PLUGINS_VERSION" build_scheduler_plugins ;;
+    volcano-crds) done_or_build volcano-crds "$VOLCANO_APIS_VERSION" build_volcano_crds ;;
+    *) echo "unknown tool: $t (expected kube, etcd, kwok, helm, coredns, kueue, scheduler-plugins or volcano-crds)" >&2; exit 2 ;;
   esac
 done
 echo "KUBE_BIN=$cache/bin/kube-$K8S_VERSION ETCD_BIN=$cache/bin/etcd-$ETCD_VERSION KWOK_BIN=$cache/bin/kwok-$KWOK_VERSION HELM_BIN=$cache/bin/helm-$HELM_VERSION COREDNS_BIN=$cache/bin/coredns-$COREDNS_VERSION KUEUE_BIN=$cache/bin/kueue-$KUEUE_VERSION"

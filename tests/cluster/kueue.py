@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -30,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster import gomod
 from tests.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,32 +41,13 @@ PRIVATE_MOUNTS = ("unshare", "-m", "--propagation", "private")
 WEBHOOK_CONFIGS = ("trainop-test-kueue-mutating", "trainop-test-kueue-validating")
 
 
-def version() -> str:
-    for line in (ROOT / "hack" / "versions.env").read_text().splitlines():
-        if line.startswith("KUEUE_VERSION="):
-            return line.partition("=")[2].strip()
-    raise RuntimeError("KUEUE_VERSION missing from hack/versions.env")
-
-
 def binary(cache: Path) -> Path:
-    path = cache / "bin" / f"kueue-{version()}"
-    if not (path / ".done").exists():
-        subprocess.run(["bash", str(ROOT / "hack" / "build-tools.sh"), "kueue"], check=True)
-    return path / "kueue"
+    return gomod.built(cache, "kueue", "KUEUE_VERSION") / "kueue"
 
 
 def module_dir() -> Path:
     """The Kueue module in the Go module cache (downloaded once, then read from there)."""
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"sigs.k8s.io/kueue@{version()}"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-        cwd="/",
-    ).stdout
-    return Path(json.loads(out)["Dir"])
+    return gomod.module_dir(f"sigs.k8s.io/kueue@{gomod.versions()['KUEUE_VERSION']}")
 
 
 def _openssl(*args: str) -> None:
