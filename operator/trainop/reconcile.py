@@ -356,6 +356,8 @@ class Reconciler:
                 await self.kube.create(write.body)
             elif write.verb == "delete":
                 await self.kube.delete_workload(ns, write.name, write.uid)
+            elif write.verb == "patch":
+                await self.kube.patch_workload(ns, write.name, write.body)
             else:
                 await self.kube.patch_workload_status(ns, write.name, write.body)
         except KubeError as exc:

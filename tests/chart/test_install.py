@@ -111,6 +111,7 @@ NEEDED = [
     ("watch", "workloads.kueue.x-k8s.io"),
     ("create", "workloads.kueue.x-k8s.io"),
     ("delete", "workloads.kueue.x-k8s.io"),
+    ("patch", "workloads.kueue.x-k8s.io"),
     ("patch", "workloads.kueue.x-k8s.io/status"),
     ("get", "podgroups.scheduling.volcano.sh"),
     ("create", "podgroups.scheduling.volcano.sh"),

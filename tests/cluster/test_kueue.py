@@ -210,6 +210,41 @@ def test_a_higher_priority_job_preempts_and_the_preempted_one_resumes(
         c.kubectl("delete", "priorityclass", low, high, "--ignore-not-found", check=False)
 
 
+def test_suspending_a_queued_job_gives_its_quota_to_the_next(
+    kueue: kq.Kueue, operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    apply_cluster_queue(c, ns)
+    for name in ("s-a", "s-b"):
+        c.apply(queued(name), ns)
+        until_running(c, ns, name, 2, timeout=90)
+    c.apply(queued("s-c"), ns)
+    wait_until(
+        "s-c queued",
+        lambda: status(c, ns, "s-c"),
+        lambda s: s.get("reason") == "QueuedInKueue",
+    )
+    c.kubectl(
+        "patch", "trainingjob", "s-a", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    until_running(c, ns, "s-c", 2, timeout=90)
+    wl = workload(c, ns, "s-a")
+    assert wl["spec"]["active"] is False
+    assert "admission" not in wl["status"]
+    assert status(c, ns, "s-a")["reason"] == "Suspended"
+    # Resumed, it queues again behind what now holds the quota.
+    c.kubectl(
+        "patch", "trainingjob", "s-a", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    st = wait_until(
+        "s-a queued again",
+        lambda: status(c, ns, "s-a"),
+        lambda s: s.get("reason") in ("QueuedInKueue", "EvictedByKueue"),
+    )
+    assert workload(c, ns, "s-a")["spec"]["active"] is True
+    assert not workers(c, ns, "s-a"), st
+
+
 def test_partial_admission_starts_an_elastic_job_below_replicas(
     kueue: kq.Kueue, operator: Operator, ns: str
 ) -> None:

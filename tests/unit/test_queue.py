@@ -275,8 +275,16 @@ def test_a_job_without_the_label_never_looks_at_kueue() -> None:
     assert len(pods_created(plan)) == 3
 
 
-def test_user_suspend_wins_over_an_admission() -> None:
+def test_suspending_a_queued_job_deactivates_its_workload_and_resuming_reactivates_it() -> None:
     wl = workload_obj(conditions=ADMITTED, admitted={"workers": 2, "store": 1})
     plan = plan_for(view(wl), pods=[store(), worker(0)], the_spec=spec(suspend=True))
     assert plan.status.reason == "Suspended"
     assert {d.name for d in plan.deletes} == {"llm-rdzv", "llm-worker-0"}
+    (write,) = plan.workload
+    assert (write.verb, write.body) == ("patch", {"spec": {"active": False}})
+    inactive = workload_obj(conditions=PENDING)
+    inactive["spec"]["active"] = False
+    (write,) = plan_for(view(inactive)).workload
+    assert (write.verb, write.body) == ("patch", {"spec": {"active": True}})
+    (created,) = plan_for(view(), the_spec=spec(suspend=True)).workload
+    assert created.body["spec"]["active"] is False

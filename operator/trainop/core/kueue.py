@@ -245,7 +245,8 @@ def build_workload(
         "count": 1,
         "template": _template(build.build_store_pod(job, spec)),
     }
-    wl_spec: ObjDict = {"queueName": queue, "podSets": [workers, store]}
+    # A suspended job gives its quota back: Kueue evicts an inactive Workload.
+    wl_spec: ObjDict = {"queueName": queue, "podSets": [workers, store], "active": not spec.suspend}
     name = spec.scheduling.priority_class_name
     if name is not None and priority is not None:
         wl_spec["priorityClassRef"] = {

@@ -279,6 +279,15 @@ class Kube:
         body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
         await self._delete_tolerant(path, "workloads", body)
 
+    async def patch_workload(self, namespace: str, name: str, patch: ObjDict) -> ObjDict:
+        return await self.request(
+            "patch",
+            _ns_path(c.KUEUE_API_VERSION, "workloads", namespace, name),
+            resource="workloads",
+            body=patch,
+            content_type=_MERGE,
+        )
+
     async def patch_workload_status(self, namespace: str, name: str, patch: ObjDict) -> ObjDict:
         """A merge patch of the status; a resourceVersion in it makes a concurrent write
         by Kueue fail with 409 instead of being overwritten."""

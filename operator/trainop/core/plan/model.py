@@ -98,10 +98,11 @@ class Observed:
 
 @dataclass(frozen=True)
 class WorkloadWrite:
-    """A write to the job's Kueue Workload: create it, delete it (by UID), or merge-patch
-    its status (the patch carries the resourceVersion it was computed from)."""
+    """A write to the job's Kueue Workload: create it, delete it (by UID), merge-patch its
+    spec (active), or its status (the patch carries the resourceVersion it was computed
+    from)."""
 
-    verb: Literal["create", "delete", "status"]
+    verb: Literal["create", "delete", "patch", "status"]
     name: str
     uid: str
     body: dict[str, Any]

@@ -66,6 +66,13 @@ def _follow(
 ) -> Ctx:
     """The job as its existing Workload says."""
     name = wl.name
+    active = not ctx.spec.suspend
+    if wl.active != active:
+        # spec.suspend deactivates the Workload (Kueue evicts it and the quota is freed
+        # once the pods are gone); resuming queues it again.
+        ctx.draft.workload.append(
+            WorkloadWrite("patch", name, wl.uid, {"spec": {"active": active}})
+        )
     if wl.finished:
         done = wl.conditions[kueue.WL_FINISHED]
         return _hold(
