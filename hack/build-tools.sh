@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl) and the kubelet of the real node, etcd, kwok, helm,
-# CoreDNS (the real node's cluster DNS) and Kueue from Go modules and caches each
+# CoreDNS (the real node's cluster DNS), Kueue, scheduler-plugins' gang scheduler and
+# Volcano's PodGroup CRD (generated from volcano.sh/apis) from Go modules and caches each
 # by version under $TRAINOP_CACHE (default ~/.cache/trainop). Nothing is fetched
 # except through the Go module proxy; nothing is written into the repository.
 # Usage: hack/build-tools.sh [kube|etcd|kwok|helm|coredns|kueue|scheduler-plugins|volcano-crds ...]
@@ -117,7 +118,8 @@ build_volcano_crds() { # dir apis-version
 
 build_kueue() { GOBIN=$1 go install -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$2"; }
 
-want=("$@"); [[ ${#want[@]} -gt 0 ]] || want=(kube etcd kwok helm coredns kueue)
+# scheduler-plugins after kube: its k8s.io packages then come from kube's compile cache.
+want=("$@"); [[ ${#want[@]} -gt 0 ]] || want=(kube etcd kwok helm coredns kueue volcano-crds scheduler-plugins)
 for t in "${want[@]}"; do
   case $t in
     kube) done_or_build kube "$K8S_VERSION" build_kube ;;
@@ -131,4 +133,4 @@ for t in "${want[@]}"; do
     *) echo "unknown tool: $t (expected kube, etcd, kwok, helm, coredns, kueue, scheduler-plugins or volcano-crds)" >&2; exit 2 ;;
   esac
 done
-echo "KUBE_BIN=$cache/bin/kube-$K8S_VERSION ETCD_BIN=$cache/bin/etcd-$ETCD_VERSION KWOK_BIN=$cache/bin/kwok-$KWOK_VERSION HELM_BIN=$cache/bin/helm-$HELM_VERSION COREDNS_BIN=$cache/bin/coredns-$COREDNS_VERSION KUEUE_BIN=$cache/bin/kueue-$KUEUE_VERSION"
+echo "KUBE_BIN=$cache/bin/kube-$K8S_VERSION ETCD_BIN=$cache/bin/etcd-$ETCD_VERSION KWOK_BIN=$cache/bin/kwok-$KWOK_VERSION HELM_BIN=$cache/bin/helm-$HELM_VERSION COREDNS_BIN=$cache/bin/coredns-$COREDNS_VERSION KUEUE_BIN=$cache/bin/kueue-$KUEUE_VERSION SCHEDULER_PLUGINS_BIN=$cache/bin/scheduler-plugins-$SCHEDULER_PLUGINS_VERSION VOLCANO_CRDS=$cache/bin/volcano-crds-$VOLCANO_APIS_VERSION"

@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks, idempotently:
 #   Debian: prometheus (server + promtool), openssl; for the images and the real node:
 #           buildah, debootstrap, containerd, runc, CNI plugins, iptables, iproute2, gcc
-#   Go:     kube-apiserver & co, the kubelet, etcd, kwok, helm, CoreDNS, Kueue
+#   Go:     kube-apiserver & co, the kubelet, etcd, kwok, helm, CoreDNS, Kueue,
+#           scheduler-plugins (a gang scheduler), Volcano's PodGroup CRD
 #           (hack/build-tools.sh, cached by version)
 #   Images: the stand-in bases the Dockerfiles build FROM (hack/images.sh bases, cached
 #           in buildah's storage), since the official ones cannot be pulled here
