@@ -24,6 +24,7 @@ from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo, ObservedPod, parse_node, parse_pod
 from trainop.core.plan import (
+    COND_QUEUE_ADMITTED,
     IN_PLACE,
     REASON_NO_CAPACITY,
     Event,
@@ -265,9 +266,13 @@ class Reconciler:
             else await self.kube.get_service(namespace, name)
         )
         job_ref = JobRef(name=name, namespace=namespace, uid=uid, labels=meta.get("labels") or {})
+        # Also after the label is removed, until the job's Workload is gone.
+        queued = job_ref.labels.get(c.LABEL_KUEUE_QUEUE) or any(
+            x.type == COND_QUEUE_ADMITTED for x in status.conditions
+        )
         queue = (
             await self.observe_queue(job_ref, spec.scheduling.priority_class_name)
-            if spec is not None and job_ref.labels.get(c.LABEL_KUEUE_QUEUE)
+            if spec is not None and queued
             else None
         )
         gang_view = (

@@ -288,3 +288,26 @@ def test_suspending_a_queued_job_deactivates_its_workload_and_resuming_reactivat
     assert (write.verb, write.body) == ("patch", {"spec": {"active": True}})
     (created,) = plan_for(view(), the_spec=spec(suspend=True)).workload
     assert created.body["spec"]["active"] is False
+
+
+def test_removing_the_label_lets_the_job_run_and_deletes_its_workload() -> None:
+    wl = workload_obj(conditions=ADMITTED, admitted={"workers": 2, "store": 1})
+    was_queued = {
+        "conditions": [
+            {
+                "type": COND_QUEUE_ADMITTED,
+                "status": "True",
+                "reason": "Admitted",
+                "message": "admitted",
+                "lastTransitionTime": "2026-11-22T11:00:00Z",
+            }
+        ]
+    }
+    pods = [store(), worker(0), worker(1)]
+    plan = compute_plan(observed(pods=pods, queue=view(wl), status=was_queued), NOW, CFG)
+    assert [(w.verb, w.uid) for w in plan.workload] == [("delete", "wl-1")]
+    assert plan.deletes == ()
+    assert condition(plan)[1] == "Admitted"  # kept until the Workload is gone
+    gone = compute_plan(observed(pods=pods, queue=view(), status=plan.status.to_api()), NOW, CFG)
+    assert gone.workload == ()
+    assert not any(x.type == COND_QUEUE_ADMITTED for x in gone.status.conditions)

@@ -34,6 +34,7 @@ def stage_queue(ctx: Ctx) -> Ctx:
     worker count and the flavors' placement. A job without the label is left as it is."""
     queue = ctx.obs.job.labels.get(c.LABEL_KUEUE_QUEUE)
     if not queue:
+        _unqueued(ctx)
         return ctx
     obs, draft = ctx.obs, ctx.draft
     view = obs.queue or kueue.QueueView(served=False)
@@ -157,6 +158,19 @@ def _admitted(ctx: Ctx, wl: kueue.ObservedWorkload, view: kueue.QueueView) -> Ct
     }
     admitted = spec if count == spec.replicas else spec.model_copy(update={"replicas": count})
     return replace(ctx, spec=admitted, placements=placements)
+
+
+def _unqueued(ctx: Ctx) -> None:
+    """The queue label was removed: the job runs without a queue, and the Workload it had
+    goes with the quota it may hold. The condition stays until the Workload is gone, so
+    the reconciler keeps looking at Kueue until then."""
+    view = ctx.obs.queue
+    st = ctx.draft.status
+    if view is not None and view.workload is not None:
+        wl = view.workload
+        ctx.draft.workload.append(WorkloadWrite("delete", wl.name, wl.uid, {}))
+        return
+    st.conditions = [x for x in st.conditions if x.type != COND_QUEUE_ADMITTED]
 
 
 def finish_workload(ctx: Ctx) -> None:
