@@ -98,8 +98,11 @@ def cond(st: dict[str, Any], type_: str = "QueueAdmitted") -> dict[str, Any]:
     return next((x for x in st.get("conditions", []) if x["type"] == type_), {})
 
 
+WORKLOADS = "workloads.kueue.x-k8s.io"
+
+
 def workload(c: Cluster, ns: str, job: str) -> dict[str, Any]:
-    (wl,) = c.list("workloads.kueue.x-k8s.io", ns, f"trainop.dev/job-name={job}")
+    (wl,) = c.list(WORKLOADS, ns, f"trainop.dev/job-name={job}")
     return wl
 
 
@@ -187,7 +190,13 @@ def test_a_higher_priority_job_preempts_and_the_preempted_one_resumes(
         assert workload(c, ns, "p-a")["spec"]["priority"] == 100
         t0 = time.monotonic()
         c.apply(queued("p-high", scheduling={"priorityClassName": high}), ns)
+        first = wait_for(
+            "p-high's Workload", lambda: c.list(WORKLOADS, ns, "trainop.dev/job-name=p-high")
+        )
         until_running(c, ns, "p-high", 2, timeout=90)
+        # The same Workload all along: never replaced while it waited for the preemption.
+        assert workload(c, ns, "p-high")["metadata"]["uid"] == first[0]["metadata"]["uid"]
+        assert workload(c, ns, "p-high")["spec"]["priority"] == 1000
         took = time.monotonic() - t0
         (victim,) = [n for n in ("p-a", "p-b") if not workers(c, ns, n)]
         st = status(c, ns, victim)
@@ -279,6 +288,6 @@ def test_no_workload_left_behind_when_the_job_is_deleted(
     c.kubectl("delete", "trainingjob", "gone", "-n", ns, "--wait=true")
     wait_for(
         "Workload garbage-collected",
-        lambda: not c.list("workloads.kueue.x-k8s.io", ns),
+        lambda: not c.list(WORKLOADS, ns),
         timeout=60,
     )

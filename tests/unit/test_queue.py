@@ -153,6 +153,8 @@ def test_the_workload_carries_the_jobs_priority_class() -> None:
         pytest.param(workload_obj(counts=(3, 1)), True, id="count-changed"),
         pytest.param(workload_obj(queue="other"), True, id="queue-changed"),
         pytest.param(workload_obj(counts=(2, 1)), False, id="same"),
+        pytest.param(workload_obj(counts=(2, None)), False, id="min-count-dropped-by-kueue"),
+        pytest.param(workload_obj(counts=(2, 2)), True, id="min-count-changed"),
         pytest.param(
             workload_obj(counts=(3, 1), conditions=ADMITTED, admitted={"workers": 3}),
             False,
@@ -165,6 +167,23 @@ def test_an_unadmitted_workload_of_an_older_spec_is_replaced(
 ) -> None:
     plan = plan_for(view(wl))
     assert [w.verb for w in plan.workload] == (["delete"] if replaced else [])
+
+
+def test_a_queued_workload_with_the_jobs_priority_class_is_kept() -> None:
+    """The PriorityClass's value is looked up only to create the Workload: one that names
+    the job's class is current without it (it was once replaced over and over, and a
+    preemptor lost its place to the job it had preempted)."""
+    wl = workload_obj(conditions=PENDING)
+    wl["spec"]["priorityClassRef"] = {
+        "group": "scheduling.k8s.io",
+        "kind": "PriorityClass",
+        "name": "high",
+    }
+    wl["spec"]["priority"] = 1000
+    the_spec = spec(scheduling={"priorityClassName": "high"})
+    assert plan_for(view(wl), the_spec=the_spec).workload == ()
+    (write,) = plan_for(view(wl), the_spec=spec()).workload  # the class was removed
+    assert write.verb == "delete"
 
 
 def test_admission_starts_the_job_on_the_admitted_flavor() -> None:

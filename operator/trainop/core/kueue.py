@@ -271,20 +271,23 @@ def build_workload(
     }
 
 
-def stale_reason(wl: ObservedWorkload, desired: ObjDict) -> str | None:
+def stale_reason(wl: ObservedWorkload, desired: ObjDict, priority_class: str | None) -> str | None:
     """What of the job's spec the Workload no longer matches (queue, priority class,
     pod counts), or None. Only a Workload without quota is replaced: an admitted one is
-    Kueue's promise and the job runs within it."""
+    Kueue's promise and the job runs within it. The priority class is compared by name
+    (`desired` carries it only when its value was looked up)."""
     spec = desired["spec"]
     if wl.queue_name != spec["queueName"]:
         return f"the queue changed to {spec['queueName']}"
-    if wl.priority_class != (spec.get("priorityClassRef") or {}).get("name"):
+    if wl.priority_class != priority_class:
         return "spec.scheduling.priorityClassName changed"
     for pod_set in spec["podSets"]:
         name = pod_set["name"]
-        if (wl.counts.get(name), wl.min_counts.get(name)) != (
-            pod_set["count"],
-            pod_set.get("minCount"),
+        # Kueue's webhook drops minCount where partial admission is off: a Workload
+        # without one is not out of date for it (else it would be replaced forever).
+        held_min = wl.min_counts.get(name)
+        if wl.counts.get(name) != pod_set["count"] or (
+            held_min is not None and held_min != pod_set.get("minCount")
         ):
             return f"the {name} count changed to {pod_set['count']}"
     return None

@@ -104,7 +104,7 @@ def _create(ctx: Ctx, view: kueue.QueueView, desired: dict[str, Any], queue: str
 
 
 def _waiting(ctx: Ctx, wl: kueue.ObservedWorkload, desired: dict[str, Any], queue: str) -> Ctx:
-    stale = kueue.stale_reason(wl, desired)
+    stale = kueue.stale_reason(wl, desired, ctx.spec.scheduling.priority_class_name)
     if stale is not None and not wl.reserved:
         # Queued under an older spec: a fresh Workload, so Kueue admits what will run.
         ctx.draft.workload.append(WorkloadWrite("delete", wl.name, wl.uid, {}))
