@@ -122,6 +122,9 @@ def configuration(port: int, health_port: int, cert_dir: Path) -> dict[str, Any]
         # An empty list means Kueue's defaults; batch/job alone is the smallest (its webhook
         # is not installed: no test runs a Job).
         "integrations": {"frameworks": ["batch/job"], "externalFrameworks": [FRAMEWORK]},
+        # As many clusters run it: an admitted Workload that does not report PodsReady
+        # within the timeout is evicted (trainop writes the condition).
+        "waitForPodsReady": {"timeout": "3m", "blockAdmission": False},
         # The on-demand visibility API would start another API server on :8082.
         "featureGates": {"VisibilityOnDemand": False},
     }

@@ -143,6 +143,12 @@ def test_quota_runs_two_of_three_and_the_third_when_one_finishes(
     # The admitted jobs run on the admitted flavor, as many workers as admitted.
     for name in ran:
         assert cond(status(c, ns, name))["reason"] == "Admitted"
+        # Kueue's waitForPodsReady is on (tests/cluster/kueue.py): told, it evicts nothing.
+        wait_until(
+            f"{name}'s Workload PodsReady",
+            lambda name=name: workload(c, ns, name),
+            lambda wl: wl_cond(wl, "PodsReady") == "True",
+        )
         for pod in workers(c, ns, name):
             assert pod["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == GPU_PRODUCT
         assert workload(c, ns, name)["status"]["admission"]["podSetAssignments"][0]["flavors"] == {

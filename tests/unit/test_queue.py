@@ -220,8 +220,45 @@ def test_partial_admission_runs_the_admitted_count() -> None:
     assert running.status.phase is Phase.RUNNING
 
 
+@pytest.mark.parametrize(
+    ("held", "pods", "written"),
+    [
+        pytest.param(None, [store(), worker(0)], ("True", "Started"), id="started"),
+        pytest.param(None, [store(), worker(0, "Pending")], None, id="not-yet"),
+        pytest.param(None, [worker(0)], None, id="no-store-yet"),
+        pytest.param((True, "Started"), [store(), worker(0)], None, id="already-said"),
+        pytest.param(
+            (True, "Started"), [store()], ("False", "WaitForRecovery"), id="lost-its-workers"
+        ),
+        pytest.param(
+            (False, "WaitForRecovery"), [store(), worker(1)], ("True", "Recovered"), id="recovered"
+        ),
+    ],
+)
+def test_pods_ready_tells_kueue_the_job_runs(
+    held: tuple[bool, str] | None, pods: list[Any], written: tuple[str, str] | None
+) -> None:
+    """minReplicas (1) workers running and the store: Kueue's waitForPodsReady is met."""
+    conds = dict(ADMITTED)
+    if held is not None:
+        conds["PodsReady"] = (held[0], held[1], "")
+    wl = workload_obj(conditions=conds, admitted={"workers": 2, "store": 1})
+    plan = plan_for(view(wl), pods=pods, status={"phase": "Running"})
+    patches = [w for w in plan.workload if w.verb == "status"]
+    if written is None:
+        assert patches == []
+        return
+    (patch,) = patches
+    assert patch.body["metadata"] == {"resourceVersion": "42"}
+    ready = next(x for x in patch.body["status"]["conditions"] if x["type"] == "PodsReady")
+    assert (ready["status"], ready["reason"]) == written
+
+
 def test_an_admitted_running_job_is_left_alone() -> None:
-    wl = workload_obj(conditions=ADMITTED, admitted={"workers": 2, "store": 1})
+    wl = workload_obj(
+        conditions={**ADMITTED, "PodsReady": (True, "Started", "")},
+        admitted={"workers": 2, "store": 1},
+    )
     pods = [store(), worker(0), worker(1)]
     first = plan_for(view(wl), pods=pods)
     again = plan_for(view(wl), pods=pods, status=first.status.to_api())

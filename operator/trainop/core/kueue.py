@@ -33,6 +33,7 @@ WL_ADMITTED = "Admitted"
 WL_EVICTED = "Evicted"
 WL_REQUEUED = "Requeued"
 WL_FINISHED = "Finished"
+WL_PODS_READY = "PodsReady"
 # Eviction reasons after which Kueue's own reconciler marks the Workload Requeued=True.
 _REQUEUED_AFTER = ("Preempted", "NodeFailures")
 # metav1.Condition caps messages at 32768 characters.
@@ -382,6 +383,37 @@ def release_patch(wl: ObservedWorkload, now: datetime) -> ObjDict:
     return {
         "metadata": {"resourceVersion": wl.resource_version},
         "status": {"admission": None, "conditions": _with(wl.raw_conditions, updates)},
+    }
+
+
+def pods_ready_patch(wl: ObservedWorkload, ready: bool, now: datetime) -> ObjDict | None:
+    """PodsReady as Kueue's own reconciler writes it for the kinds it knows
+    (generatePodsReadyCondition), when it changes: True once the job runs, False again
+    while it recovers. Kueue's waitForPodsReady evicts an admitted Workload that does not
+    turn True in time. None when there is nothing to write."""
+    held = wl.conditions.get(WL_PODS_READY)
+    if ready and (held is None or not held.status):
+        recovering = held is not None and held.reason in ("WaitForRecovery", "Recovered")
+        cond = _condition(
+            WL_PODS_READY,
+            True,
+            "Recovered" if recovering else "Started",
+            "All pods reached readiness and the workload is running",
+            now,
+        )
+    elif not ready and held is not None and held.status:
+        cond = _condition(
+            WL_PODS_READY,
+            False,
+            "WaitForRecovery",
+            "At least one pod has failed, waiting for recovery",
+            now,
+        )
+    else:
+        return None
+    return {
+        "metadata": {"resourceVersion": wl.resource_version},
+        "status": {"conditions": _with(wl.raw_conditions, [cond])},
     }
 
 

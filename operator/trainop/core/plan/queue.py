@@ -152,6 +152,7 @@ def _admitted(ctx: Ctx, wl: kueue.ObservedWorkload, view: kueue.QueueView) -> Ct
         f"worker(s){on}"
     )
     _set(ctx, True, ADMITTED, message)
+    _pods_ready(ctx, wl, min(spec.min_nodes, count))
     placements = {
         c.ROLE_WORKER: kueue.placement(wl, kueue.PODSET_WORKERS, view.flavors),
         c.ROLE_STORE: kueue.placement(wl, kueue.PODSET_STORE, view.flavors),
@@ -171,6 +172,18 @@ def _unqueued(ctx: Ctx) -> None:
         ctx.draft.workload.append(WorkloadWrite("delete", wl.name, wl.uid, {}))
         return
     st.conditions = [x for x in st.conditions if x.type != COND_QUEUE_ADMITTED]
+
+
+def _pods_ready(ctx: Ctx, wl: kueue.ObservedWorkload, need: int) -> None:
+    """Tell Kueue the job runs (its waitForPodsReady evicts one that never says so)."""
+    if ctx.spec.suspend:
+        return  # being stopped: the deactivation is what Kueue hears of
+    running = [p for p in ctx.current if p.phase == "Running" and p.ready and not p.deleting]
+    store = next((p for p in ctx.obs.pods if p.role == c.ROLE_STORE), None)
+    ready = len(running) >= need and store is not None and store.phase == "Running"
+    patch = kueue.pods_ready_patch(wl, ready, ctx.now)
+    if patch is not None:
+        ctx.draft.workload.append(WorkloadWrite("status", wl.name, wl.uid, patch))
 
 
 def finish_workload(ctx: Ctx) -> None:
