@@ -19,7 +19,6 @@ from trainop import operator_metrics as m
 from trainop.api import constants as c
 from trainop.api.parse import parse_spec
 from trainop.api.status import Phase, TrainingJobStatus
-from trainop.core import gang, kueue
 from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo, ObservedPod, parse_node, parse_pod
@@ -31,10 +30,10 @@ from trainop.core.plan import (
     Observed,
     Plan,
     PodDelete,
-    WorkloadWrite,
     compute_plan,
     planning_failed,
 )
+from trainop.kube.addons import AddOns
 from trainop.kube.cache import ObjectCache
 from trainop.kube.client import Fenced, Kube, KubeError
 
@@ -48,9 +47,6 @@ REFUSED_MAX_SECONDS = 300.0
 # A namespace being deleted is gone within seconds to minutes; one recreated under the
 # same name afterwards is served again once this has passed.
 TERMINATING_MEMORY_SECONDS = 60.0
-# How long an answer to "does the API server serve Kueue's API?" is trusted: Kueue may be
-# installed (or removed) while jobs wait for it.
-SERVED_MEMORY_SECONDS = 30.0
 
 
 def utcnow() -> datetime:
@@ -118,8 +114,8 @@ class Reconciler:
         self.plan_errors: dict[Key, str] = {}
         # Namespaces found being deleted -> time.monotonic() until which they are left alone.
         self.terminating: dict[str, float] = {}
-        # apiVersion -> (served, time.monotonic() of the answer): APIs of optional add-ons.
-        self.served: dict[str, tuple[bool, float]] = {}
+        # Kueue's and gang schedulers' APIs, asked only for the jobs that use them.
+        self.addons = AddOns(kube)
 
     async def reconcile(self, key: Key) -> float | None:
         """Converge one job. Returns seconds until it must be looked at again, if any."""
@@ -271,12 +267,12 @@ class Reconciler:
             x.type == COND_QUEUE_ADMITTED for x in status.conditions
         )
         queue = (
-            await self.observe_queue(job_ref, spec.scheduling.priority_class_name)
+            await self.addons.observe_queue(job_ref, spec.scheduling.priority_class_name)
             if spec is not None and queued
             else None
         )
         gang_view = (
-            await self.observe_gang(job_ref)
+            await self.addons.observe_gang(job_ref)
             if spec is not None and spec.scheduling.gang is not None
             else None
         )
@@ -299,85 +295,6 @@ class Reconciler:
             queue=queue,
             gang=gang_view,
         )
-
-    async def observe_gang(self, job: JobRef) -> gang.GangView:
-        """Which PodGroup APIs the cluster serves and the job's PodGroup under each."""
-        served = {api: await self._serves(api) for api in gang.APIS}
-        groups = {
-            api: await self.kube.get_namespaced(
-                api, "podgroups", job.namespace, gang.pod_group_name(job)
-            )
-            for api, yes in served.items()
-            if yes
-        }
-        return gang.GangView(served=served, pod_groups=groups)
-
-    async def observe_queue(self, job: JobRef, priority_class: str | None) -> kueue.QueueView:
-        """Kueue's side of a queued job: its Workload, the flavors it was admitted on and
-        the value of its PriorityClass (a Workload must carry it)."""
-        if not await self._serves(c.KUEUE_API_VERSION):
-            return kueue.QueueView(served=False)
-        raw = await self.kube.get_namespaced(
-            c.KUEUE_API_VERSION, "workloads", job.namespace, kueue.workload_name(job)
-        )
-        wl = kueue.parse_workload(raw) if raw is not None else None
-        if wl is not None and wl.owner_uid != job.uid:
-            wl = None  # a previous job's of the same name, on its way out with it
-        flavors: dict[str, kueue.Flavor] = {}
-        for assignment in wl.assignments.values() if wl is not None else ():
-            for flavor in set(assignment.flavors.values()) - set(flavors):
-                got = await self.kube.get_cluster_scoped(
-                    c.KUEUE_API_VERSION, "resourceflavors", flavor
-                )
-                if got is not None:
-                    flavors[flavor] = kueue.parse_flavor(got)
-        priority, missing = None, False
-        if priority_class is not None and wl is None:
-            pc = await self.kube.get_cluster_scoped(
-                "scheduling.k8s.io/v1", "priorityclasses", priority_class
-            )
-            priority, missing = (int(pc.get("value", 0)), False) if pc else (None, True)
-        return kueue.QueueView(
-            served=True,
-            workload=wl,
-            flavors=flavors,
-            priority=priority,
-            priority_class_missing=missing,
-        )
-
-    async def _serves(self, api_version: str) -> bool:
-        known = self.served.get(api_version)
-        if known is not None and time.monotonic() - known[1] < SERVED_MEMORY_SECONDS:
-            return known[0]
-        served = await self.kube.serves(api_version)
-        self.served[api_version] = (served, time.monotonic())
-        return served
-
-    async def _write_workload(self, job: ObjDict, ns: str, write: WorkloadWrite) -> float | None:
-        """One write to a job's Workload. Returns seconds until the job must be looked at
-        again: at once after a conflict, later after a refusal (said in an Event)."""
-        try:
-            if write.verb == "create":
-                await self.kube.create(write.body)
-            elif write.verb == "delete":
-                await self.kube.delete_workload(ns, write.name, write.uid)
-            elif write.verb == "patch":
-                await self.kube.patch_workload(ns, write.name, write.body)
-            else:
-                await self.kube.patch_workload_status(ns, write.name, write.body)
-        except KubeError as exc:
-            if exc.status in (404, 409):  # gone or changed meanwhile: look again
-                self.served.pop(c.KUEUE_API_VERSION, None)
-                return 0.0
-            if not exc.refused:
-                raise
-            log.warning("Workload %s/%s: %s refused: %s", ns, write.name, write.verb, exc)
-            await self._emit(
-                job,
-                Event("Warning", "WorkloadRejected", f"Workload {write.name}: {exc.message}"),
-            )
-            return REFUSED_MAX_SECONDS / 10
-        return None
 
     async def act(self, job: ObjDict, obs: Observed, plan: Plan) -> float | None:
         """Status first: a failure is recorded as handled before its pod is deleted,
@@ -427,9 +344,11 @@ class Reconciler:
                 job, Event("Warning", "CreateRejected", f"{what} was refused: {exc.message}")
             )
         for write in plan.workload:
-            again = await self._write_workload(job, ns, write)
-            if again is not None:
-                retry = again if retry is None else min(retry, again)
+            done = await self.addons.write_workload(ns, write)
+            if done.refused is not None:
+                await self._emit(job, Event("Warning", "WorkloadRejected", done.refused))
+            if done.retry_after is not None:
+                retry = done.retry_after if retry is None else min(retry, done.retry_after)
         if plan.delete_job:
             await self.kube.delete_job(ns, obs.job.name, obs.job.uid)
             if self.cache is not None:
