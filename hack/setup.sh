@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks, idempotently:
 #   Debian: prometheus (server + promtool), openssl; for the images and the real node:
 #           buildah, debootstrap, containerd, runc, CNI plugins, iptables, iproute2, gcc
-#   Go:     kube-apiserver & co, the kubelet, etcd, kwok, helm, CoreDNS
+#   Go:     kube-apiserver & co, the kubelet, etcd, kwok, helm, CoreDNS, Kueue,
+#           scheduler-plugins (a gang scheduler), Volcano's PodGroup CRD
 #           (hack/build-tools.sh, cached by version)
 #   Images: the stand-in bases the Dockerfiles build FROM (hack/images.sh bases, cached
 #           in buildah's storage), since the official ones cannot be pulled here
@@ -43,10 +44,16 @@ fi
 # the other two mostly network.
 cache=${TRAINOP_CACHE:-$HOME/.cache/trainop}
 mkdir -p "$cache"
-say "Go tools (kube-apiserver, kubelet, etcd, kwok, helm...): building in the background," \
+say "Go tools (kube-apiserver, kubelet, etcd, kwok, helm, Kueue...): building in the background," \
   "cached in $cache/bin (a first build takes minutes, later runs seconds)"
 bash hack/build-tools.sh > /dev/null &
 build_pid=$!
+# The add-ons (Kueue, the gang scheduler, Volcano's CRD) are built last, from modules
+# fetched meanwhile: their module resolution is network-bound (scheduler-plugins' took
+# 562 s from an empty module cache), the kube build CPU-bound.
+prefetch_log=$cache/prefetch.log
+TRAINOP_PREFETCH=1 bash hack/build-tools.sh kueue volcano-crds scheduler-plugins > "$prefetch_log" 2>&1 &
+prefetch_pid=$!
 bases_log=$cache/images-bases.log
 say "image bases: preparing in the background (log: $bases_log)"
 bash hack/images.sh bases > "$bases_log" 2>&1 &
@@ -73,6 +80,8 @@ say "Python env: ready"
 
 say "waiting for the Go tools build"
 wait "$build_pid"
+# Only a head start: the build fetches whatever it did not.
+wait "$prefetch_pid" || say "module prefetch failed (see $prefetch_log); the build fetched them itself"
 say "Go tools: ready"
 wait "$bases_pid" || { tail -n 40 "$bases_log" >&2; exit 1; }
 say "image bases: ready"

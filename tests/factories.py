@@ -96,3 +96,58 @@ def observed(
         nodes={n.name: n for n in nodes} if nodes is not None else None,
         **kw,
     )
+
+
+def workload_obj(
+    *,
+    conditions: dict[str, tuple[bool, str, str]] | None = None,
+    admitted: dict[str, int] | None = None,
+    flavor: str = "gpu-a",
+    queue: str = "research",
+    counts: tuple[int, int | None] = (2, 1),
+    owner: str = "uid-1",
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A Workload as the API server holds it: `conditions` type -> (status, reason,
+    message); `admitted` podSet -> count gives it an admission on `flavor`."""
+    from trainop.core import kueue
+
+    workers: dict[str, Any] = {"name": "workers", "count": counts[0]}
+    if counts[1] is not None:
+        workers["minCount"] = counts[1]
+    status: dict[str, Any] = {
+        "conditions": [
+            {
+                "type": t,
+                "status": "True" if on else "False",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": "2026-11-22T11:00:00Z",
+            }
+            for t, (on, reason, message) in (conditions or {}).items()
+        ]
+    }
+    if admitted is not None:
+        status["admission"] = {
+            "clusterQueue": "gpus",
+            "podSetAssignments": [
+                {"name": n, "count": k, "flavors": {"nvidia.com/gpu": flavor}}
+                for n, k in admitted.items()
+            ],
+        }
+    return {
+        "apiVersion": c.KUEUE_API_VERSION,
+        "kind": "Workload",
+        "metadata": {
+            "name": name or kueue.workload_name(JOB),
+            "namespace": JOB.namespace,
+            "uid": "wl-1",
+            "resourceVersion": "42",
+            "ownerReferences": [{"kind": c.KIND, "uid": owner, "name": JOB.name}],
+        },
+        "spec": {
+            "queueName": queue,
+            "podSets": [workers, {"name": "store", "count": 1}],
+        },
+        "status": status,
+    }

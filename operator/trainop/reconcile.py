@@ -26,6 +26,7 @@ from trainop.core.build import JobRef
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo, ObservedPod, parse_node, parse_pod
 from trainop.core.plan import (
+    COND_QUEUE_ADMITTED,
     IN_PLACE,
     REASON_NO_CAPACITY,
     Event,
@@ -35,6 +36,7 @@ from trainop.core.plan import (
     compute_plan,
     planning_failed,
 )
+from trainop.kube.addons import AddOns
 from trainop.kube.cache import ObjectCache
 from trainop.kube.client import Fenced, Kube, KubeError
 
@@ -137,6 +139,8 @@ class Reconciler:
         # for them, and the status they describe is already stored.
         self._posting: set[asyncio.Task[None]] = set()
         self._event_gate = asyncio.Semaphore(EVENT_CONCURRENCY)
+        # Kueue's and gang schedulers' APIs, asked only for the jobs that use them.
+        self.addons = AddOns(kube)
 
     async def reconcile(self, key: Key) -> float | None:
         """Converge one job. Returns seconds until it must be looked at again, if any."""
@@ -307,6 +311,21 @@ class Reconciler:
             if cache is not None
             else await self.kube.get_service(namespace, name)
         )
+        job_ref = JobRef(name=name, namespace=namespace, uid=uid, labels=meta.get("labels") or {})
+        # Also after the label is removed, until the job's Workload is gone.
+        queued = job_ref.labels.get(c.LABEL_KUEUE_QUEUE) or any(
+            x.type == COND_QUEUE_ADMITTED for x in status.conditions
+        )
+        queue = (
+            await self.addons.observe_queue(job_ref, spec.scheduling.priority_class_name)
+            if spec is not None and queued
+            else None
+        )
+        gang_view = (
+            await self.addons.observe_gang(job_ref)
+            if spec is not None and spec.scheduling.gang is not None
+            else None
+        )
         missing_pvc = None
         if spec is not None and not any(p.active for p in pods):
             claim = (spec.checkpoint.volume or {}).get("persistentVolumeClaim") or {}
@@ -314,7 +333,7 @@ class Reconciler:
             if claim_name and await self.kube.get_pvc(namespace, claim_name) is None:
                 missing_pvc = claim_name
         return Observed(
-            job=JobRef(name=name, namespace=namespace, uid=uid, labels=meta.get("labels") or {}),
+            job=job_ref,
             generation=int(meta.get("generation", 0)),
             spec=spec,
             spec_error=error,
@@ -323,11 +342,13 @@ class Reconciler:
             service_exists=service is not None and _owned_by(service, uid),
             nodes=self.nodes.snapshot(),
             missing_pvc=missing_pvc,
+            queue=queue,
+            gang=gang_view,
         )
 
     async def act(self, job: ObjDict, obs: Observed, plan: Plan) -> float | None:
-        """Status first when the plan records a failure, deletes a pod or suspends the
-        job: a failure is then stored as handled before its pod goes, so an operator
+        """Status first when the plan records a failure, deletes a pod or writes the
+        job's Kueue Workload: a failure is then stored as handled before its pod goes, so an operator
         killed in between never counts it twice or loses it. A plan that only creates
         writes its status after the creates, so a new job's first pod does not wait for
         a status round trip. Events describe the stored status: they are posted in the
@@ -336,7 +357,7 @@ class Reconciler:
         Returns seconds until a refused create may be tried again, if one was refused."""
         in_place = plan.status.in_place_restarts - obs.status.in_place_restarts
         status_first = bool(
-            plan.failures or plan.deletes or plan.suspend_job or plan.delete_job or in_place > 0
+            plan.failures or plan.deletes or plan.workload or plan.delete_job or in_place > 0
         )
         if status_first:
             await self._write_status(job, plan)
@@ -376,10 +397,6 @@ class Reconciler:
     async def _change_children(self, job: ObjDict, obs: Observed, plan: Plan) -> float | None:
         ns = obs.job.namespace
         key = (ns, obs.job.name)
-        if plan.suspend_job:
-            self._write_through(
-                await self.kube.patch_job(ns, obs.job.name, {"spec": {"suspend": True}})
-            )
         gone = await self._delete_pods(ns, obs.job.name, plan.deletes)
         first, pods, results = await self._create_all(plan.creates)
         refused = [
@@ -407,6 +424,12 @@ class Reconciler:
             await self._emit(
                 job, Event("Warning", "CreateRejected", f"{what} was refused: {exc.message}")
             )
+        for write in plan.workload:
+            done = await self.addons.write_workload(ns, write)
+            if done.refused is not None:
+                await self._emit(job, Event("Warning", "WorkloadRejected", done.refused))
+            if done.retry_after is not None:
+                retry = done.retry_after if retry is None else min(retry, done.retry_after)
         if plan.delete_job:
             await self.kube.delete_job(ns, obs.job.name, obs.job.uid)
             if self.cache is not None:

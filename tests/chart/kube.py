@@ -55,23 +55,24 @@ class Release:
         return self.cluster.get("deployment", self.fullname, self.namespace)
 
     def can_i(self, verb: str, resource: str, namespace: str | None = None) -> bool:
-        """kubectl auth can-i, impersonating the chart's ServiceAccount."""
-        # "pods/exec" is a subresource for RBAC, but a resource/NAME pair for kubectl.
+        """Whether the chart's ServiceAccount may: a SubjectAccessReview, so a resource
+        whose CRD is not installed here (Kueue's, the PodGroups) is checked by its group
+        too (kubectl auth can-i resolves names through discovery)."""
+        # "pods/exec" is a subresource; "workloads.kueue.x-k8s.io" names its API group.
         resource, _, sub = resource.partition("/")
-        args = ["auth", "can-i", verb, resource, f"--as={self.sa}"]
-        args += [f"--subresource={sub}"] if sub else []
-        args += ["-n", namespace] if namespace else []
-        out = subprocess.run(
-            [str(self.cluster.bins.kubectl), *args],
-            capture_output=True,
-            text=True,
-            env=self.cluster.env,
-            check=False,
-            timeout=60,
-        )
-        answer = out.stdout.strip()
-        assert answer in ("yes", "no"), out.stderr
-        return answer == "yes"
+        name, _, group = resource.partition(".")
+        attributes = {"verb": verb, "group": group, "resource": name}
+        if sub:
+            attributes["subresource"] = sub
+        if namespace:
+            attributes["namespace"] = namespace
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {"user": self.sa, "resourceAttributes": attributes},
+        }
+        out = self.cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review))
+        return bool(json.loads(out)["status"].get("allowed"))
 
 
 def install(cluster: Cluster, *values: str) -> Release:

@@ -91,7 +91,6 @@ NEEDED = [
     ("get", "trainingjobs.trainop.dev"),
     ("list", "trainingjobs.trainop.dev"),
     ("watch", "trainingjobs.trainop.dev"),
-    ("patch", "trainingjobs.trainop.dev"),
     ("delete", "trainingjobs.trainop.dev"),
     ("update", "trainingjobs.trainop.dev/status"),
     ("list", "pods"),
@@ -106,6 +105,18 @@ NEEDED = [
     ("get", "persistentvolumeclaims"),
     ("create", "events"),
     ("create", "networkpolicies.networking.k8s.io"),
+    # Kueue as an external framework, and gang scheduling.
+    ("get", "workloads.kueue.x-k8s.io"),
+    ("list", "workloads.kueue.x-k8s.io"),
+    ("watch", "workloads.kueue.x-k8s.io"),
+    ("create", "workloads.kueue.x-k8s.io"),
+    ("delete", "workloads.kueue.x-k8s.io"),
+    ("patch", "workloads.kueue.x-k8s.io"),
+    ("patch", "workloads.kueue.x-k8s.io/status"),
+    ("get", "podgroups.scheduling.volcano.sh"),
+    ("create", "podgroups.scheduling.volcano.sh"),
+    ("get", "podgroups.scheduling.x-k8s.io"),
+    ("create", "podgroups.scheduling.x-k8s.io"),
 ]
 CLUSTER_READS = [
     ("list", "nodes"),
@@ -115,6 +126,8 @@ CLUSTER_READS = [
     ("watch", "namespaces"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("get", "resourceflavors.kueue.x-k8s.io"),
+    ("get", "priorityclasses.scheduling.k8s.io"),
 ]
 FORBIDDEN = [
     ("get", "secrets"),
@@ -124,6 +137,10 @@ FORBIDDEN = [
     ("*", "pods"),
     ("create", "trainingjobs.trainop.dev"),
     ("update", "trainingjobs.trainop.dev"),
+    ("patch", "trainingjobs.trainop.dev"),  # spec.suspend is the user's, not trainop's
+    ("update", "workloads.kueue.x-k8s.io"),
+    ("create", "clusterqueues.kueue.x-k8s.io"),
+    ("delete", "podgroups.scheduling.volcano.sh"),
     ("patch", "trainingjobs.trainop.dev/status"),
     ("get", "pods/log"),
     ("create", "pods/exec"),

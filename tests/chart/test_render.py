@@ -111,9 +111,15 @@ def test_namespaced_mode_has_a_role_per_namespace_and_only_reads_cluster_wide() 
     ]
     (cluster_role,) = r.of_kind("ClusterRole")
     cluster_resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
-    assert cluster_resources == {"nodes", "customresourcedefinitions", "namespaces"}
+    assert cluster_resources == {
+        "nodes",
+        "customresourcedefinitions",
+        "namespaces",
+        "resourceflavors",  # Kueue's admitted flavors
+        "priorityclasses",  # a queued job's priority value
+    }
     for rule in cluster_role["rules"]:
-        assert set(rule["verbs"]) <= {"list", "watch"}
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}
     args = _operator(r)["args"]
     assert "--namespace=team-a" in args
     assert "--namespace=team-b" in args

@@ -225,14 +225,26 @@ def test_suspend_and_resume(operator: Operator, ns: str) -> None:
     assert st["restarts"] == 0
 
 
-def test_kueue_queue_label_holds_the_job_suspended(operator: Operator, ns: str) -> None:
+def test_kueue_queue_label_without_kueue_says_so(operator: Operator, ns: str) -> None:
+    """No Kueue CRDs here (tests/cluster/test_kueue.py removes its own): a labelled job
+    waits with a condition that names what is missing, never silently."""
     c = operator.cluster
     body = tj("queued")
     body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
     c.apply(body, ns)
-    until_phase(c, ns, "queued", "Suspended")
-    assert c.get("trainingjob", "queued", ns)["spec"]["suspend"] is True
+    st = wait_until(
+        "queued waits for Kueue",
+        lambda: status(c, ns, "queued"),
+        lambda s: s.get("reason") == "KueueNotInstalled",
+        timeout=60,
+    )
+    assert st["phase"] == "Suspended"
+    cond = next(x for x in st["conditions"] if x["type"] == "QueueAdmitted")
+    assert (cond["status"], cond["reason"]) == ("False", "KueueNotInstalled")
+    assert "TrainingJob.v1alpha1.trainop.dev" in cond["message"]
+    assert c.get("trainingjob", "queued", ns)["spec"]["suspend"] is False  # not written
     assert not workers(c, ns, "queued")
+    assert any(e["reason"] == "KueueNotInstalled" for e in c.events(ns, "queued"))
 
 
 def test_delete_cleans_up_every_child(operator: Operator, ns: str) -> None:

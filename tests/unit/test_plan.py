@@ -307,16 +307,6 @@ def test_suspend_deletes_pods_gracefully_and_resume_recreates() -> None:
     assert created_names(resumed) == ["llm-rdzv", "llm-worker-0", "llm-worker-1"]
 
 
-def test_kueue_queue_label_starts_the_job_suspended() -> None:
-    from tests.factories import JOB
-
-    job = replace(JOB, labels={c.LABEL_KUEUE_QUEUE: "team-a"})
-    plan = compute_plan(observed(job=job), NOW, CFG)
-    assert plan.suspend_job
-    assert plan.creates == ()
-    assert plan.status.phase is Phase.SUSPENDED
-
-
 @pytest.mark.parametrize(
     ("nodes", "missing_pvc", "reason"),
     [

@@ -216,7 +216,7 @@ def test_the_8_gpu_example_on_a_cpu_laptop_is_scaled_down_and_says_what_it_ignor
         "this machine's 8.0 GiB; one that runs out ends as OOMKilled",
         "ignored here, used on a cluster: checkpoint.volume, scheduling.schedulerName, "
         "scheduling.priorityClassName, scheduling.nodeSelector, scheduling.tolerations, "
-        "podTemplate.metadata.annotations; checkpoints go to the work dir",
+        "scheduling.gang; checkpoints go to the work dir",
     ]
 
 

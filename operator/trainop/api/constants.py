@@ -20,8 +20,18 @@ ROLE_STORE: Final = "store"
 
 # The sidecar pushes a compact progress JSON here; the operator aggregates it.
 ANNOTATION_PROGRESS: Final = f"{GROUP}/progress"
-# Kueue's queue label: a job that carries it starts suspended until admitted.
+# Kueue's queue label: a job that carries it waits for its Workload to be admitted.
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+# Kueue's Workload API (the version v0.17 stores) and the name its configuration lists
+# under integrations.externalFrameworks for trainop's jobs.
+KUEUE_GROUP: Final = "kueue.x-k8s.io"
+KUEUE_API_VERSION: Final = f"{KUEUE_GROUP}/v1beta2"
+KUEUE_FRAMEWORK: Final = f"{KIND}.{VERSION}.{GROUP}"
+# Gang scheduling: the two PodGroup APIs and how each finds a pod's group.
+VOLCANO_API_VERSION: Final = "scheduling.volcano.sh/v1beta1"
+VOLCANO_GROUP_ANNOTATION: Final = "scheduling.k8s.io/group-name"
+COSCHEDULING_API_VERSION: Final = "scheduling.x-k8s.io/v1alpha1"
+COSCHEDULING_GROUP_LABEL: Final = "scheduling.x-k8s.io/pod-group"
 
 FIELD_MANAGER: Final = "trainop"
 TRAINER_CONTAINER: Final = "trainer"

@@ -255,12 +255,33 @@ class Checkpoint(_Model):
         return volume
 
 
+class PodGroupApi(StrEnum):
+    """Which PodGroup API a gang is made with: Auto picks the one the cluster serves
+    (Volcano's when both are and schedulerName is volcano, else scheduler-plugins')."""
+
+    AUTO = "Auto"
+    VOLCANO = "scheduling.volcano.sh/v1beta1"
+    COSCHEDULING = "scheduling.x-k8s.io/v1alpha1"
+
+
+class Gang(_Model):
+    """Gang scheduling: the workers are placed all together (at least minReplicas of
+    them) or not at all, by a scheduler that reads PodGroups."""
+
+    pod_group_api_version: PodGroupApi = Field(default=PodGroupApi.AUTO, alias="podGroupAPIVersion")
+    # scheduler-plugins' coscheduling gives up on a gang after this long (its default is 60s).
+    schedule_timeout_seconds: Annotated[int, Field(ge=1, le=DAY)] | None = None
+    # Volcano's queue of the PodGroup (Volcano's default queue when unset).
+    queue: ObjectName | None = None
+
+
 class Scheduling(_Model):
     node_selector: dict[str, str] | None = None
     tolerations: list[dict[str, Any]] | None = None
     affinity: dict[str, Any] | None = None
     priority_class_name: ObjectName | None = None
     scheduler_name: ObjectName | None = None
+    gang: Gang | None = None
 
 
 class PodTemplateMeta(_Model):

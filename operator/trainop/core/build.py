@@ -49,7 +49,7 @@ def worker_selector(job: str) -> str:
     return f"{c.LABEL_JOB}={job},{c.LABEL_ROLE}={c.ROLE_WORKER}"
 
 
-def _owner(job: JobRef) -> list[ObjDict]:
+def owner_references(job: JobRef) -> list[ObjDict]:
     return [
         {
             "apiVersion": c.API_VERSION,
@@ -63,7 +63,9 @@ def _owner(job: JobRef) -> list[ObjDict]:
 
 
 def _labels(job: JobRef, role: str) -> dict[str, str]:
-    labels = {
+    # Not the job's kueue.x-k8s.io/queue-name: the job's Workload is what Kueue admits,
+    # and Kueue's pod integration would gate and count labelled pods a second time.
+    return {
         "app.kubernetes.io/name": "trainop-job",
         "app.kubernetes.io/instance": job.name,
         "app.kubernetes.io/managed-by": "trainop",
@@ -71,10 +73,6 @@ def _labels(job: JobRef, role: str) -> dict[str, str]:
         c.LABEL_JOB: job.name,
         c.LABEL_ROLE: role,
     }
-    queue = job.labels.get(c.LABEL_KUEUE_QUEUE)
-    if queue:
-        labels[c.LABEL_KUEUE_QUEUE] = queue
-    return labels
 
 
 def build_service(job: JobRef, spec: TrainingJobSpec) -> ObjDict:
@@ -85,7 +83,7 @@ def build_service(job: JobRef, spec: TrainingJobSpec) -> ObjDict:
             "name": job.name,
             "namespace": job.namespace,
             "labels": _labels(job, "service"),
-            "ownerReferences": _owner(job),
+            "ownerReferences": owner_references(job),
         },
         "spec": {
             "clusterIP": "None",
@@ -118,7 +116,7 @@ def build_network_policy(job: JobRef, spec: TrainingJobSpec, config: OperatorCon
             "name": job.name,
             "namespace": job.namespace,
             "labels": _labels(job, "network-policy"),
-            "ownerReferences": _owner(job),
+            "ownerReferences": owner_references(job),
         },
         "spec": {
             "podSelector": {"matchLabels": {c.LABEL_JOB: job.name}},
@@ -137,7 +135,7 @@ def build_store_pod(job: JobRef, spec: TrainingJobSpec) -> ObjDict:
             "name": store_name(job.name),
             "namespace": job.namespace,
             "labels": _labels(job, c.ROLE_STORE),
-            "ownerReferences": _owner(job),
+            "ownerReferences": owner_references(job),
         },
         "spec": {
             "hostname": store_name(job.name),
@@ -372,7 +370,7 @@ def build_worker_pod(
             "namespace": job.namespace,
             "labels": labels,
             "annotations": dict(spec.pod_template.metadata.annotations),
-            "ownerReferences": _owner(job),
+            "ownerReferences": owner_references(job),
         },
         "spec": pod_spec,
     }

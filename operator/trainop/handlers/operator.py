@@ -175,6 +175,16 @@ async def child_event(
     memo.queue.add((namespace, labels[c.LABEL_JOB]))
 
 
+@kopf.on.event(c.KUEUE_GROUP, "v1beta2", "workloads", labels={c.LABEL_JOB: kopf.PRESENT})
+async def workload_event(
+    labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """Kueue admitted, evicted or changed a job's Workload. Served only where Kueue's
+    CRDs are installed (Kopf notices them come and go)."""
+    if namespace is not None:
+        memo.queue.add((namespace, labels[c.LABEL_JOB]))
+
+
 @kopf.on.event("v1", "namespaces")
 async def namespace_event(type: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler

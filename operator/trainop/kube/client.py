@@ -38,7 +38,18 @@ _PATHS = {
     "Event": ("v1", "events"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "Workload": (c.KUEUE_API_VERSION, "workloads"),
 }
+# Kinds that two API groups define: the object's apiVersion says which.
+_GROUPED = {
+    (c.VOLCANO_API_VERSION, "PodGroup"): "podgroups",
+    (c.COSCHEDULING_API_VERSION, "PodGroup"): "podgroups",
+}
+
+
+def _resource_of(obj: Mapping[str, Any]) -> tuple[str, str]:
+    grouped = _GROUPED.get((obj.get("apiVersion", ""), obj["kind"]))
+    return (obj["apiVersion"], grouped) if grouped is not None else _PATHS[obj["kind"]]
 
 
 @dataclass
@@ -234,7 +245,7 @@ class Kube:
 
         dry_run asks the API server to run validation and every admission plugin
         (PriorityClass, quota, LimitRange, PodSecurity, webhooks) and store nothing."""
-        api_version, resource = _PATHS[obj["kind"]]
+        api_version, resource = _resource_of(obj)
         path = _ns_path(api_version, resource, obj["metadata"]["namespace"])
         query = {"dryRun": "All"} if dry_run else None
         try:
@@ -269,6 +280,52 @@ class Kube:
     async def get_pvc(self, namespace: str, name: str) -> ObjDict | None:
         path = _ns_path("v1", "persistentvolumeclaims", namespace, name)
         return await self._get_or_none(path, "persistentvolumeclaims")
+
+    # --- Kueue and gang schedulers (APIs a cluster may not serve)
+    async def serves(self, api_version: str) -> bool:
+        """Whether the API server serves this group/version (its CRDs are installed)."""
+        try:
+            await self.request("get", f"/apis/{api_version}", resource="discovery")
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def get_namespaced(
+        self, api_version: str, resource: str, namespace: str, name: str
+    ) -> ObjDict | None:
+        return await self._get_or_none(_ns_path(api_version, resource, namespace, name), resource)
+
+    async def get_cluster_scoped(
+        self, api_version: str, resource: str, name: str
+    ) -> ObjDict | None:
+        return await self._get_or_none(f"/apis/{api_version}/{resource}/{name}", resource)
+
+    async def delete_workload(self, namespace: str, name: str, uid: str) -> None:
+        path = _ns_path(c.KUEUE_API_VERSION, "workloads", namespace, name)
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
+        await self._delete_tolerant(path, "workloads", body)
+
+    async def patch_workload(self, namespace: str, name: str, patch: ObjDict) -> ObjDict:
+        return await self.request(
+            "patch",
+            _ns_path(c.KUEUE_API_VERSION, "workloads", namespace, name),
+            resource="workloads",
+            body=patch,
+            content_type=_MERGE,
+        )
+
+    async def patch_workload_status(self, namespace: str, name: str, patch: ObjDict) -> ObjDict:
+        """A merge patch of the status; a resourceVersion in it makes a concurrent write
+        by Kueue fail with 409 instead of being overwritten."""
+        return await self.request(
+            "patch",
+            _ns_path(c.KUEUE_API_VERSION, "workloads", namespace, name) + "/status",
+            resource="workloads/status",
+            body=patch,
+            content_type=_MERGE,
+        )
 
     async def create_event(self, obj: ObjDict) -> None:
         await self.create(obj)

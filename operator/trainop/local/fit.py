@@ -124,6 +124,7 @@ def cluster_only_fields(spec: TrainingJobSpec) -> list[str]:
         "scheduling.nodeSelector": sched.node_selector,
         "scheduling.tolerations": sched.tolerations,
         "scheduling.affinity": sched.affinity,
+        "scheduling.gang": sched.gang,
         "podTemplate.metadata.labels": spec.pod_template.metadata.labels,
         "podTemplate.metadata.annotations": spec.pod_template.metadata.annotations,
     }

@@ -8,12 +8,14 @@ One module per policy; compute_plan (pipeline.py) runs them as stages:
 - restarts.py: failures against the one restart budget;
 - updates.py: spec edits on a running job;
 - children.py: what to create and delete, counts, clean-up and TTL;
-- phases.py: phase, conditions, pending too long and progress.
+- phases.py: phase, conditions, pending too long and progress;
+- queue.py: a job queued in Kueue waits for, runs within and gives back its admission.
 """
 
 from trainop.core.plan.model import (
     COND_PENDING_TOO_LONG,
     COND_PODS_SCHEDULED,
+    COND_QUEUE_ADMITTED,
     COND_RECONCILE_ERROR,
     COND_SPEC_APPLIED,
     COND_SPEC_VALID,
@@ -23,12 +25,14 @@ from trainop.core.plan.model import (
     Observed,
     Plan,
     PodDelete,
+    WorkloadWrite,
 )
 from trainop.core.plan.pipeline import compute_plan, planning_failed
 
 __all__ = [
     "COND_PENDING_TOO_LONG",
     "COND_PODS_SCHEDULED",
+    "COND_QUEUE_ADMITTED",
     "COND_RECONCILE_ERROR",
     "COND_SPEC_APPLIED",
     "COND_SPEC_VALID",
@@ -38,6 +42,7 @@ __all__ = [
     "Observed",
     "Plan",
     "PodDelete",
+    "WorkloadWrite",
     "compute_plan",
     "planning_failed",
 ]

@@ -7,13 +7,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from trainop.api import constants as c
 from trainop.api.spec import TrainingJobSpec
 from trainop.api.status import LastFailure, TrainingJobStatus
 from trainop.core import build
 from trainop.core.config import OperatorConfig
+from trainop.core.gang import GangView
+from trainop.core.kueue import Placement, QueueView
 from trainop.core.observe import NodeInfo, ObservedPod
 
 # Condition types. The phase conditions mirror status.phase for tools that only read conditions.
@@ -25,6 +27,16 @@ COND_SPEC_APPLIED = "SpecApplied"
 
 
 COND_PODS_SCHEDULED = "PodsScheduled"
+
+
+# Of a job labelled kueue.x-k8s.io/queue-name: True once Kueue admitted its Workload;
+# False, with Kueue's own message, while it waits, or why it cannot be queued.
+COND_QUEUE_ADMITTED = "QueueAdmitted"
+
+
+# Of a job with spec.scheduling.gang: True once minMember workers run together; False
+# with the PodGroup and scheduler it waits for, or the PodGroup API that is missing.
+COND_GANG_SCHEDULED = "GangScheduled"
 
 
 # True once some worker pod has waited to start longer than config.pending_timeout_seconds.
@@ -41,7 +53,12 @@ REASON_NO_CAPACITY = "InsufficientGPUCapacity"
 
 
 # Conditions about running workers, dropped while none should run (suspended, finished).
-WORKER_CONDITIONS = (COND_PODS_SCHEDULED, COND_PENDING_TOO_LONG, COND_SPEC_APPLIED)
+WORKER_CONDITIONS = (
+    COND_PODS_SCHEDULED,
+    COND_PENDING_TOO_LONG,
+    COND_SPEC_APPLIED,
+    COND_GANG_SCHEDULED,
+)
 
 
 PHASE_CONDITIONS = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
@@ -73,6 +90,22 @@ class Observed:
     # The API server's message when a dry-run create of the job's first pods was refused
     # (admission: an unknown PriorityClass, quota, pod validation the schema cannot express).
     admission_error: str | None = None
+    # What the reconciler saw of Kueue; None for a job without the queue label.
+    queue: QueueView | None = None
+    # PodGroup APIs and the job's PodGroups; None for a job without spec.scheduling.gang.
+    gang: GangView | None = None
+
+
+@dataclass(frozen=True)
+class WorkloadWrite:
+    """A write to the job's Kueue Workload: create it, delete it (by UID), merge-patch its
+    spec (active), or its status (the patch carries the resourceVersion it was computed
+    from)."""
+
+    verb: Literal["create", "delete", "patch", "status"]
+    name: str
+    uid: str
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -99,7 +132,6 @@ class Plan:
     deletes: tuple[PodDelete, ...] = ()
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None
-    suspend_job: bool = False  # patch spec.suspend=true (Kueue queue label on a new job)
     delete_job: bool = False  # ttlSecondsAfterFinished elapsed
     # Every failure handled in this pass (status.lastFailure keeps only the last one).
     failures: tuple[LastFailure, ...] = ()
@@ -109,6 +141,7 @@ class Plan:
     # Workers not created because the nodes have no room for them: any node change may
     # let them start, so the job waits on node events.
     held_for_capacity: int = 0
+    workload: tuple[WorkloadWrite, ...] = ()
 
 
 @dataclass
@@ -120,12 +153,12 @@ class Draft:
     deletes: dict[str, PodDelete] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
-    suspend_job: bool = False
     delete_job: bool = False
     failures: list[LastFailure] = field(default_factory=list)
     verify: list[dict[str, Any]] = field(default_factory=list)
     held_for_capacity: int = 0
     room: int | None = None  # workers the usable nodes can place, when checked
+    workload: list[WorkloadWrite] = field(default_factory=list)
 
     def delete(self, pod: ObservedPod, grace: int | None, why: str) -> None:
         if pod.name not in self.deletes:
@@ -145,11 +178,11 @@ class Draft:
             deletes=tuple(self.deletes.values()),
             events=tuple(self.events),
             requeue_after=min(positive) if positive else None,
-            suspend_job=self.suspend_job,
             delete_job=self.delete_job,
             failures=tuple(self.failures),
             verify=tuple(self.verify),
             held_for_capacity=self.held_for_capacity,
+            workload=tuple(self.workload),
         )
 
 
@@ -160,6 +193,11 @@ class Ctx:
     spec: TrainingJobSpec
     now: datetime
     config: OperatorConfig
+    # (reason, message) while a queue keeps the job from running (not yet admitted,
+    # evicted): it is stopped like a suspended job.
+    hold: tuple[str, str] | None = None
+    # Pod role -> node constraints of the queue's admission.
+    placements: Mapping[str, Placement] = field(default_factory=dict)
 
     @property
     def workers(self) -> list[ObservedPod]:

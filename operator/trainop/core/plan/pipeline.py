@@ -10,10 +10,11 @@ sibling modules.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from trainop.api import constants as c
 from trainop.api.status import Phase
-from trainop.core import build
+from trainop.core import build, kueue
 from trainop.core.conditions import get_condition, set_condition
 from trainop.core.config import OperatorConfig
 from trainop.core.plan.checks import startup_problem
@@ -23,6 +24,7 @@ from trainop.core.plan.children import (
     schedule_ttl,
     set_counts,
 )
+from trainop.core.plan.gang import ensure_pod_group, gang_status, mark_members, stage_gang_api
 from trainop.core.plan.model import (
     COND_RECONCILE_ERROR,
     PLANNING_RETRY_SECONDS,
@@ -40,6 +42,7 @@ from trainop.core.plan.phases import (
     set_phase,
     spec_valid,
 )
+from trainop.core.plan.queue import finish_workload, stage_queue
 from trainop.core.plan.restarts import (
     account_failures,
     release_lost,
@@ -59,18 +62,24 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         return _finish(draft, obs, now)
     ctx = Ctx(draft, obs, obs.spec, now, config)
     release_lost(ctx)
+    if _stage_finished(ctx):
+        return _finish(draft, obs, now)
+    # From here on the job is what its queue lets run (all of it when it has none).
+    ctx = stage_queue(ctx)
     for stage in (
-        _stage_finished,
         _stage_suspended,
         _stage_deadline,
         _stage_validate,
+        stage_gang_api,
         _stage_failures,
         stage_spec_changed,
         _stage_succeeded,
     ):
         if stage(ctx):
-            return _finish(draft, obs, now)
-    _stage_converge(ctx)
+            break
+    else:
+        _stage_converge(ctx)
+    _place(ctx)
     return _finish(draft, obs, now)
 
 
@@ -81,27 +90,50 @@ def _stage_finished(ctx: Ctx) -> bool:
     clean_up(ctx.draft, ctx.obs, ctx.spec)
     set_counts(ctx.draft, ctx.obs, ctx.spec, desired=0)
     schedule_ttl(ctx.draft, ctx.spec, ctx.now)
+    finish_workload(ctx)
     return True
 
 
 def _stage_suspended(ctx: Ctx) -> bool:
+    """Suspended by spec.suspend or held by its queue: every pod stops gracefully (SIGTERM,
+    checkpoint) and nothing is counted against the restart budget."""
     draft, obs, spec = ctx.draft, ctx.obs, ctx.spec
-    suspended = spec.suspend
-    if obs.status.phase is None and obs.job.labels.get(c.LABEL_KUEUE_QUEUE) and not suspended:
-        # Kueue's own integrations suspend a queued job at creation and unsuspend it on
-        # admission; trainop does the suspending half so Kueue can do the rest.
-        draft.suspend_job = suspended = True
-    if not suspended:
+    if spec.suspend:
+        reason, message = "Suspended", "the job is suspended"
+    elif ctx.hold is not None:
+        reason, message = ctx.hold
+    else:
         return False
     for pod in obs.pods:
         if not pod.deleting:
-            draft.delete(pod, None, "job suspended")
+            draft.delete(pod, None, message if ctx.hold else "job suspended")
     draft.status.start_time = None
     draft.status.admission_time = None
     draft.status.retry_after = None
-    set_phase(draft, obs, ctx.now, Phase.SUSPENDED, "Suspended", "the job is suspended")
+    set_phase(draft, obs, ctx.now, Phase.SUSPENDED, reason, message)
     set_counts(draft, obs, spec, desired=0)
     return True
+
+
+def _place(ctx: Ctx) -> None:
+    """Pods created under a queue's admission go where it admitted them (its flavors'
+    nodeLabels and tolerations), beside the job's own constraints; a gang's workers are
+    marked as members of its PodGroup."""
+    draft = ctx.draft
+    draft.creates = mark_members(ctx, draft.creates)
+    draft.verify = mark_members(ctx, draft.verify)
+    if not ctx.placements:
+        return
+
+    def placed(obj: dict[str, Any]) -> dict[str, Any]:
+        if obj.get("kind") != "Pod":
+            return obj
+        role = obj["metadata"]["labels"].get(c.LABEL_ROLE)
+        where = ctx.placements.get(str(role))
+        return kueue.place_pod(obj, where) if where is not None else obj
+
+    draft.creates = [placed(o) for o in draft.creates]
+    draft.verify = [placed(o) for o in draft.verify]
 
 
 def _stage_validate(ctx: Ctx) -> bool:
@@ -187,10 +219,12 @@ def _stage_converge(ctx: Ctx) -> None:
     if scaled:
         draft.note("ScaledDown", f"removing {len(scaled)} worker(s) to reach {spec.replicas}")
     ensure_children(draft, ctx.obs, spec, ctx.now, ctx.config)
+    ensure_pod_group(ctx)
     set_counts(draft, ctx.obs, spec, desired=spec.replicas)
     record_progress(draft, current)
     running_phase(draft, ctx.obs, spec, current, ctx.now, ctx.config)
     spec_applied(draft, ctx)
+    gang_status(ctx)
 
 
 def planning_failed(obs: Observed, now: datetime, error: str) -> Plan:
