@@ -348,8 +348,8 @@ class Reconciler:
 
     async def act(self, job: ObjDict, obs: Observed, plan: Plan) -> float | None:
         """Status first when the plan records a failure, deletes a pod or writes the
-        job's Kueue Workload: a failure is then stored as handled before its pod goes, so an operator
-        killed in between never counts it twice or loses it. A plan that only creates
+        job's Kueue Workload: a failure is then stored as handled before its pod goes, so
+        an operator killed in between never counts it twice or loses it. A plan that only creates
         writes its status after the creates, so a new job's first pod does not wait for
         a status round trip. Events describe the stored status: they are posted in the
         background once it is written.
