@@ -430,7 +430,8 @@ def main() -> int:
     cluster = Cluster(kubeconfig, localcluster.bins(build=False))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     cluster.kubectl("create", "namespace", NS, check=False)
-    nodes = math.ceil(max(args.jobs) * WORKERS / PODS_PER_NODE) + 1
+    # Each job has its rendezvous store pod besides its workers.
+    nodes = math.ceil(max(args.jobs) * (WORKERS + 1) / PODS_PER_NODE) + 1
     for i in range(nodes):
         cluster.apply(node(f"scale-{i}"))
     op = Operator(cluster, Path(tempfile.mkdtemp()) / "operator.log")
