@@ -82,10 +82,12 @@ def test_operator_sigkills_during_create_scale_fail_and_delete_keep_exact_invari
             if action == "fail":
                 # The next failure of the same job must be a separate one, not a race
                 # with this one's replacement: wait until this one is counted.
+                # 60 s: a restarted operator imports, primes its cache and replays its
+                # watches before it can count anything, all slow on a loaded machine.
                 wait_for(
                     f"{name}'s failure counted",
                     lambda n=name: status(c, ns, n).get("restarts") == failures[n],
-                    timeout=30,
+                    timeout=60,
                 )
         wait_for(
             "exact invariants",
