@@ -270,7 +270,7 @@ def test_a_job_held_for_capacity_starts_as_soon_as_a_big_enough_node_joins(
     name = f"gpu16-{ns}"
     c.apply(localcluster.gpu_node(name, 16))
     try:
-        # Woken by the node's arrival, not by the 60 s resync.
+        # Woken by the node's arrival, not by the resync (every 300 s).
         (pod,) = until_running(c, ns, "big", 1, timeout=20)
         assert pod["spec"]["nodeName"] == name
     finally:
@@ -299,7 +299,7 @@ def test_1024_replicas_on_20_gpus_create_what_fits_and_grow_with_a_new_node(
     name = f"gpu8-{ns}"
     c.apply(localcluster.gpu_node(name, 8))
     try:
-        # Woken by the node's arrival, not by the 60 s resync.
+        # Woken by the node's arrival, not by the resync (every 300 s).
         wait_for("8 more workers", lambda: len(workers(c, ns, "huge")) == room + 8, timeout=20)
     finally:
         c.kubectl("delete", "node", name, "--wait=false", check=False)
