@@ -64,7 +64,15 @@ def test_operator_sigkills_during_create_scale_fail_and_delete_keep_exact_invari
                 c.kubectl("scale", f"trainingjob/{name}", "-n", ns, f"--replicas={desired[name]}")
             elif action == "fail":
                 name = rng.choice(sorted(desired))
-                running = [p for p in workers(c, ns, name) if p["status"].get("phase") == "Running"]
+                # Only a slot the job keeps: a pod above a scale-down the killed operator
+                # has not applied yet is about to be removed, and its failure is by design
+                # not counted (pipeline: "scaled away"); failing it would race the removal.
+                running = [
+                    p
+                    for p in workers(c, ns, name)
+                    if p["status"].get("phase") == "Running"
+                    and int(p["metadata"]["labels"]["trainop.dev/slot"]) < desired[name]
+                ]
                 if running:
                     end_pod(c, ns, rng.choice(running)["metadata"]["name"], 1)
                     failures[name] += 1
