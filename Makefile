@@ -3,15 +3,25 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint pytest cluster-up cluster-down demo demo-real-node images bench \
+.PHONY: setup run check test lint pytest cluster-up cluster-down demo demo-real-node images bench \
 	dashboards dashboard-previews
 
 ## setup: everything a fresh machine lacks (Debian packages, Go-built tools, Python env)
 setup:
 	bash hack/setup.sh
 
-## test: lint, types, import contracts, then every test (unit, cluster, trainer, exporter)
-test: lint pytest
+## run: the main job here: the Python env if missing (seconds when present), then
+## `trainop run` (the built-in quickstart; ARGS="examples/x.yaml --kill-every-steps 20")
+run:
+	bash hack/setup.sh python
+	$(BIN)/trainop run $(ARGS)
+
+## test: whatever is missing (make setup), then lint and every test; what .ci/run runs
+test: setup
+	$(MAKE) --no-print-directory check
+
+## check: lint, types, import contracts, then every test (unit, cluster, trainer, exporter)
+check: lint pytest
 
 lint:
 	$(BIN)/ruff check .

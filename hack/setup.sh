@@ -8,13 +8,51 @@
 #   Images: the stand-in bases the Dockerfiles build FROM (hack/images.sh bases, cached
 #           in buildah's storage), since the official ones cannot be pulled here
 #   Python: .venv with trainop (dev, train, gpu extras) and trainop-runtime (trainer-image/)
+#
+# `hack/setup.sh python` does only the Python env (what `make run` needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+only=${1:-all}
 
 # Each step says what it does and how long it may take: a fresh machine spends minutes
 # in pip (torch alone is ~800 MB), and a silent terminal looks hung.
 started=$SECONDS
 say() { printf '[setup %3ds] %s\n' "$((SECONDS - started))" "$*"; }
+
+python_env() {
+  # Skipped while .venv is newer than both projects' metadata: `make run` and `make test`
+  # set up first, and a second pip resolve would cost ~30 s of every run.
+  stamp=.venv/.trainop-installed
+  if [[ -f $stamp && $stamp -nt pyproject.toml && $stamp -nt trainer-image/pyproject.toml ]]; then
+    say "Python env: up to date (.venv)"
+    return
+  fi
+  if [[ ! -x .venv/bin/python ]]; then
+    say "Python env: creating .venv"
+    python3 -m venv .venv
+  fi
+  pip_log=${TRAINOP_CACHE:-$HOME/.cache/trainop}/pip.log
+  mkdir -p "$(dirname "$pip_log")"
+  say "Python env: installing trainop, trainop-runtime and torch into .venv" \
+    "(minutes on a fresh machine; full log: $pip_log)"
+  # pip's own output is hundreds of lines; one line per package fetched or installed
+  # shows it moving. pipefail keeps pip's exit status.
+  pip_progress() {
+    tee -a "$pip_log" | awk '/^ *(Collecting|Downloading|Installing collected|Successfully installed)/ {
+      sub(/^ +/, ""); print "  pip: " substr($0, 1, 110); fflush() }'
+  }
+  : > "$pip_log"
+  .venv/bin/pip install --progress-bar off --upgrade pip 2>&1 | pip_progress
+  .venv/bin/pip install --progress-bar off -e './trainer-image[train,gpu]' -e '.[dev,train,gpu]' \
+    2>&1 | pip_progress
+  touch "$stamp"
+  say "Python env: ready"
+}
+
+if [[ $only == python ]]; then
+  python_env
+  exit 0
+fi
 
 need_apt=()
 want() { command -v "$1" >/dev/null || need_apt+=("$2"); }
@@ -59,24 +97,7 @@ say "image bases: preparing in the background (log: $bases_log)"
 bash hack/images.sh bases > "$bases_log" 2>&1 &
 bases_pid=$!
 
-if [[ ! -x .venv/bin/python ]]; then
-  say "Python env: creating .venv"
-  python3 -m venv .venv
-fi
-pip_log=$cache/pip.log
-say "Python env: installing trainop, trainop-runtime and torch into .venv" \
-  "(minutes on a fresh machine; full log: $pip_log)"
-# pip's own output is hundreds of lines; one line per package fetched or installed
-# shows it moving. pipefail keeps pip's exit status.
-pip_progress() {
-  tee -a "$pip_log" | awk '/^ *(Collecting|Downloading|Installing collected|Successfully installed)/ {
-    sub(/^ +/, ""); print "  pip: " substr($0, 1, 110); fflush() }'
-}
-: > "$pip_log"
-.venv/bin/pip install --progress-bar off --upgrade pip 2>&1 | pip_progress
-.venv/bin/pip install --progress-bar off -e './trainer-image[train,gpu]' -e '.[dev,train,gpu]' \
-  2>&1 | pip_progress
-say "Python env: ready"
+python_env
 
 say "waiting for the Go tools build"
 wait "$build_pid"
@@ -85,4 +106,4 @@ wait "$prefetch_pid" || say "module prefetch failed (see $prefetch_log); the bui
 say "Go tools: ready"
 wait "$bases_pid" || { tail -n 40 "$bases_log" >&2; exit 1; }
 say "image bases: ready"
-echo "setup done: tools in ${TRAINOP_CACHE:-$HOME/.cache/trainop}/bin, image bases in buildah's storage, Python env in .venv"
+say "setup done: tools in ${TRAINOP_CACHE:-$HOME/.cache/trainop}/bin, image bases in buildah's storage, Python env in .venv"

@@ -266,3 +266,47 @@ def stop(cluster: Any, handle: Kueue | None) -> None:
             )
         ]  # fmt: skip
         cluster.kubectl("delete", "crd", *names, "--ignore-not-found", "--wait=false", check=False)
+
+
+def apply_queue(
+    cluster: Any, ns: str, quota: dict[str, str], node_labels: dict[str, str], flavor: str
+) -> str:
+    """A ResourceFlavor `<ns>-<flavor>` with these node labels, a ClusterQueue of `quota`
+    for this namespace only (preempting lower priorities within it) and the LocalQueue
+    `research`. Returns the flavor's name."""
+    name = f"{ns}-{flavor}"
+    cluster.apply(
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ResourceFlavor",
+            "metadata": {"name": name},
+            "spec": {"nodeLabels": node_labels} if node_labels else {},
+        }
+    )
+    resources = [{"name": r, "nominalQuota": q} for r, q in quota.items()]
+    cluster.apply(
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ClusterQueue",
+            "metadata": {"name": ns},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "preemption": {"withinClusterQueue": "LowerPriority"},
+                "resourceGroups": [
+                    {
+                        "coveredResources": list(quota),
+                        "flavors": [{"name": name, "resources": resources}],
+                    }
+                ],
+            },
+        }
+    )
+    cluster.apply(
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "LocalQueue",
+            "metadata": {"name": "research", "namespace": ns},
+            "spec": {"clusterQueue": ns},
+        }
+    )
+    return name

@@ -39,48 +39,10 @@ def kueue(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def apply_cluster_queue(c: Cluster, ns: str, gpus: int = 8) -> str:
-    """A ResourceFlavor, a ClusterQueue of `gpus` for this namespace only (preempting
-    lower priorities within it) and the LocalQueue `research`. Returns the flavor name."""
-    flavor = f"{ns}-h100"
-    c.apply(
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ResourceFlavor",
-            "metadata": {"name": flavor},
-            "spec": {"nodeLabels": {"nvidia.com/gpu.product": GPU_PRODUCT}},
-        }
-    )
-    resources = [
-        {"name": "cpu", "nominalQuota": "1000"},
-        {"name": "memory", "nominalQuota": "10Ti"},
-        {"name": "nvidia.com/gpu", "nominalQuota": str(gpus)},
-    ]
-    c.apply(
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ClusterQueue",
-            "metadata": {"name": ns},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-                "preemption": {"withinClusterQueue": "LowerPriority"},
-                "resourceGroups": [
-                    {
-                        "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                        "flavors": [{"name": flavor, "resources": resources}],
-                    }
-                ],
-            },
-        }
-    )
-    c.apply(
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "LocalQueue",
-            "metadata": {"name": "research", "namespace": ns},
-            "spec": {"clusterQueue": ns},
-        }
-    )
-    return flavor
+    """A ClusterQueue of `gpus` GPUs on the kwok H100 nodes (kq.apply_queue). Returns the
+    flavor name."""
+    quota = {"cpu": "1000", "memory": "10Ti", "nvidia.com/gpu": str(gpus)}
+    return kq.apply_queue(c, ns, quota, {"nvidia.com/gpu.product": GPU_PRODUCT}, flavor="h100")
 
 
 def queued(name: str, replicas: int = 2, gpus: int = 2, **spec: Any) -> dict[str, Any]:

@@ -23,8 +23,15 @@ import pytest
 import yaml
 
 from tests.chart.kube import Release, install
-from tests.cluster.conftest import localcluster, wait_for, wait_until
-from tests.e2e.images import Images, RealCluster
+from tests.cluster import kueue as kq
+from tests.cluster.conftest import (
+    Operator,
+    localcluster,
+    wait_established,
+    wait_for,
+    wait_until,
+)
+from tests.e2e.images import ROOT, Images, RealCluster
 from tests.exporter.helpers import http_get, required_tool
 from tests.procs import stop_group
 
@@ -151,11 +158,13 @@ def _report() -> None:
         Path(out).write_text(text + "\n")
 
 
-def _job(image: str, checkpoints: Path) -> dict[str, Any]:
+def _job(
+    image: str, checkpoints: Path, name: str = JOB, steps: int = STEPS, replicas: int = 2
+) -> dict[str, Any]:
     return {
         "apiVersion": "trainop.dev/v1alpha1",
         "kind": "TrainingJob",
-        "metadata": {"name": JOB},
+        "metadata": {"name": name},
         "spec": {
             "image": image,
             "imagePullPolicy": "Never",
@@ -163,16 +172,16 @@ def _job(image: str, checkpoints: Path) -> dict[str, Any]:
                 "module": "trainop_runtime.examples.tinylm",
                 "args": [
                     "--steps",
-                    str(STEPS),
+                    str(steps),
                     "--step-sleep",
                     "0.2",
                     "--log-jsonl",
                     "/checkpoints/events.jsonl",
                 ],
             },
-            "replicas": 2,
+            "replicas": replicas,
             "minReplicas": 1,
-            "maxReplicas": 2,
+            "maxReplicas": replicas,
             "resources": {"gpus": 0, "cpu": "500m", "memory": "2Gi"},
             "failurePolicy": {"backoffLimit": 8, "backoffSeconds": 1},
             # A hostPath outlives every pod: what a replacement resumes from.
@@ -351,3 +360,124 @@ def test_helm_install_apply_train_scrape_recover_succeed_uninstall(  # noqa: PLR
     wait_for("the operator pod gone", lambda: not c.list("pods", release.namespace, operator_pods))
     assert c.kubectl("get", "crd", "trainingjobs.trainop.dev", "-o", "name").strip()
     assert c.get("trainingjob", JOB, ns)["status"]["phase"] == "Succeeded"
+
+
+def _queued(job: dict[str, Any], priority_class: str) -> dict[str, Any]:
+    job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "research"}
+    job["spec"]["scheduling"]["priorityClassName"] = priority_class
+    return job
+
+
+def test_kueue_preemption_checkpoints_on_the_real_node_and_the_job_resumes_from_it(  # noqa: PLR0915
+    real: RealCluster, images: Images, tmp_path: Path
+) -> None:
+    """Issue 16's preemption on real containers: a higher-priority job takes the quota of
+    a training one. Kueue evicts the low job, trainop stops it gracefully (SIGTERM), and
+    tinylm saves a checkpoint at the step it stopped at. Once the high job is done, Kueue
+    admits the low job again. It resumes from exactly that step, and nothing is counted
+    against its budget. The operator runs from this tree, as in tests/cluster, next to
+    real Kueue (tests/cluster/kueue.py)."""
+    c = real
+    ns = "e2e-kueue"
+    # The first test's helm release is gone unless it failed midway; its operator
+    # would hold the leader lease this test's operator waits for.
+    c.kubectl("delete", "deployment", "-A", "-l", "app.kubernetes.io/name=trainop", check=False)
+    c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    wait_established(c, "trainingjobs.trainop.dev")
+    c.kubectl("create", "namespace", ns)
+    wait_for("default service account", lambda: c.get_or_none("sa", "default", ns))
+    low_pc, high_pc = f"{ns}-low", f"{ns}-high"
+    handle: kq.Kueue | None = None
+    op = Operator(c, tmp_path / "operator.log")
+    logs = {}
+    for name in ("low", "high"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name).chmod(0o777)  # the trainer runs as uid 1000
+        logs[name] = tmp_path / name / "events.jsonl"
+
+    def tails() -> str:
+        texts = [op.log.read_text()[-3000:]]
+        if handle is not None:
+            texts.append(handle.log.read_text()[-2000:])
+        return "\n---\n".join(texts)
+
+    try:
+        handle = kq.start(c, tmp_path / "kueue", localcluster.free_port, localcluster.cache_dir())
+        op.start(
+            TRAINOP_EXPORTER_IMAGE=images.operator,
+            TRAINOP_POD_SECURITY_NAMESPACES=f"{ns}=privileged",  # the hostPath checkpoints
+        )
+        for pc, value in ((low_pc, 100), (high_pc, 1000)):
+            c.apply(
+                {
+                    "apiVersion": "scheduling.k8s.io/v1",
+                    "kind": "PriorityClass",
+                    "metadata": {"name": pc},
+                    "value": value,
+                }
+            )
+        # One worker (500m + the sidecar's 10m) and a store (100m) per job: 610m each,
+        # so two do not fit in 1 core and the second must preempt the first.
+        # The flavor has no node labels: the jobs themselves ask for the real node.
+        kq.apply_queue(c, ns, {"cpu": "1", "memory": "64Gi"}, {}, flavor="cpu")
+        low = _job(images.trainer, tmp_path / "low", name="low", steps=5000, replicas=1)
+        c.apply(_queued(low, low_pc), ns)
+        wait_for("low's first steps", lambda: len(steps_after(logs["low"], 0)) >= 5, 300, 0.5)
+
+        applied = time.time()
+        c.apply(_queued(_job(images.trainer, tmp_path / "high", "high", 30, 1), high_pc), ns)
+        (stop,) = wait_for(
+            "low stopped by the preemption",
+            lambda: [e for e in events(logs["low"]) if e["event"] == "stop"],
+            timeout=180,
+            every=0.5,
+        )
+        figures["preemption_to_checkpointed_stop_seconds"] = round(stop["time"] - applied, 1)
+        last_step = max(e["step"] for e in events(logs["low"]) if e["event"] == "step")
+        assert stop["step"] == last_step  # it stopped after a whole step, and saved it
+        st = wait_until(
+            "low suspended by Kueue",
+            lambda: c.get("trainingjob", "low", ns).get("status", {}),
+            lambda s: s.get("phase") == "Suspended",
+            timeout=120,
+        )
+        assert st["reason"] == "EvictedByKueue", st
+        assert "Preempted" in st["message"], st
+        assert st.get("restarts", 0) == 0  # an eviction is not counted against the budget
+
+        done = wait_until(
+            "high Succeeded",
+            lambda: c.get("trainingjob", "high", ns).get("status", {}),
+            lambda s: s.get("phase") in {"Succeeded", "Failed"},
+            timeout=300,
+        )
+        assert done["phase"] == "Succeeded", (done, tails())
+        high_done = next(e for e in events(logs["high"]) if e["event"] == "done")
+        assert high_done["step"] == 30
+
+        # The quota is free again: Kueue admits low, which resumes at its stop's step.
+        (resumed,) = wait_for(
+            "low started again",
+            lambda: [e for e in events(logs["low"]) if e["event"] == "start"][1:],
+            timeout=300,
+            every=0.5,
+        )
+        assert resumed["resumed_step"] == stop["step"], (resumed, stop)
+        after = wait_for(
+            "a step after the resume", lambda: steps_after(logs["low"], resumed["time"]), 120, 0.5
+        )
+        assert after[0]["step"] == stop["step"] + 1  # no step redone, none skipped
+        figures["high_done_to_low_resumed_step_seconds"] = round(
+            after[0]["time"] - high_done["time"], 1
+        )
+        st = c.get("trainingjob", "low", ns)["status"]
+        assert st["phase"] == "Running", st
+        assert st.get("restarts", 0) == 0, st
+    except BaseException:
+        print(tails())  # noqa: T201  (what the operator and Kueue said, on failure)
+        raise
+    finally:
+        c.kubectl("delete", "trainingjobs", "--all", "-n", ns, "--timeout=120s", check=False)
+        op.stop()
+        kq.stop(c, handle)
+        c.kubectl("delete", "priorityclass", low_pc, high_pc, "--ignore-not-found", check=False)
