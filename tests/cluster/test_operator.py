@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -443,3 +444,53 @@ def test_progress_reported_by_the_pods_shows_in_status_and_kubectl_get(
     row = c.kubectl("get", "tj", "prog", "-n", ns, "--no-headers")
     assert "120/200 (60%)" in row
     assert "2/2" in row
+
+
+def test_usage_survives_a_replaced_pod_and_shows_in_kubectl_get_wide(
+    operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    c.apply(tj("use", resources={"gpus": 1}), ns)
+    until_running(c, ns, "use", 2)
+
+    def report(pod: str, gpu: float, idle: float, joules: float) -> None:
+        # What each worker's metrics sidecar pushes: its totals since it started.
+        usage = {"gpuSeconds": gpu, "idleGpuSeconds": idle, "energyJoules": joules}
+        c.kubectl(
+            "annotate", "pod", pod, "-n", ns, "--overwrite",
+            f"trainop.dev/progress={json.dumps({'step': 5, **usage})}",
+        )  # fmt: skip
+
+    def usage_is(gpu: float, joules: float) -> dict[str, Any]:
+        return wait_until(
+            f"status.usage at {gpu} GPU-s and {joules} J",
+            lambda: status(c, ns, "use").get("usage") or {},
+            lambda u: (u.get("gpuSeconds"), u.get("energyJoules")) == (gpu, joules),
+        )
+
+    report("use-worker-0", 3600, 600, 1.8e6)
+    report("use-worker-1", 1800, 0, 0.9e6)
+    usage_is(5400, 2.7e6)
+    old = c.get("pod", "use-worker-0", ns)["metadata"]["uid"]
+    c.kubectl("delete", "pod", "use-worker-0", "-n", ns, "--wait=false")
+    wait_for(
+        "use-worker-0 replaced",
+        lambda: any(p["metadata"]["uid"] != old for p in workers(c, ns, "use")[:1]),
+    )
+    until_running(c, ns, "use", 2)
+    # The replacement's sidecar counts from 0; the old pod's share stays.
+    report("use-worker-0", 360, 0, 0.18e6)
+    report("use-worker-1", 1900, 0, 0.95e6)
+    u = usage_is(3600 + 360 + 1900, 1.8e6 + 0.18e6 + 0.95e6)
+    assert u["idleGpuSeconds"] == 600
+    assert u["gpuHours"] == round(5860 / 3600, 3)
+    assert u["energyKWh"] == round(2.93e6 / 3.6e6, 4)
+    header, row = c.kubectl("get", "tj", "use", "-n", ns, "-o", "wide").splitlines()[:2]
+    # Cut at the header's column starts: the Message column holds spaces.
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    cells = {
+        header[a:b].strip(): row[a:b].strip()
+        for a, b in zip(starts, [*starts[1:], None], strict=True)
+    }
+    assert cells["GPU-HOURS"] == str(u["gpuHours"]), (header, row)
+    assert cells["ENERGY-KWH"] == str(u["energyKWh"]), (header, row)

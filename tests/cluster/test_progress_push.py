@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import ROOT, Cluster, localcluster, wait_for
+from tests.cluster.conftest import ROOT, Cluster, localcluster, wait_for, wait_until
 
 pytestmark = pytest.mark.cluster
 CHART = ROOT / "charts" / "trainop"
@@ -32,6 +32,7 @@ PROGRESS = {
     "checkpointTime": 1.7e9,
     "unknownKey": "dropped",
 }
+FAKE_GPU = "GPU-fa4e0000-0000-4000-8000-000000000000"  # the first of fake_nvml.demo's
 
 
 def _sidecar(cluster: Cluster, ns: str, pod: str, tmp: Path, token: str) -> subprocess.Popen[bytes]:
@@ -44,6 +45,8 @@ def _sidecar(cluster: Cluster, ns: str, pod: str, tmp: Path, token: str) -> subp
     run_dir = tmp / "run"
     run_dir.mkdir()
     (run_dir / "progress.json").write_text(json.dumps(PROGRESS))
+    # The pod's one GPU, on a FakeNVML (a fake: no GPU here) whose counters run in real time.
+    (run_dir / "gpus.json").write_text(json.dumps({"uuids": [FAKE_GPU]}))
     env = {
         **os.environ,
         "KUBERNETES_SERVICE_HOST": host,
@@ -64,6 +67,10 @@ def _sidecar(cluster: Cluster, ns: str, pod: str, tmp: Path, token: str) -> subp
             "127.0.0.1",
             "--port",
             str(localcluster.free_port()),
+            "--fake-nvml-gpus",
+            "2",
+            "--sample-every",
+            "0.5",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -116,6 +123,17 @@ def test_sidecar_patches_its_pod_with_progress_only_when_allowed(
             assert pushed["step"] == 42
             assert pushed["loss"] == 1.2346
             assert "unknownKey" not in pushed
+            # The GPU usage so far rides along (status.usage sums it): one GPU held,
+            # drawing the fake's 550 W, and later pushes carry larger totals.
+            grown = wait_until(
+                "a GPU-second of usage in the annotation",
+                lambda: json.loads(
+                    cluster.get("pod", "w0", ns)["metadata"]["annotations"]["trainop.dev/progress"]
+                ),
+                lambda pushed: pushed.get("gpuSeconds", 0) >= 1,
+            )
+            assert grown["idleGpuSeconds"] == 0  # the fake GPU is busy
+            assert 400 * grown["gpuSeconds"] <= grown["energyJoules"] <= 700 * grown["gpuSeconds"]
         else:
             time.sleep(3)
             annotations = cluster.get("pod", "w0", ns)["metadata"].get("annotations") or {}

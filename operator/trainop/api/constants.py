@@ -20,6 +20,12 @@ ROLE_STORE: Final = "store"
 
 # The sidecar pushes a compact progress JSON here; the operator aggregates it.
 ANNOTATION_PROGRESS: Final = f"{GROUP}/progress"
+# What the metrics sidecar adds to that annotation, totals since the sidecar started
+# (the operator sums them into status.usage across the pods a job ever had).
+USAGE_GPU_SECONDS: Final = "gpuSeconds"
+USAGE_IDLE_GPU_SECONDS: Final = "idleGpuSeconds"
+USAGE_ENERGY_JOULES: Final = "energyJoules"
+USAGE_KEYS: Final = (USAGE_GPU_SECONDS, USAGE_IDLE_GPU_SECONDS, USAGE_ENERGY_JOULES)
 # Kueue's queue label: a job that carries it waits for its Workload to be admitted.
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 # Kueue's Workload API (the version v0.17 stores) and the name its configuration lists

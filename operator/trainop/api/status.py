@@ -70,6 +70,30 @@ class Progress(_Status):
     summary: str | None = None
 
 
+class PodUsage(_Status):
+    """The last totals one live worker pod's sidecar reported: what the next report is
+    counted from."""
+
+    pod_uid: str = Field(alias="podUID")
+    gpu_seconds: float = 0.0
+    idle_gpu_seconds: float = 0.0
+    energy_joules: float = 0.0
+
+
+class Usage(_Status):
+    """What the job has cost so far, over every pod it ever had: a replaced pod's share
+    stays counted. GPU-seconds are GPUs held, busy or not; idle ones are those at 0 %
+    utilization; energy is what the GPUs drew (NVML's energy counter)."""
+
+    gpu_seconds: float = 0.0
+    idle_gpu_seconds: float = 0.0
+    energy_joules: float = 0.0
+    # The same in the units `kubectl get tj -o wide` shows (its columns cannot compute).
+    gpu_hours: float = 0.0
+    energy_kwh: float = Field(default=0.0, alias="energyKWh")
+    pods: list[PodUsage] = []
+
+
 class TrainingJobStatus(_Status):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -103,6 +127,7 @@ class TrainingJobStatus(_Status):
     pending_since: datetime | None = None
     completion_time: datetime | None = None
     progress: Progress | None = None
+    usage: Usage | None = None
 
     def to_api(self) -> dict[str, object]:
         """The JSON the API server stores: camelCase, RFC 3339 times, no nulls."""

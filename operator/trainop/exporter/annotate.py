@@ -1,4 +1,5 @@
-"""Push a compact copy of progress.json onto the sidecar's own pod annotation.
+"""Push a compact copy of progress.json, and the pod's GPU usage so far, onto the
+sidecar's own pod annotation.
 
 The operator lists worker pods on every reconcile anyway, so this is how training
 progress reaches TrainingJob status and `kubectl get tj` with no operator->pod
@@ -78,15 +79,22 @@ class ProgressAnnotator:
             url=url, sa_dir=Path(env.get(ENV_SA_DIR, DEFAULT_SA_DIR)), run_dir=run_dir, every=every
         )
 
-    def push_once(self) -> bool:
-        """Patch the annotation if progress changed. True when a patch was accepted."""
+    def push_once(self, usage: Mapping[str, float] | None = None) -> bool:
+        """Patch the annotation if progress or `usage` (the sidecar's UsageMeter totals)
+        changed. True when a patch was accepted."""
         if not self.enabled:
             return False
         try:
             report = json.loads((self.run_dir / contract.PROGRESS_FILE).read_text())
         except (OSError, ValueError):
-            return False  # no report yet, or one being replaced: try next time
-        value = json.dumps(compact_progress(report), separators=(",", ":"), sort_keys=True)
+            # No report yet, one being replaced, or a script that never reports
+            # progress: its GPU usage still counts.
+            report = {}
+        if not isinstance(report, dict):
+            report = {}
+        value = json.dumps(
+            {**compact_progress(report), **(usage or {})}, separators=(",", ":"), sort_keys=True
+        )
         if value in (self._last, "{}"):
             return False
         body = json.dumps({"metadata": {"annotations": {ANNOTATION: value}}}).encode()

@@ -365,6 +365,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     else:
         log.info("pushing progress to pod annotation %s every %.0f s", ANNOTATION, annotator.every)
         while not stop.wait(annotator.every):
-            annotator.push_once()
+            annotator.push_once(collector.usage.totals())
+        # Stopping with the pod: its last seconds count too (a deleting pod can be patched).
+        annotator.push_once(collector.usage.totals())
     exporter.stop()
     return 0

@@ -37,6 +37,7 @@ from trainop.exporter.progress import (
 )
 from trainop.exporter.rapl import RaplReader, RaplSnapshot
 from trainop.exporter.statelog import StateLog
+from trainop.exporter.usage import UsageMeter
 from trainop_runtime import contract
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,7 @@ class TrainopCollector:
         self._file_errors: Counter[str] = Counter(dict.fromkeys(SOURCES, 0))
         self._last_collect: float | None = None
         self._gpu_sample: GpuSample | None = None
+        self.usage = UsageMeter()
         self._states = StateLog(log)
         # Concurrent scrapes (two Prometheus replicas) share the renderer's label cache.
         self._lock = threading.Lock()
@@ -294,6 +296,9 @@ class TrainopCollector:
                 gpu=gpu or GpuSnapshot(up=False),
                 assigned=None if wanted is None else len(wanted),
                 taken_at=self._timer(),
+            )
+            self.usage.add(
+                self._gpu_sample.gpu, self._gpu_sample.assigned, self._gpu_sample.taken_at
             )
 
     def collect(self) -> Iterable[Metric]:

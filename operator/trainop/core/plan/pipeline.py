@@ -48,6 +48,7 @@ from trainop.core.plan.restarts import (
     release_lost,
 )
 from trainop.core.plan.updates import spec_applied, stage_spec_changed
+from trainop.core.plan.usage import record_usage
 
 
 def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
@@ -61,6 +62,8 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         spec_valid(draft, obs, now, "InvalidSpec", problem)
         return _finish(draft, obs, now)
     ctx = Ctx(draft, obs, obs.spec, now, config)
+    # Whatever the phase: the last reports of a finishing job's pods count too.
+    record_usage(draft, ctx.workers)
     release_lost(ctx)
     if _stage_finished(ctx):
         return _finish(draft, obs, now)
