@@ -1,5 +1,5 @@
 """What `trainop run` prints: the live line (in place on a terminal, one line per change
-elsewhere). No processes here."""
+elsewhere) and the resume announcement. No processes here."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from trainop.local.display import (
     View,
     compute_rate,
     compute_view,
+    resume_note,
     view_line,
 )
 from trainop_runtime.ettr import Mark
@@ -202,3 +203,21 @@ def test_off_a_terminal_the_final_frame_is_printed_whatever_the_interval() -> No
         "step 5/200 (2%)",
         "step 9/200 (4%)",
     ]
+
+
+# checkpoint files at start, checkpoint steps in the first reports -> announcement
+RESUMES = {
+    "fresh directory": (False, [], None),
+    # A fresh run can have saved already by the time its first step is seen.
+    "fresh directory, saved since": (False, [20], None),
+    "resumed": (True, [48], "resuming from checkpoint step 48"),
+    # The non-writer still reports what it loaded; the writer may have saved since.
+    "resumed, the writer saved since": (True, [60, 48], "resuming from checkpoint step 48"),
+    "files, but the script reports no checkpoint": (True, [], None),
+}
+
+
+@pytest.mark.parametrize("case", RESUMES, ids=list(RESUMES))
+def test_a_resume_is_announced_with_the_checkpoint_loaded(case: str) -> None:
+    found, reported, want = RESUMES[case]
+    assert resume_note(found, reported) == want

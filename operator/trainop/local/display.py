@@ -164,6 +164,15 @@ def render(view: View) -> RenderableType:
     return grid
 
 
+def resume_note(found_checkpoints: bool, reported: Sequence[int]) -> str | None:
+    """The line announcing a resume, given whether the checkpoint directory held anything
+    at start and the checkpoint steps the workers report with their first steps. The
+    lowest is the one they loaded: only the writer has saved since, and not always."""
+    if not found_checkpoints or not reported:
+        return None
+    return f"resuming from checkpoint step {min(reported)}"
+
+
 class Display:
     """Views and events to `console`: in place on a terminal, a line per change elsewhere.
 

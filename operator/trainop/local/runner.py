@@ -41,7 +41,7 @@ from trainop.core.observe import ObservedPod, Termination
 from trainop.core.plan import Observed, Plan, compute_plan
 from trainop.local import devices, oom
 from trainop.local.chaos import ChaosClock, kills_left
-from trainop.local.display import Display, compute_rate, compute_view
+from trainop.local.display import Display, compute_rate, compute_view, resume_note
 from trainop.local.energy import energy_used
 from trainop.local.fit import fit_to_machine, this_machine, usable_cores
 from trainop_runtime import contract as rc
@@ -216,6 +216,12 @@ class LocalCluster:
         self.status = TrainingJobStatus()
         self.checkpoints = workdir / "checkpoints"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.found_checkpoints = self.has_checkpoints()
+
+    def has_checkpoints(self) -> bool:
+        """Whatever their format (a user's script has its own), files here mean the
+        workers may resume from them; dot files are the temps of a killed writer."""
+        return any(not p.name.startswith(".") for p in self.checkpoints.iterdir())
 
     def observed(self) -> Observed:
         return Observed(
@@ -623,6 +629,10 @@ def _drive(
         if tally.first_step is not None and not resumed:
             chaos.resumed(tally.first_step)
             resumed = True
+            # Before the first step shows: said once, from what the workers loaded.
+            reported = _ints(cluster.last_reports(), rc.P_CHECKPOINT_STEP)
+            if note := resume_note(cluster.found_checkpoints, reported):
+                say(note)
         now = time.monotonic()
         display.show(compute_view(st, budget, compute_rate(tally.marks)), now)
         step = st.progress.step if st.progress else None
