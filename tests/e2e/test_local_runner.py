@@ -248,6 +248,7 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     assert saved is not None, "no checkpoint written on Ctrl-C"
     assert saved >= reached
     assert saved < total, "the first run finished before Ctrl-C: nothing left to resume"
+    assert f"run the same command again to resume from step {saved}" in out, out[-3000:]
     first_run_end = max(e["time"] for e in read_jsonl(train_log))
 
     again = trainop_run(job, workdir)

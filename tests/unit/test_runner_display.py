@@ -1,5 +1,5 @@
 """What `trainop run` prints: the live line (in place on a terminal, one line per change
-elsewhere) and the resume announcement. No processes here."""
+elsewhere), the resume announcement and the summary's wording. No processes here."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from trainop.local.display import (
     resume_note,
     view_line,
 )
+from trainop.local.runner import Summary, stop_reason
 from trainop_runtime.ettr import Mark
 
 
@@ -221,3 +222,92 @@ RESUMES = {
 def test_a_resume_is_announced_with_the_checkpoint_loaded(case: str) -> None:
     found, reported, want = RESUMES[case]
     assert resume_note(found, reported) == want
+
+
+# checkpoint step reported, checkpoint files -> why the interrupted run ended
+STOPS = {
+    "checkpoint reported": (
+        120,
+        True,
+        "stopped; run the same command again to resume from step 120",
+    ),
+    "files from a script that reports none": (
+        None,
+        True,
+        "stopped; run the same command again to resume from its checkpoint",
+    ),
+    "nothing saved": (
+        None,
+        False,
+        "stopped before any checkpoint was saved: nothing to resume, a rerun starts over",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STOPS, ids=list(STOPS))
+def test_resume_is_offered_only_when_a_checkpoint_exists(case: str) -> None:
+    step, files, want = STOPS[case]
+    assert stop_reason(step, files) == want
+
+
+def summary(**kw: Any) -> Summary:
+    fields: dict[str, Any] = {
+        "phase": "Succeeded",
+        "reason": "Succeeded",
+        "wall_seconds": 61.25,
+        "steps": 200,
+        "first_step": 1,
+        "steps_run": 200,
+        "checkpoint_step": 200,
+        "first_loss": 5.545177459716797,
+        "last_loss": 2.0123456789,
+        "restarts": 0,
+        "in_place_restarts": 0,
+        "kills": 0,
+        "effective_ratio": 0.9,
+        "ettr": "ettr",
+        "ettr_seconds": {},
+        "devices": "on CPU",
+        "energy_joules": None,
+        "signal": None,
+    }
+    return Summary(**(fields | kw))
+
+
+# summary fields -> its first two lines
+SUMMARIES = {
+    "succeeded: the phase once, losses rounded": (
+        summary(),
+        "job Succeeded in 61.2 s, on CPU",
+        "steps 200, 200 in this run; last checkpoint at step 200; loss 5.545 -> 2.012",
+    ),
+    "failed: the reason adds something": (
+        summary(phase="Failed", reason="BackoffLimitExceeded", checkpoint_step=120),
+        "job Failed (BackoffLimitExceeded) in 61.2 s, on CPU",
+        "steps 200, 200 in this run; last checkpoint at step 120; loss 5.545 -> 2.012",
+    ),
+    "a script that reports neither loss nor checkpoint": (
+        summary(checkpoint_step=None, first_loss=None, last_loss=None),
+        "job Succeeded in 61.2 s, on CPU",
+        "steps 200, 200 in this run; no checkpoint; no loss reported",
+    ),
+    "interrupted, resumed earlier": (
+        summary(
+            phase="Interrupted",
+            reason=stop_reason(None, False),
+            first_step=49,
+            steps_run=10,
+            steps=58,
+            checkpoint_step=None,
+        ),
+        "job Interrupted (stopped before any checkpoint was saved: nothing to resume, "
+        "a rerun starts over) in 61.2 s, on CPU",
+        "steps 58, 10 in this run (resumed at step 49); no checkpoint; loss 5.545 -> 2.012",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SUMMARIES, ids=list(SUMMARIES))
+def test_the_summary_says_each_thing_once_and_rounds(case: str) -> None:
+    the_summary, head, steps = SUMMARIES[case]
+    assert the_summary.lines()[:2] == [head, steps]

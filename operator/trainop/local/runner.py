@@ -41,7 +41,7 @@ from trainop.core.observe import ObservedPod, Termination
 from trainop.core.plan import Observed, Plan, compute_plan
 from trainop.local import devices, oom
 from trainop.local.chaos import ChaosClock, kills_left
-from trainop.local.display import Display, compute_rate, compute_view, resume_note
+from trainop.local.display import Display, compute_rate, compute_view, format_loss, resume_note
 from trainop.local.energy import energy_used
 from trainop.local.fit import fit_to_machine, this_machine, usable_cores
 from trainop_runtime import contract as rc
@@ -431,11 +431,18 @@ class Summary:
             if self.first_step is not None and self.first_step > 1
             else ""
         )
+        # The reason only when it adds something: "Succeeded (Succeeded)" said it twice.
+        why = f" ({self.reason})" if self.reason and self.reason != self.phase else ""
+        checkpoint = (
+            f"last checkpoint at step {self.checkpoint_step}"
+            if self.checkpoint_step is not None
+            else "no checkpoint"
+        )
+        first, last = format_loss(self.first_loss), format_loss(self.last_loss)
+        loss = f"loss {first} -> {last}" if first is not None else "no loss reported"
         return [
-            f"job {self.phase} ({self.reason}) in {self.wall_seconds:.1f} s, {self.devices}",
-            f"steps {self.steps}, {self.steps_run} in this run{resumed}; "
-            f"last checkpoint at step {self.checkpoint_step}; "
-            f"loss {self.first_loss} -> {self.last_loss}",
+            f"job {self.phase}{why} in {self.wall_seconds:.1f} s, {self.devices}",
+            f"steps {self.steps}, {self.steps_run} in this run{resumed}; {checkpoint}; {loss}",
             f"restarts: {self.restarts} counted against the budget "
             f"({self.in_place_restarts} of them in place), {self.kills} injected kills",
             *([f"last failure: {self.last_failure}"] if self.last_failure else []),
@@ -477,6 +484,15 @@ class _Stop:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+def stop_reason(checkpoint_step: int | None, checkpoint_files: bool) -> str:
+    """Why an interrupted run ended, and whether the same command picks it up."""
+    if checkpoint_step is not None:
+        return f"stopped; run the same command again to resume from step {checkpoint_step}"
+    if checkpoint_files:  # saved by a script that does not report its checkpoints
+        return "stopped; run the same command again to resume from its checkpoint"
+    return "stopped before any checkpoint was saved: nothing to resume, a rerun starts over"
 
 
 def run(path: Path, opts: RunOptions, console: Console | None = None) -> Summary:
@@ -539,16 +555,17 @@ def _run(path: Path, opts: RunOptions, display: Display) -> Summary:
         display.close()
     steps_run = max(0, steps - tally.first_step + 1) if tally.first_step is not None else 0
     interrupted = stop.signum is not None
+    checkpoint_step = max(checkpoints) if checkpoints else None
     summary = Summary(
         phase="Interrupted" if interrupted else (st.phase.value if st.phase else "Unknown"),
-        reason="stopped; run the same command again to resume"
+        reason=stop_reason(checkpoint_step, cluster.has_checkpoints())
         if interrupted
         else (st.reason or ""),
         wall_seconds=wall,
         steps=steps,
         first_step=tally.first_step,
         steps_run=steps_run,
-        checkpoint_step=max(checkpoints) if checkpoints else None,
+        checkpoint_step=checkpoint_step,
         first_loss=tally.losses[0] if tally.losses else None,
         last_loss=tally.losses[-1] if tally.losses else None,
         restarts=st.restarts,
