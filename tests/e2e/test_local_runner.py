@@ -248,6 +248,7 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     assert saved is not None, "no checkpoint written on Ctrl-C"
     assert saved >= reached
     assert saved < total, "the first run finished before Ctrl-C: nothing left to resume"
+    assert f"run the same command again to resume from step {saved}" in out, out[-3000:]
     first_run_end = max(e["time"] for e in read_jsonl(train_log))
 
     again = trainop_run(job, workdir)
@@ -255,6 +256,10 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     assert again.returncode == 0, out[-3000:]
     second = json.loads((workdir / "quickstart" / "summary.json").read_text())
     assert second["steps"] == total
+    # Announced before the display shows any step.
+    lines = out.splitlines()
+    announced = lines.index(f"resuming from checkpoint step {saved}")
+    assert announced < min(i for i, line in enumerate(lines) if " | step " in line), out[-3000:]
     # Resumed from the Ctrl-C checkpoint: the first step it reports comes after it
     # (the first run's last report, were it read again, is exactly that step).
     assert second["first_step"] > saved, out[-3000:]

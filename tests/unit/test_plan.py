@@ -392,6 +392,43 @@ def test_progress_is_taken_from_the_most_advanced_pod() -> None:
     assert (progress.step, progress.loss, progress.summary) == (41, 2.4, "41/200 (20%)")
 
 
+def report(step: int, checkpoint: int | None, time: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {"step": step, "totalSteps": 200, "time": time}
+    if checkpoint is not None:
+        doc |= {"checkpointStep": checkpoint, "checkpointTime": time - (step - checkpoint)}
+    return doc
+
+
+T = 1_800_000_000
+# each worker's report (None: not reported yet) -> checkpoint shown, and its report's time
+NEWEST_CHECKPOINT = {
+    # The non-writer's resume point comes in the most advanced report (same step, later).
+    "writer's newer save beats a later report": (
+        [report(110, 108, T), report(110, 48, T + 1)],
+        (108, T - 2),
+    ),
+    "writer's save beats a more advanced report": (
+        [report(108, 108, T), report(109, 48, T + 1)],
+        (108, T),
+    ),
+    "whichever slot writes": ([report(60, 48, T), report(60, 60, T - 1)], (60, T - 1)),
+    "only the non-writer has reported": ([None, report(50, 48, T)], (48, T - 2)),
+    "no checkpoint yet": ([report(5, None, T), report(6, None, T + 1)], (None, None)),
+}
+
+
+@pytest.mark.parametrize("case", NEWEST_CHECKPOINT, ids=list(NEWEST_CHECKPOINT))
+def test_progress_shows_the_newest_durable_checkpoint(case: str) -> None:
+    reports, (want_step, want_time) = NEWEST_CHECKPOINT[case]
+    pods = [store()] + [
+        worker(slot, progress=doc) for slot, doc in enumerate(reports) if doc is not None
+    ]
+    progress = plan_for(pods=pods).status.progress
+    assert progress is not None
+    got_time = progress.checkpoint_time.timestamp() if progress.checkpoint_time else None
+    assert (progress.checkpoint_step, got_time) == (want_step, want_time)
+
+
 @pytest.mark.parametrize(
     ("capacity_check", "creates_workers", "reason"),
     [

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import IO, Any
 
 import yaml
+from rich.console import Console
 
 from trainop.api import constants as c
 from trainop.api.parse import parse_spec
@@ -40,6 +41,7 @@ from trainop.core.observe import ObservedPod, Termination
 from trainop.core.plan import Observed, Plan, compute_plan
 from trainop.local import devices, oom
 from trainop.local.chaos import ChaosClock, kills_left
+from trainop.local.display import Display, compute_rate, compute_view, format_loss, resume_note
 from trainop.local.energy import energy_used
 from trainop.local.fit import fit_to_machine, this_machine, usable_cores
 from trainop_runtime import contract as rc
@@ -214,6 +216,12 @@ class LocalCluster:
         self.status = TrainingJobStatus()
         self.checkpoints = workdir / "checkpoints"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.found_checkpoints = self.has_checkpoints()
+
+    def has_checkpoints(self) -> bool:
+        """Whatever their format (a user's script has its own), files here mean the
+        workers may resume from them; dot files are the temps of a killed writer."""
+        return any(not p.name.startswith(".") for p in self.checkpoints.iterdir())
 
     def observed(self) -> Observed:
         return Observed(
@@ -423,11 +431,18 @@ class Summary:
             if self.first_step is not None and self.first_step > 1
             else ""
         )
+        # The reason only when it adds something: "Succeeded (Succeeded)" said it twice.
+        why = f" ({self.reason})" if self.reason and self.reason != self.phase else ""
+        checkpoint = (
+            f"last checkpoint at step {self.checkpoint_step}"
+            if self.checkpoint_step is not None
+            else "no checkpoint"
+        )
+        first, last = format_loss(self.first_loss), format_loss(self.last_loss)
+        loss = f"loss {first} -> {last}" if first is not None else "no loss reported"
         return [
-            f"job {self.phase} ({self.reason}) in {self.wall_seconds:.1f} s, {self.devices}",
-            f"steps {self.steps}, {self.steps_run} in this run{resumed}; "
-            f"last checkpoint at step {self.checkpoint_step}; "
-            f"loss {self.first_loss} -> {self.last_loss}",
+            f"job {self.phase}{why} in {self.wall_seconds:.1f} s, {self.devices}",
+            f"steps {self.steps}, {self.steps_run} in this run{resumed}; {checkpoint}; {loss}",
             f"restarts: {self.restarts} counted against the budget "
             f"({self.in_place_restarts} of them in place), {self.kills} injected kills",
             *([f"last failure: {self.last_failure}"] if self.last_failure else []),
@@ -471,18 +486,22 @@ class _Stop:
                 signal.signal(s, handler)
 
 
-def _never_fails(say: Callable[[str], None]) -> Callable[[str], None]:
-    """After SIGHUP the terminal is gone and writes fail: that must not cut cleanup short."""
+def stop_reason(checkpoint_step: int | None, checkpoint_files: bool) -> str:
+    """Why an interrupted run ended, and whether the same command picks it up."""
+    if checkpoint_step is not None:
+        return f"stopped; run the same command again to resume from step {checkpoint_step}"
+    if checkpoint_files:  # saved by a script that does not report its checkpoints
+        return "stopped; run the same command again to resume from its checkpoint"
+    return "stopped before any checkpoint was saved: nothing to resume, a rerun starts over"
 
-    def tolerant(line: str) -> None:
-        with contextlib.suppress(OSError):
-            say(line)
 
-    return tolerant
+def run(path: Path, opts: RunOptions, console: Console | None = None) -> Summary:
+    with Display(console or Console(), every=opts.view_every) as display:
+        return _run(path, opts, display)
 
 
-def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Summary:
-    say = _never_fails(say)
+def _run(path: Path, opts: RunOptions, display: Display) -> Summary:
+    say = display.event
     name, spec = load_job(path, opts.replicas)
     host = devices.restrict(devices.host_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     fit = fit_to_machine(spec, this_machine(len(host)), replicas_given=opts.replicas is not None)
@@ -507,7 +526,7 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
         started = time.monotonic()
         tally = _Tally()
         try:
-            _drive(cluster, metrics, opts, tally, stop, say)
+            _drive(cluster, metrics, opts, tally, stop, display)
         finally:
             if stop.signum is not None:
                 say(
@@ -524,23 +543,29 @@ def run(path: Path, opts: RunOptions, say: Callable[[str], None] = print) -> Sum
     reports = cluster.last_reports()
     steps = max([(st.progress.step or 0) if st.progress else 0, *_ints(reports, rc.P_STEP)])
     checkpoints = _ints(reports, rc.P_CHECKPOINT_STEP)
+    budget = spec.failure_policy.backoff_limit
     if st.progress is not None:
         # The last reports came after the last plan: the display's last line shows
         # what the summary below it says, not a step the workers trained past.
-        final = _final_progress(st.progress, steps, max(checkpoints, default=None))
-        say(_view_line(st.model_copy(update={"progress": final})))
+        last_loss = tally.losses[-1] if tally.losses else None
+        final = _final_progress(st.progress, steps, max(checkpoints, default=None), last_loss)
+        view = compute_view(st.model_copy(update={"progress": final}), budget, None)
+        display.final(view)
+    else:
+        display.close()
     steps_run = max(0, steps - tally.first_step + 1) if tally.first_step is not None else 0
     interrupted = stop.signum is not None
+    checkpoint_step = max(checkpoints) if checkpoints else None
     summary = Summary(
         phase="Interrupted" if interrupted else (st.phase.value if st.phase else "Unknown"),
-        reason="stopped; run the same command again to resume"
+        reason=stop_reason(checkpoint_step, cluster.has_checkpoints())
         if interrupted
         else (st.reason or ""),
         wall_seconds=wall,
         steps=steps,
         first_step=tally.first_step,
         steps_run=steps_run,
-        checkpoint_step=max(checkpoints) if checkpoints else None,
+        checkpoint_step=checkpoint_step,
         first_loss=tally.losses[0] if tally.losses else None,
         last_loss=tally.losses[-1] if tally.losses else None,
         restarts=st.restarts,
@@ -575,13 +600,18 @@ def failure_line(failure: LastFailure) -> str:
     return f"{head}: {failure.message}" if failure.message else head
 
 
-def _final_progress(progress: Progress, step: int, checkpoint: int | None) -> Progress:
+def _final_progress(
+    progress: Progress, step: int, checkpoint: int | None, loss: float | None
+) -> Progress:
     total = progress.total_steps
     return progress.model_copy(
         update={
             "step": step,
             "summary": f"{step}/{total} ({100 * step // total}%)" if total else f"step {step}",
             "checkpoint_step": checkpoint if checkpoint is not None else progress.checkpoint_step,
+            # The summary's last loss is the first one reported for the last step: a worker
+            # that resumed at that step reports it again, with the loss its checkpoint held.
+            "loss": loss if loss is not None else progress.loss,
         }
     )
 
@@ -596,13 +626,13 @@ def _drive(
     opts: RunOptions,
     tally: _Tally,
     stop: _Stop,
-    say: Callable[[str], None],
+    display: Display,
 ) -> None:
     """observe -> compute_plan -> act, every tick, until the job is over or told to stop."""
+    say = display.event
     rng = random.Random(opts.seed)  # noqa: S311 (choosing chaos victims, not secrets)
     config = OperatorConfig()
-    now = time.monotonic()
-    next_view = now
+    budget = cluster.spec.failure_policy.backoff_limit
     chaos = ChaosClock(seconds=opts.kill_every, steps=opts.kill_every_steps)
     resumed = False
     while stop.signum is None:
@@ -613,21 +643,22 @@ def _drive(
         st = cluster.status
         if st.phase is not None and st.phase.finished and not cluster.running():
             return
-        now = time.monotonic()
-        if now >= next_view:
-            say(_view_line(cluster.status))
-            next_view = now + opts.view_every
-        step = st.progress.step if st.progress else None
         if tally.first_step is not None and not resumed:
             chaos.resumed(tally.first_step)
             resumed = True
+            # Before the first step shows: said once, from what the workers loaded.
+            reported = _ints(cluster.last_reports(), rc.P_CHECKPOINT_STEP)
+            if note := resume_note(cluster.found_checkpoints, reported):
+                say(note)
+        now = time.monotonic()
+        display.show(compute_view(st, budget, compute_rate(tally.marks)), now)
+        step = st.progress.step if st.progress else None
         if st.phase is Phase.RUNNING and step is not None and chaos.due(now, step):
-            limit = cluster.spec.failure_policy.backoff_limit
             victim = None
-            if kills_left(tally.kills, st.restarts, limit) == 0:
+            if kills_left(tally.kills, st.restarts, budget) == 0:
                 say(
                     f"[chaos] no more kills: {max(tally.kills, st.restarts)} of the restart "
-                    f"budget of {limit} used, the last one is kept for a real failure "
+                    f"budget of {budget} used, the last one is kept for a real failure "
                     f"(raise spec.failurePolicy.backoffLimit for more)"
                 )
                 chaos = ChaosClock()  # off for the rest of the run
@@ -650,24 +681,6 @@ def _collect(cluster: LocalCluster, tally: _Tally) -> None:
         tally.losses.append(progress.loss)
     tally.seen_steps.add(progress.step)
     tally.marks.append((time.monotonic(), progress.step))
-
-
-def _view_line(st: TrainingJobStatus) -> str:
-    p = st.progress
-    parts = [
-        f"{(st.phase.value if st.phase else 'Pending'):<10}",
-        f"workers {st.workers or '0/0'}",
-        f"restarts {st.restarts_summary or '0'}",
-    ]
-    if p is not None:
-        parts.append(f"step {p.summary}")
-        if p.loss is not None:
-            parts.append(f"loss {p.loss:.4f}")
-        if p.samples_per_second is not None:
-            parts.append(f"{p.samples_per_second:.0f} samples/s")
-        if p.checkpoint_step is not None:
-            parts.append(f"ckpt @{p.checkpoint_step}")
-    return " | ".join(parts)
 
 
 def _port_taken(port: int) -> bool:

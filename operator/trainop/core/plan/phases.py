@@ -184,7 +184,11 @@ def record_progress(draft: Draft, current: list[ObservedPod]) -> None:
     total = best.get(rc.P_TOTAL_STEPS)
     total = int(total) if isinstance(total, int) and total > 0 else None
     summary = f"{step}/{total} ({100 * step // total}%)" if total else f"step {step}"
-    ckpt_step = best.get(rc.P_CHECKPOINT_STEP)
+    # Only the writer saves: the others report the step they resumed from, which may be
+    # the most advanced report and would flip the shown checkpoint back to an older one.
+    saved = [r for r in reports if isinstance(r.get(rc.P_CHECKPOINT_STEP), int)]
+    newest = max(saved, key=lambda r: int(r[rc.P_CHECKPOINT_STEP]), default={})
+    ckpt_step = newest.get(rc.P_CHECKPOINT_STEP)
     draft.status.progress = Progress(
         step=step,
         total_steps=total,
@@ -192,7 +196,7 @@ def record_progress(draft: Draft, current: list[ObservedPod]) -> None:
         loss=as_number(best.get(rc.P_LOSS)),
         samples_per_second=as_number(best.get(rc.P_SAMPLES_PER_SECOND)),
         checkpoint_step=ckpt_step if isinstance(ckpt_step, int) else None,
-        checkpoint_time=as_time(best.get(rc.P_CHECKPOINT_TIME)),
+        checkpoint_time=as_time(newest.get(rc.P_CHECKPOINT_TIME)),
         update_time=as_time(best.get(rc.P_TIME)),
         summary=summary,
     )
