@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -444,6 +445,60 @@ def test_progress_reported_by_the_pods_shows_in_status_and_kubectl_get(
     row = c.kubectl("get", "tj", "prog", "-n", ns, "--no-headers")
     assert "120/200 (60%)" in row
     assert "2/2" in row
+
+
+def test_a_worker_that_stops_stepping_is_stalled_then_restarted_as_a_counted_hang(
+    operator: Operator, ns: str
+) -> None:
+    c = operator.cluster
+    policy = {"backoffLimit": 5, "backoffSeconds": 0, "hangSeconds": 10}
+    c.apply(tj("hang", failurePolicy=policy), ns)
+    until_running(c, ns, "hang", 2)
+    # A fresh report, then nothing: no event comes, so only the operator's own wake-up
+    # can notice the silence.
+    for pod in ("hang-worker-0", "hang-worker-1"):
+        report = {"step": 40, "time": time.time(), "stepSeconds": 0.5}
+        c.kubectl(
+            "annotate", "pod", pod, "-n", ns, "--overwrite",
+            f"trainop.dev/progress={json.dumps(report)}",
+        )  # fmt: skip
+    reported = time.monotonic()
+    st = wait_until(
+        "Stalled",
+        lambda: status(c, ns, "hang"),
+        lambda s: any(x["type"] == "Stalled" and x["status"] == "True" for x in s["conditions"]),
+        timeout=40,
+    )
+    assert time.monotonic() - reported >= 10  # not before its bound
+    (cond,) = [x for x in st["conditions"] if x["type"] == "Stalled"]
+    assert "made no training step" in cond["message"]
+    assert "failurePolicy.restartOnHang" in cond["message"]
+    assert st["restarts"] == 0  # reporting alone restarts nothing
+    warned = c.kubectl(
+        "get", "events", "-n", ns, "--field-selector", "reason=Stalled,type=Warning", "-o", "name"
+    )
+    assert len(warned.split()) == 1
+    old = {p["metadata"]["uid"] for p in workers(c, ns, "hang")}
+    c.kubectl(
+        "patch", "trainingjob", "hang", "-n", ns, "--type=merge",
+        "-p", '{"spec":{"failurePolicy":{"restartOnHang":true}}}',
+    )  # fmt: skip
+    st = wait_until(
+        "both hung workers restarted",
+        lambda: status(c, ns, "hang"),
+        lambda s: s.get("restarts") == 2,
+    )
+    assert st["restartsByReason"] == {"Hang": 2}
+    assert st["lastFailure"]["reason"] == "Hang"
+    wait_for(
+        "two new workers",
+        lambda: (
+            len(workers(c, ns, "hang")) == 2
+            and not ({p["metadata"]["uid"] for p in workers(c, ns, "hang")} & old)
+        ),
+    )
+    time.sleep(3)  # the old pods' ends are the same failures, not new ones
+    assert status(c, ns, "hang")["restarts"] == 2
 
 
 def test_usage_survives_a_replaced_pod_and_shows_in_kubectl_get_wide(

@@ -57,6 +57,9 @@ class Reason(StrEnum):
     # The launcher lost the rendezvous store pod (its EXIT_RENDEZVOUS_LOST): one store loss
     # fails every worker at once, so it is free when the store the worker knew is gone.
     RENDEZVOUS_LOST = "RendezvousLost"
+    # The worker made no step for longer than failurePolicy.hangSeconds and
+    # failurePolicy.restartOnHang had trainop restart it.
+    HANG = "Hang"
 
 
 class CleanPodPolicy(StrEnum):
@@ -225,6 +228,10 @@ class FailurePolicy(_Model):
     backoff_seconds: Annotated[int, Field(ge=0, le=DAY)] = 10
     max_backoff_seconds: Annotated[int, Field(ge=0, le=DAY)] = 300
     rules: Annotated[list[FailureRule], Field(max_length=32)] = []
+    # No step for this long marks a worker Stalled. None: max(10 x its step time, 120 s).
+    hang_seconds: Annotated[int, Field(ge=10, le=WEEK)] | None = None
+    # Also restart a stalled worker (reason Hang, counted unless a rule says otherwise).
+    restart_on_hang: bool = False
 
 
 class RunPolicy(_Model):

@@ -37,6 +37,7 @@ KEYS = (
     contract.P_SAMPLES,
     contract.P_LOSS,
     contract.P_SAMPLES_PER_SECOND,
+    contract.P_STEP_SECONDS,  # the default hang bound is 10 of them (core/plan/hang.py)
     contract.P_RESTARTS,
     contract.P_WORLD_SIZE,
     contract.P_CHECKPOINT_STEP,

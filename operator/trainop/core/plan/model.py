@@ -43,6 +43,11 @@ COND_GANG_SCHEDULED = "GangScheduled"
 COND_PENDING_TOO_LONG = "PendingTooLong"
 
 
+# True while some running worker has made no training step for longer than its hang bound
+# (failurePolicy.hangSeconds, else max(10 x its step time, 120 s)); False once all step.
+COND_STALLED = "Stalled"
+
+
 # True while planning the job raises (a bug, or input no check foresaw): the job is left
 # as it is, with the error in this condition and a Warning Event, never a silent loop.
 COND_RECONCILE_ERROR = "ReconcileError"
@@ -58,6 +63,7 @@ WORKER_CONDITIONS = (
     COND_PENDING_TOO_LONG,
     COND_SPEC_APPLIED,
     COND_GANG_SCHEDULED,
+    COND_STALLED,
 )
 
 

@@ -25,6 +25,7 @@ from trainop.core.plan.children import (
     set_counts,
 )
 from trainop.core.plan.gang import ensure_pod_group, gang_status, mark_members, stage_gang_api
+from trainop.core.plan.hang import stage_hang
 from trainop.core.plan.model import (
     COND_RECONCILE_ERROR,
     PLANNING_RETRY_SECONDS,
@@ -77,6 +78,7 @@ def compute_plan(obs: Observed, now: datetime, config: OperatorConfig) -> Plan:
         _stage_failures,
         stage_spec_changed,
         _stage_succeeded,
+        stage_hang,
     ):
         if stage(ctx):
             break
