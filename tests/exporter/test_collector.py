@@ -203,6 +203,47 @@ def test_gpu_readings_in_base_units_with_labels(run_dir: Path) -> None:
     assert expo.value(n.GPU_DRIVER_INFO, driver_version="550.54.15") == 1
 
 
+def test_memory_and_pcie_health_in_base_units(run_dir: Path) -> None:
+    gpu = FakeGpu(
+        uuid=uuid(0),
+        mem_clock_mhz=1593,
+        memory_temperature_c=52,
+        remapped_rows_corrected=2,
+        remapped_rows_uncorrected=1,
+        row_remap_pending=True,
+        pcie_replays=7,
+    )
+    write_gpus_file(run_dir, [uuid(0)])
+    expo = scrape(make_collector(run_dir, FakeNVML([gpu])))
+    assert expo.value(n.GPU_MEMORY_CLOCK) == 1.593e9
+    assert expo.value(n.GPU_MEMORY_TEMPERATURE) == 52
+    assert expo.value(n.GPU_REMAPPED_ROWS, error_type=n.ECC_CORRECTED) == 2
+    assert expo.value(n.GPU_REMAPPED_ROWS, error_type=n.ECC_UNCORRECTED) == 1
+    assert expo.value(n.GPU_ROW_REMAP_PENDING) == 1
+    assert expo.value(n.GPU_ROW_REMAP_FAILED) == 0
+    assert expo.value(n.GPU_PCIE_REPLAYS) == 7
+
+
+def test_a_board_without_a_memory_sensor_lacks_only_that_series(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NVML answers a field-value query as a whole and marks each field unsupported:
+    # that must read as "not supported", not as a read error on every pass.
+    write_gpus_file(run_dir, [uuid(0), uuid(1)])
+    fake = FakeNVML([FakeGpu(uuid(0), memory_temperature_c=None), FakeGpu(uuid(1))])
+    collector = make_collector(run_dir, fake)
+    with caplog.at_level(logging.INFO, logger="trainop.exporter"):
+        for _ in range(3):
+            expo = scrape(collector)
+            temps = expo.series(n.GPU_MEMORY_TEMPERATURE)
+            assert {s.labels[n.L_GPU_UUID] for s in temps} == {uuid(1)}
+            assert expo.value(n.GPU_TEMPERATURE, gpu_uuid=uuid(0)) is not None
+            assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 0
+    assert fake.device_calls["nvmlDeviceGetFieldValues", uuid(0)] == 1
+    said = [r.getMessage() for r in caplog.records if "memory_temperature" in r.getMessage()]
+    assert said == ["GPU 0 does not report memory_temperature (NotSupported)"]
+
+
 def test_clock_event_reasons_become_one_series_per_reason(run_dir: Path) -> None:
     write_gpus_file(run_dir, [uuid(0)])
     fake = FakeNVML(gpus(1, clock_event_reasons=0x004 | 0x040))
@@ -250,6 +291,12 @@ def test_old_driver_falls_back_to_throttle_reasons(run_dir: Path) -> None:
             "nvmlDeviceGetEnforcedPowerLimit", "NoPermission", n.GPU_POWER_LIMIT, id="no perm"
         ),
         pytest.param("nvmlDeviceRegisterEvents", "NotSupported", n.GPU_XID_ERRORS, id="no XID"),
+        pytest.param(
+            "nvmlDeviceGetRemappedRows", "NotSupported", n.GPU_REMAPPED_ROWS, id="no row remapper"
+        ),
+        pytest.param(
+            "nvmlDeviceGetPcieReplayCounter", "NoPermission", n.GPU_PCIE_REPLAYS, id="no replays"
+        ),
     ],
 )
 def test_unsupported_reading_drops_only_that_series_and_is_asked_once(

@@ -65,6 +65,9 @@ def fake_scenario_exposition(tmp_path: Path) -> str:
             sm_clock_mhz=1755,
             clock_event_reasons=0x004 if i == 0 else 0x000,
             ecc_corrected=2 if i == 0 else 0,
+            memory_temperature_c=70 + i,
+            remapped_rows_corrected=1 if i == 0 else 0,
+            pcie_replays=3 if i == 0 else 0,
         )
         for i in range(3)
     ]
@@ -143,6 +146,8 @@ PLAUSIBLE: dict[str, tuple[float | str, float | str]] = {
     n.GPU_POWER_LIMIT: (10.0, 2000.0),
     n.GPU_TEMPERATURE: (10.0, 110.0),
     n.GPU_SM_CLOCK: (1e8, 5e9),  # in Hz, not MHz
+    n.GPU_MEMORY_CLOCK: (1e8, 2e10),  # GDDR7 effective rates reach 15 GHz; HBM is far lower
+    n.GPU_MEMORY_TEMPERATURE: (10.0, 120.0),
     n.GPU_ENERGY: (1e-3, math.inf),
 }
 

@@ -145,8 +145,11 @@ def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None, age: float 
             (n.GPU_ENERGY, g.energy_joules),
             (n.GPU_TEMPERATURE, g.temperature_celsius),
             (n.GPU_SM_CLOCK, g.sm_clock_hertz),
+            (n.GPU_MEMORY_TEMPERATURE, g.memory_temperature_celsius),
+            (n.GPU_MEMORY_CLOCK, g.memory_clock_hertz),
             (n.GPU_XID_ERRORS, g.xid_errors),
             (n.GPU_LAST_XID, g.last_xid),
+            (n.GPU_PCIE_REPLAYS, g.pcie_replays),
         )
         for name, value in optional:
             if value is not None:
@@ -161,6 +164,11 @@ def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None, age: float 
             f.add(n.GPU_ECC_ERRORS, float(g.ecc_corrected), *ids, n.ECC_CORRECTED)
         if g.ecc_uncorrected is not None:
             f.add(n.GPU_ECC_ERRORS, float(g.ecc_uncorrected), *ids, n.ECC_UNCORRECTED)
+        if (rows := g.remapped_rows) is not None:
+            f.add(n.GPU_REMAPPED_ROWS, float(rows.corrected), *ids, n.ECC_CORRECTED)
+            f.add(n.GPU_REMAPPED_ROWS, float(rows.uncorrected), *ids, n.ECC_UNCORRECTED)
+            f.add(n.GPU_ROW_REMAP_PENDING, float(rows.pending), *ids)
+            f.add(n.GPU_ROW_REMAP_FAILED, float(rows.failed), *ids)
 
 
 def _add_training(f: _Families, view: TrainingView, now: float) -> None:

@@ -19,17 +19,20 @@ Used by the tests, the benchmark and ``--fake-nvml-gpus`` (demos without a GPU).
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pynvml
 
 NVMLError = pynvml.NVMLError
 NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
 NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
 
 GIB = 1024**3
 
@@ -56,12 +59,20 @@ class FakeGpu:
     energy_mj: int = 0
     temperature_c: int = 35
     sm_clock_mhz: int = 1980
+    mem_clock_mhz: int = 2619  # HBM3 on an H100 SXM
+    # None: a board without a memory sensor (its field value reads NotSupported).
+    memory_temperature_c: int | None = 38
     clock_event_reasons: int = 0
     # What the device can report at all: by default 7 of the 9 bits, so tests
     # see a device that cannot report every reason.
     supported_clock_event_reasons: int = 0x0EF
     ecc_corrected: int = 0
     ecc_uncorrected: int = 0
+    remapped_rows_corrected: int = 0
+    remapped_rows_uncorrected: int = 0
+    row_remap_pending: bool = False
+    row_remap_failed: bool = False
+    pcie_replays: int = 0
     # pynvml function -> error it raises, e.g. {"nvmlDeviceGetPowerUsage": "NoPermission"}
     errors: dict[str, str] = field(default_factory=dict)
     lost: bool = False
@@ -241,9 +252,42 @@ class FakeNVML:
 
     def nvmlDeviceGetClockInfo(self, handle: object, clock_type: int) -> int:  # noqa: N802
         gpu = self._device("nvmlDeviceGetClockInfo", handle)
-        if clock_type != NVML_CLOCK_SM:
-            raise nvml_error("InvalidArgument")
-        return gpu.sm_clock_mhz
+        if clock_type == NVML_CLOCK_SM:
+            return gpu.sm_clock_mhz
+        if clock_type == NVML_CLOCK_MEM:
+            return gpu.mem_clock_mhz
+        raise nvml_error("InvalidArgument")
+
+    def nvmlDeviceGetFieldValues(  # noqa: N802
+        self, handle: object, field_ids: list[int]
+    ) -> ctypes.Array[Any]:
+        """pynvml's own structs, each field with its own status, as the library fills them.
+
+        Only the memory temperature is modelled; other fields read NotSupported.
+        """
+        gpu = self._device("nvmlDeviceGetFieldValues", handle)
+        values: ctypes.Array[Any] = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for value, field_id in zip(values, field_ids, strict=True):
+            value.fieldId = field_id
+            if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP and gpu.memory_temperature_c is not None:
+                value.nvmlReturn = pynvml.NVML_SUCCESS
+                value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                value.value.uiVal = gpu.memory_temperature_c
+            else:
+                value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return values
+
+    def nvmlDeviceGetRemappedRows(self, handle: object) -> tuple[int, int, int, int]:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetRemappedRows", handle)
+        return (
+            gpu.remapped_rows_corrected,
+            gpu.remapped_rows_uncorrected,
+            int(gpu.row_remap_pending),
+            int(gpu.row_remap_failed),
+        )
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle: object) -> int:  # noqa: N802
+        return self._device("nvmlDeviceGetPcieReplayCounter", handle).pcie_replays
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: object) -> int:  # noqa: N802
         return self._device("nvmlDeviceGetCurrentClocksEventReasons", handle).clock_event_reasons
@@ -311,6 +355,7 @@ def demo_gpus(count: int) -> list[FakeGpu]:
             power_mw=550_000 + 1_000 * i,
             energy_mj=1_000_000_000 + 10_000_000 * i,
             temperature_c=60 + i,
+            memory_temperature_c=68 + i,
             clock_event_reasons=0x004 if i % 2 else 0,  # half of them power-capped
         )
         for i in range(count)

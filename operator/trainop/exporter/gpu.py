@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from trainop.exporter import visibility
 from trainop.exporter.names import CLOCK_EVENT_REASONS
-from trainop.exporter.nvml import EventSet, Handle, Nvml, NvmlError
+from trainop.exporter.nvml import EventSet, Handle, Nvml, NvmlError, RemappedRows
 from trainop.exporter.statelog import StateLog
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class GpuReading:
     energy_joules: float | None = None
     temperature_celsius: float | None = None
     sm_clock_hertz: float | None = None
+    memory_temperature_celsius: float | None = None
+    memory_clock_hertz: float | None = None
     clock_event_reasons: int | None = None
     # Bits the device can report; series for other reasons would be a guess.
     supported_clock_event_reasons: int | None = None
@@ -59,6 +61,8 @@ class GpuReading:
     ecc_uncorrected: int | None = None
     xid_errors: int | None = None
     last_xid: int | None = None
+    remapped_rows: RemappedRows | None = None
+    pcie_replays: int | None = None
     # False: the GPU could not be read on this pass (lost, or a call to it hangs);
     # every reading is then None.
     up: bool = True
@@ -371,6 +375,8 @@ class GpuReader:
         energy = self._field(d, "energy", lambda: nvml.energy_mj(h))
         temperature = self._field(d, "temperature", lambda: nvml.temperature_c(h))
         clock = self._field(d, "sm_clock", lambda: nvml.sm_clock_mhz(h))
+        mem_temperature = self._field(d, "memory_temperature", lambda: nvml.memory_temperature_c(h))
+        mem_clock = self._field(d, "memory_clock", lambda: nvml.memory_clock_mhz(h))
         reasons = self._field(d, "clock_event_reasons", lambda: nvml.clock_event_reasons(h))
         if reasons is not None and d.supported_reasons is None:
             supported = self._field(
@@ -379,6 +385,8 @@ class GpuReader:
             d.supported_reasons = ALL_CLOCK_EVENT_REASONS if supported is None else supported
         ecc_c = self._field(d, "ecc", lambda: nvml.ecc_volatile_errors(h, uncorrected=False))
         ecc_u = self._field(d, "ecc", lambda: nvml.ecc_volatile_errors(h, uncorrected=True))
+        remapped = self._field(d, "remapped_rows", lambda: nvml.remapped_rows(h))
+        replays = self._field(d, "pcie_replays", lambda: nvml.pcie_replays(h))
         xids = self._read_xids(nvml, d)
         self._states.clear(f"lost/{d.uuid}", f"GPU {d.index} ({d.uuid}) is back")
         return GpuReading(
@@ -394,12 +402,16 @@ class GpuReader:
             energy_joules=energy / MJ_PER_J if energy is not None else None,
             temperature_celsius=float(temperature) if temperature is not None else None,
             sm_clock_hertz=clock * HZ_PER_MHZ if clock is not None else None,
+            memory_temperature_celsius=mem_temperature,
+            memory_clock_hertz=mem_clock * HZ_PER_MHZ if mem_clock is not None else None,
             clock_event_reasons=reasons,
             supported_clock_event_reasons=d.supported_reasons,
             ecc_corrected=ecc_c,
             ecc_uncorrected=ecc_u,
             xid_errors=xids.count if xids else None,
             last_xid=xids.last if xids else None,
+            remapped_rows=remapped,
+            pcie_replays=replays,
         )
 
     def _read_xids(self, nvml: Nvml, d: _Device) -> _XidTally | None:

@@ -78,10 +78,16 @@ GPU_POWER_LIMIT: Final = "trainop_gpu_power_limit_watts"
 GPU_ENERGY: Final = "trainop_gpu_energy_joules_total"
 GPU_TEMPERATURE: Final = "trainop_gpu_temperature_celsius"
 GPU_SM_CLOCK: Final = "trainop_gpu_sm_clock_hertz"
+GPU_MEMORY_TEMPERATURE: Final = "trainop_gpu_memory_temperature_celsius"
+GPU_MEMORY_CLOCK: Final = "trainop_gpu_memory_clock_hertz"
 GPU_CLOCK_EVENT_ACTIVE: Final = "trainop_gpu_clock_event_active"
 GPU_ECC_ERRORS: Final = "trainop_gpu_ecc_errors_total"
 GPU_XID_ERRORS: Final = "trainop_gpu_xid_errors_total"
 GPU_LAST_XID: Final = "trainop_gpu_last_xid"
+GPU_REMAPPED_ROWS: Final = "trainop_gpu_remapped_rows_total"
+GPU_ROW_REMAP_PENDING: Final = "trainop_gpu_row_remap_pending"
+GPU_ROW_REMAP_FAILED: Final = "trainop_gpu_row_remap_failed"
+GPU_PCIE_REPLAYS: Final = "trainop_gpu_pcie_replays_total"
 
 TRAINING_UP: Final = "trainop_training_up"
 TRAINING_STEP: Final = "trainop_training_step"
@@ -180,6 +186,14 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(GPU_TEMPERATURE, "gauge", "GPU core temperature, in degrees Celsius.", _G),
     MetricSpec(GPU_SM_CLOCK, "gauge", "SM clock, in hertz.", _G),
     MetricSpec(
+        GPU_MEMORY_TEMPERATURE,
+        "gauge",
+        "Device memory (HBM) temperature, in degrees Celsius; absent where the board has "
+        "no such sensor.",
+        _G,
+    ),
+    MetricSpec(GPU_MEMORY_CLOCK, "gauge", "Device memory clock, in hertz.", _G),
+    MetricSpec(
         GPU_CLOCK_EVENT_ACTIVE,
         "gauge",
         "1 while this reason holds the clocks down (throttling, idle, caps), else 0.",
@@ -198,6 +212,32 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
         _G,
     ),
     MetricSpec(GPU_LAST_XID, "gauge", "Code of the last critical XID error, 0 if none.", _G),
+    MetricSpec(
+        GPU_REMAPPED_ROWS,
+        "counter",
+        "Memory rows remapped to spares over the GPU's life (kept in its InfoROM), by the "
+        "kind of ECC error that caused it.",
+        (*_G, L_ERROR_TYPE),
+    ),
+    MetricSpec(
+        GPU_ROW_REMAP_PENDING,
+        "gauge",
+        "1 while a row remapping waits for a GPU reset to take effect, else 0.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_ROW_REMAP_FAILED,
+        "gauge",
+        "1 if a row remapping has failed (no spare row left): the GPU needs service, else 0.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_PCIE_REPLAYS,
+        "counter",
+        "PCIe replays the device counted (packets the link had to resend); a rising rate "
+        "means a bad link, riser or slot.",
+        _G,
+    ),
     MetricSpec(
         TRAINING_UP,
         "gauge",

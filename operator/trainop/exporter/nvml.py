@@ -86,6 +86,14 @@ class Utilization:
     memory_percent: int
 
 
+@dataclass(frozen=True)
+class RemappedRows:
+    corrected: int
+    uncorrected: int
+    pending: bool
+    failed: bool
+
+
 def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -149,6 +157,32 @@ class Nvml:
     def sm_clock_mhz(self, handle: Handle) -> int:
         return int(self._call("nvmlDeviceGetClockInfo", handle, _const("NVML_CLOCK_SM")))
 
+    def memory_clock_mhz(self, handle: Handle) -> int:
+        return int(self._call("nvmlDeviceGetClockInfo", handle, _const("NVML_CLOCK_MEM")))
+
+    def memory_temperature_c(self, handle: Handle) -> float:
+        # nvmlDeviceGetTemperature(V) has no memory sensor (NVML_TEMPERATURE_GPU is its
+        # only one): HBM temperature is a field value, as DCGM reads it.
+        return self._field_value(handle, _const("NVML_FI_DEV_MEMORY_TEMP"))
+
+    def _field_value(self, handle: Handle, field_id: int) -> float:
+        (value,) = self._call("nvmlDeviceGetFieldValues", handle, [field_id])
+        # The call succeeds as a whole; each field carries its own status.
+        if value.nvmlReturn != _const("NVML_SUCCESS"):
+            raise _error_for(int(value.nvmlReturn))
+        kind = int(value.valueType)
+        member = next((m for t, m in _VALUE_MEMBERS if _const(t) == kind), None)
+        if member is None:
+            raise NvmlError("UnknownValueType", f"field {field_id}: type {value.valueType}")
+        return float(getattr(value.value, member))
+
+    def remapped_rows(self, handle: Handle) -> RemappedRows:
+        corrected, uncorrected, pending, failed = self._call("nvmlDeviceGetRemappedRows", handle)
+        return RemappedRows(int(corrected), int(uncorrected), bool(pending), bool(failed))
+
+    def pcie_replays(self, handle: Handle) -> int:
+        return int(self._call("nvmlDeviceGetPcieReplayCounter", handle))
+
     def clock_event_reasons(self, handle: Handle) -> int:
         try:
             return int(self._call("nvmlDeviceGetCurrentClocksEventReasons", handle))
@@ -209,6 +243,25 @@ class Nvml:
         # Failing to free is harmless: the set dies with the library state anyway.
         with contextlib.suppress(NvmlError):
             self._call("nvmlEventSetFree", event_set)
+
+
+# nvmlValueType_t -> the member of the nvmlValue_t union that holds it.
+_VALUE_MEMBERS: tuple[tuple[str, str], ...] = (
+    ("NVML_VALUE_TYPE_DOUBLE", "dVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_INT", "uiVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG", "ulVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", "ullVal"),
+    ("NVML_VALUE_TYPE_SIGNED_LONG_LONG", "sllVal"),
+    ("NVML_VALUE_TYPE_SIGNED_INT", "siVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_SHORT", "usVal"),
+)
+
+
+def _error_for(code: int) -> NvmlError:
+    """The error for an nvmlReturn_t that came back in a struct rather than raised."""
+    if pynvml is None:  # pragma: no cover
+        return NvmlError(f"Code{code}", "nvidia-ml-py is not installed")
+    return _translate(pynvml.NVMLError(code))
 
 
 def _const(name: str) -> int:
