@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from tests.exporter.helpers import (
 from trainop.exporter import names as n
 from trainop.exporter.collector import TrainopCollector
 from trainop.exporter.fake_nvml import FakeGpu, FakeNVML
-from trainop.exporter.gpu import GpuReader
+from trainop.exporter.gpu import GPM_METRICS, GpuReader
 from trainop.exporter.nvml import Nvml
 from trainop.exporter.rapl import RaplReader
 from trainop_runtime import contract
@@ -375,6 +376,150 @@ def test_nvml_initialised_once_and_handles_cached(run_dir: Path) -> None:
     assert fake.calls["nvmlInit"] == 1
     assert fake.calls["nvmlDeviceGetHandleByIndex"] == 2
     assert fake.calls["nvmlDeviceGetPowerUsage"] == 10
+
+
+# --- profiling (NVML's GPM API) -----------------------------------------------
+MIB = 1024 * 1024
+
+
+# FakeGpu rate (NVML's unit) -> the metric and its value in base units.
+@pytest.mark.parametrize(
+    ("rate", "nvml_value", "metric", "expected"),
+    [
+        pytest.param("sm_active_percent", 91.5, n.GPU_SM_ACTIVE, 0.915, id="SM active"),
+        pytest.param("sm_occupancy_percent", 37.5, n.GPU_SM_OCCUPANCY, 0.375, id="occupancy"),
+        pytest.param("tensor_active_percent", 56.0, n.GPU_TENSOR_ACTIVE, 0.56, id="tensor"),
+        pytest.param("dram_active_percent", 43.0, n.GPU_DRAM_ACTIVE, 0.43, id="DRAM"),
+        pytest.param("fp16_active_percent", 3.0, n.GPU_FP16_ACTIVE, 0.03, id="FP16"),
+        pytest.param("fp32_active_percent", 8.5, n.GPU_FP32_ACTIVE, 0.085, id="FP32"),
+        pytest.param("fp64_active_percent", 1.0, n.GPU_FP64_ACTIVE, 0.01, id="FP64"),
+        pytest.param("pcie_tx_mib_per_s", 312.0, n.GPU_PCIE_TRANSMIT, 312 * MIB, id="PCIe TX"),
+        pytest.param("pcie_rx_mib_per_s", 1450.0, n.GPU_PCIE_RECEIVE, 1450 * MIB, id="PCIe RX"),
+        pytest.param(
+            "nvlink_tx_mib_per_s", 61_000.0, n.GPU_NVLINK_TRANSMIT, 61_000 * MIB, id="NVLink TX"
+        ),
+        pytest.param(
+            "nvlink_rx_mib_per_s", 60_750.0, n.GPU_NVLINK_RECEIVE, 60_750 * MIB, id="NVLink RX"
+        ),
+    ],
+)
+def test_profiling_metrics_need_two_samples_and_come_in_base_units(
+    run_dir: Path, rate: str, nvml_value: float, metric: str, expected: float
+) -> None:
+    write_gpus_file(run_dir, [uuid(0)])
+    collector = make_collector(run_dir, FakeNVML([FakeGpu(uuid(0), **{rate: nvml_value})]))
+    first = scrape(collector)
+    # GPM rates are differences between two samples: the first pass has one.
+    assert first.value(n.GPU_PROFILING_SUPPORTED) == 1
+    assert first.value(metric) is None
+    second = scrape(collector)
+    assert second.value(metric) == pytest.approx(expected)
+    assert second.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 0
+
+
+def test_profiling_rates_are_those_of_the_interval_since_the_last_pass(run_dir: Path) -> None:
+    write_gpus_file(run_dir, [uuid(0)])
+    fake = FakeNVML([FakeGpu(uuid(0), tensor_active_percent=10.0)])
+    collector = make_collector(run_dir, fake)
+    scrape(collector)
+    assert scrape(collector).value(n.GPU_TENSOR_ACTIVE) == pytest.approx(0.10)
+    fake.gpu(uuid(0)).tensor_active_percent = 80.0
+    assert scrape(collector).value(n.GPU_TENSOR_ACTIVE) == pytest.approx(0.80)
+    # One sample per pass, reused as the next pass's "before": never one alloc per pass.
+    assert fake.calls["nvmlGpmSampleAlloc"] == 2
+    assert fake.calls["nvmlGpmSampleGet"] == 3
+
+
+PROFILING_SERIES = {metric for metric, _, _ in GPM_METRICS}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        pytest.param(
+            {"name": "NVIDIA A100-SXM4-80GB", "gpm_supported": False},
+            "GPU 0 (NVIDIA A100-SXM4-80GB) has no GPM profiling",
+            id="before Hopper",
+        ),
+        pytest.param(
+            {"errors": {"nvmlGpmQueryDeviceSupport": "FunctionNotFound"}},
+            "GPU 0 does not report profiling (FunctionNotFound)",
+            id="driver without GPM",
+        ),
+        pytest.param(
+            {"errors": {"nvmlGpmSampleGet": "NoPermission"}},
+            "GPU 0 does not report profiling (NoPermission)",
+            id="GPM refused",
+        ),
+    ],
+)
+def test_a_gpu_without_profiling_says_so_once_and_lacks_only_those_series(
+    run_dir: Path, caplog: pytest.LogCaptureFixture, overrides: dict[str, Any], said: str
+) -> None:
+    write_gpus_file(run_dir, [uuid(0), uuid(1)])
+    fake = FakeNVML([FakeGpu(uuid(0), **overrides), FakeGpu(uuid(1))])
+    collector = make_collector(run_dir, fake)
+    with caplog.at_level(logging.INFO, logger="trainop.exporter"):
+        for _ in range(3):
+            expo = scrape(collector)
+            assert expo.value(n.GPU_PROFILING_SUPPORTED, gpu_uuid=uuid(0)) == 0
+            assert expo.value(n.GPU_PROFILING_SUPPORTED, gpu_uuid=uuid(1)) == 1
+            assert not any(expo.series(m, gpu_uuid=uuid(0)) for m in PROFILING_SERIES)
+            assert expo.value(n.GPU_POWER, gpu_uuid=uuid(0)) is not None
+            assert expo.value(n.GPU_UP) == 1
+            assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 0
+        # The other GPU's profiling is unaffected.
+        assert {s.name for s in expo.samples if s.labels.get("gpu") == "1"} >= PROFILING_SERIES
+    messages = [r.getMessage() for r in caplog.records if "profiling" in r.getMessage()]
+    assert [m for m in messages if m.startswith("GPU 0")] == [m for m in messages if said in m]
+    assert len([m for m in messages if said in m]) == 1
+    assert fake.device_calls["nvmlGpmSampleGet", uuid(0)] <= 1
+
+
+def test_a_metric_the_board_lacks_is_absent_alone(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NVLink figures on a PCIe board: NVML fails those metrics alone, inside a good call.
+    write_gpus_file(run_dir, [uuid(0)])
+    gpu = FakeGpu(uuid(0), nvlink_tx_mib_per_s=None, nvlink_rx_mib_per_s=None)
+    collector = make_collector(run_dir, FakeNVML([gpu]))
+    with caplog.at_level(logging.INFO, logger="trainop.exporter"):
+        for _ in range(3):
+            expo = scrape(collector)
+    assert expo.value(n.GPU_NVLINK_TRANSMIT) is None
+    assert expo.value(n.GPU_NVLINK_RECEIVE) is None
+    assert expo.value(n.GPU_TENSOR_ACTIVE) is not None
+    assert expo.value(n.GPU_PROFILING_SUPPORTED) == 1
+    assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 0
+    said = [r.getMessage() for r in caplog.records if "nvlink" in r.getMessage()]
+    assert said == [
+        f"GPU 0 does not report {n.GPU_NVLINK_TRANSMIT} (NotSupported)",
+        f"GPU 0 does not report {n.GPU_NVLINK_RECEIVE} (NotSupported)",
+    ]
+
+
+def test_a_transient_profiling_failure_is_counted_and_recovers(run_dir: Path) -> None:
+    write_gpus_file(run_dir, [uuid(0)])
+    fake = FakeNVML([FakeGpu(uuid(0), errors={"nvmlGpmMetricsGet": "Unknown"})])
+    collector = make_collector(run_dir, fake)
+    scrape(collector)
+    failed = scrape(collector)
+    assert failed.value(n.GPU_TENSOR_ACTIVE) is None
+    assert failed.value(n.GPU_PROFILING_SUPPORTED) == 1
+    assert failed.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 1
+    del fake.gpu(uuid(0)).errors["nvmlGpmMetricsGet"]
+    assert scrape(collector).value(n.GPU_TENSOR_ACTIVE) == 0
+
+
+def test_profiling_samples_are_freed_before_nvml_shuts_down(run_dir: Path) -> None:
+    write_gpus_file(run_dir, [uuid(0), uuid(1)])
+    fake = FakeNVML(gpus(2))
+    collector = make_collector(run_dir, fake)
+    scrape(collector)
+    scrape(collector)
+    collector.close()
+    assert fake.calls["nvmlGpmSampleFree"] == 4
+    assert fake.calls["nvmlShutdown"] == 1
 
 
 # --- failures: no GPU, lost GPU, XID ------------------------------------------

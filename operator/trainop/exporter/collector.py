@@ -28,7 +28,7 @@ from prometheus_client.samples import Sample
 from trainop import __version__
 from trainop.exporter import names as n
 from trainop.exporter import visibility
-from trainop.exporter.gpu import GpuReader, GpuSnapshot
+from trainop.exporter.gpu import GpuReader, GpuReading, GpuSnapshot
 from trainop.exporter.progress import (
     DEFAULT_STALE_SECONDS,
     TrainingView,
@@ -133,42 +133,55 @@ def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None, age: float 
     if snap.driver_version:
         f.add(n.GPU_DRIVER_INFO, 1.0, snap.driver_version)
     for g in snap.gpus:
-        ids = (str(g.index), g.uuid, g.model)
-        f.add(n.GPU_DEVICE_UP, 1.0 if g.up else 0.0, *ids)
-        optional: tuple[tuple[str, float | None], ...] = (
-            (n.GPU_UTILIZATION, g.utilization_ratio),
-            (n.GPU_MEMORY_UTILIZATION, g.memory_utilization_ratio),
-            (n.GPU_MEMORY_USED, g.memory_used_bytes),
-            (n.GPU_MEMORY_TOTAL, g.memory_total_bytes),
-            (n.GPU_POWER, g.power_watts),
-            (n.GPU_POWER_LIMIT, g.power_limit_watts),
-            (n.GPU_ENERGY, g.energy_joules),
-            (n.GPU_TEMPERATURE, g.temperature_celsius),
-            (n.GPU_SM_CLOCK, g.sm_clock_hertz),
-            (n.GPU_MEMORY_TEMPERATURE, g.memory_temperature_celsius),
-            (n.GPU_MEMORY_CLOCK, g.memory_clock_hertz),
-            (n.GPU_XID_ERRORS, g.xid_errors),
-            (n.GPU_LAST_XID, g.last_xid),
-            (n.GPU_PCIE_REPLAYS, g.pcie_replays),
-        )
-        for name, value in optional:
-            if value is not None:
-                f.add(name, float(value), *ids)
-        if g.clock_event_reasons is not None:
-            supported = g.supported_clock_event_reasons
-            for bit, reason in n.CLOCK_EVENT_REASONS:
-                if supported is None or supported & bit:
-                    active = float(bool(g.clock_event_reasons & bit))
-                    f.add(n.GPU_CLOCK_EVENT_ACTIVE, active, *ids, reason)
-        if g.ecc_corrected is not None:
-            f.add(n.GPU_ECC_ERRORS, float(g.ecc_corrected), *ids, n.ECC_CORRECTED)
-        if g.ecc_uncorrected is not None:
-            f.add(n.GPU_ECC_ERRORS, float(g.ecc_uncorrected), *ids, n.ECC_UNCORRECTED)
-        if (rows := g.remapped_rows) is not None:
-            f.add(n.GPU_REMAPPED_ROWS, float(rows.corrected), *ids, n.ECC_CORRECTED)
-            f.add(n.GPU_REMAPPED_ROWS, float(rows.uncorrected), *ids, n.ECC_UNCORRECTED)
-            f.add(n.GPU_ROW_REMAP_PENDING, float(rows.pending), *ids)
-            f.add(n.GPU_ROW_REMAP_FAILED, float(rows.failed), *ids)
+        _add_gpu(f, g, (str(g.index), g.uuid, g.model))
+
+
+def _add_gpu(f: _Families, g: GpuReading, ids: tuple[str, ...]) -> None:
+    """One GPU's series: a reading the device could not give has none."""
+    f.add(n.GPU_DEVICE_UP, 1.0 if g.up else 0.0, *ids)
+    optional: tuple[tuple[str, float | None], ...] = (
+        (n.GPU_UTILIZATION, g.utilization_ratio),
+        (n.GPU_MEMORY_UTILIZATION, g.memory_utilization_ratio),
+        (n.GPU_MEMORY_USED, g.memory_used_bytes),
+        (n.GPU_MEMORY_TOTAL, g.memory_total_bytes),
+        (n.GPU_POWER, g.power_watts),
+        (n.GPU_POWER_LIMIT, g.power_limit_watts),
+        (n.GPU_ENERGY, g.energy_joules),
+        (n.GPU_TEMPERATURE, g.temperature_celsius),
+        (n.GPU_SM_CLOCK, g.sm_clock_hertz),
+        (n.GPU_MEMORY_TEMPERATURE, g.memory_temperature_celsius),
+        (n.GPU_MEMORY_CLOCK, g.memory_clock_hertz),
+        (n.GPU_XID_ERRORS, g.xid_errors),
+        (n.GPU_LAST_XID, g.last_xid),
+        (n.GPU_PCIE_REPLAYS, g.pcie_replays),
+    )
+    for name, value in optional:
+        if value is not None:
+            f.add(name, float(value), *ids)
+    _add_gpu_events(f, g, ids)
+    if g.profiling_supported is not None:
+        f.add(n.GPU_PROFILING_SUPPORTED, float(g.profiling_supported), *ids)
+    for name, value in g.profiling:
+        f.add(name, value, *ids)
+
+
+def _add_gpu_events(f: _Families, g: GpuReading, ids: tuple[str, ...]) -> None:
+    """Throttling, ECC and row remapping: the series labelled by their kind."""
+    if g.clock_event_reasons is not None:
+        supported = g.supported_clock_event_reasons
+        for bit, reason in n.CLOCK_EVENT_REASONS:
+            if supported is None or supported & bit:
+                active = float(bool(g.clock_event_reasons & bit))
+                f.add(n.GPU_CLOCK_EVENT_ACTIVE, active, *ids, reason)
+    if g.ecc_corrected is not None:
+        f.add(n.GPU_ECC_ERRORS, float(g.ecc_corrected), *ids, n.ECC_CORRECTED)
+    if g.ecc_uncorrected is not None:
+        f.add(n.GPU_ECC_ERRORS, float(g.ecc_uncorrected), *ids, n.ECC_UNCORRECTED)
+    if (rows := g.remapped_rows) is not None:
+        f.add(n.GPU_REMAPPED_ROWS, float(rows.corrected), *ids, n.ECC_CORRECTED)
+        f.add(n.GPU_REMAPPED_ROWS, float(rows.uncorrected), *ids, n.ECC_UNCORRECTED)
+        f.add(n.GPU_ROW_REMAP_PENDING, float(rows.pending), *ids)
+        f.add(n.GPU_ROW_REMAP_FAILED, float(rows.failed), *ids)
 
 
 def _add_training(f: _Families, view: TrainingView, now: float) -> None:

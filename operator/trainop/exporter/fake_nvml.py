@@ -12,7 +12,12 @@ and fails the way real NVML fails, raising pynvml's own exception classes:
   off the bus; ``recover(uuid)`` brings it back;
 - ``hang(uuid)`` makes every call on that device block until ``release(uuid)``,
   as a call stuck in the driver does;
-- XID events queue only on event sets registered before they happen.
+- XID events queue only on event sets registered before they happen;
+- GPM (profiling) needs two samples of the same device, taken in order; a GPU
+  with ``gpm_supported=False`` (one before Hopper) says so and refuses samples,
+  and a metric whose rate is None (NVLink on a PCIe board) comes back
+  NotSupported on its own. The rates over an interval are those the GPU had
+  when the later sample was taken (real GPM averages hardware counters).
 
 Used by the tests, the benchmark and ``--fake-nvml-gpus`` (demos without a GPU).
 """
@@ -73,6 +78,19 @@ class FakeGpu:
     row_remap_pending: bool = False
     row_remap_failed: bool = False
     pcie_replays: int = 0
+    # GPM profiling rates, in NVML's units (percent, MiB/s).
+    gpm_supported: bool = True
+    sm_active_percent: float = 0.0
+    sm_occupancy_percent: float = 0.0
+    tensor_active_percent: float = 0.0
+    dram_active_percent: float = 0.0
+    fp16_active_percent: float = 0.0
+    fp32_active_percent: float = 0.0
+    fp64_active_percent: float = 0.0
+    pcie_tx_mib_per_s: float = 0.0
+    pcie_rx_mib_per_s: float = 0.0
+    nvlink_tx_mib_per_s: float | None = 0.0
+    nvlink_rx_mib_per_s: float | None = 0.0
     # pynvml function -> error it raises, e.g. {"nvmlDeviceGetPowerUsage": "NoPermission"}
     errors: dict[str, str] = field(default_factory=dict)
     lost: bool = False
@@ -85,9 +103,35 @@ def _set(event: threading.Event) -> threading.Event:
     return event
 
 
+# The GPM metric ids the fake models -> the FakeGpu rate behind each.
+_GPM_RATES: dict[int, str] = {
+    pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_active_percent",
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: "sm_occupancy_percent",
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor_active_percent",
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: "dram_active_percent",
+    pynvml.NVML_GPM_METRIC_FP16_UTIL: "fp16_active_percent",
+    pynvml.NVML_GPM_METRIC_FP32_UTIL: "fp32_active_percent",
+    pynvml.NVML_GPM_METRIC_FP64_UTIL: "fp64_active_percent",
+    pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC: "pcie_tx_mib_per_s",
+    pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC: "pcie_rx_mib_per_s",
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: "nvlink_tx_mib_per_s",
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: "nvlink_rx_mib_per_s",
+}
+
+
 @dataclass(eq=False)
 class _Handle:
     gpu: FakeGpu
+
+
+@dataclass(eq=False)
+class _GpmSample:
+    """What a GPM sample holds once taken: whose it is, when, and the rates then."""
+
+    gpu: FakeGpu | None = None
+    taken: int = 0  # order of nvmlGpmSampleGet calls; 0 = never filled
+    rates: dict[int, float] = field(default_factory=dict)
+    freed: bool = False
 
 
 @dataclass(eq=False)
@@ -142,6 +186,10 @@ class FakeNVML:
         self._initialised = False
         self._enumerated: list[FakeGpu] = []
         self._event_sets: list[_EventSet] = []
+        # A sample handle is a pointer (pynvml's c_nvmlGpmSample_t) whose address is only
+        # a key in here: nothing dereferences it, as with NVML's own opaque samples.
+        self._gpm_samples: dict[int, _GpmSample] = {}
+        self._gpm_taken = 0
 
     # --- test controls -----------------------------------------------------
     def gpu(self, uuid: str) -> FakeGpu:
@@ -175,7 +223,10 @@ class FakeNVML:
         self._enter(fn)
         if not isinstance(handle, _Handle) or handle.gpu not in self._enumerated:
             raise nvml_error("InvalidArgument")
-        gpu = handle.gpu
+        return self._on(fn, handle.gpu)
+
+    def _on(self, fn: str, gpu: FakeGpu) -> FakeGpu:
+        """A call reaching ``gpu``: it may hang, find it lost, or fail as told."""
         self.device_calls[fn, gpu.uuid] += 1
         gpu.answering.wait()
         if gpu.lost:
@@ -197,6 +248,8 @@ class FakeNVML:
         self._initialised = False
         for event_set in self._event_sets:
             event_set.freed = True
+        for sample in self._gpm_samples.values():
+            sample.freed = True
 
     def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
         self._enter("nvmlSystemGetDriverVersion")
@@ -315,6 +368,62 @@ class FakeNVML:
             return gpu.ecc_uncorrected
         raise nvml_error("InvalidArgument")
 
+    def nvmlGpmQueryDeviceSupport(self, handle: object) -> Any:  # noqa: N802
+        gpu = self._device("nvmlGpmQueryDeviceSupport", handle)
+        support = pynvml.c_nvmlGpmSupport_t()
+        support.version = pynvml.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = int(gpu.gpm_supported)
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:  # noqa: N802
+        self._enter("nvmlGpmSampleAlloc")
+        key = 0x1000 + 0x10 * len(self._gpm_samples)
+        self._gpm_samples[key] = _GpmSample()
+        return ctypes.cast(ctypes.c_void_p(key), pynvml.c_nvmlGpmSample_t)
+
+    def nvmlGpmSampleFree(self, sample: object) -> None:  # noqa: N802
+        self._enter("nvmlGpmSampleFree")
+        self._gpm_sample(sample).freed = True
+
+    def nvmlGpmSampleGet(self, handle: object, sample: object) -> object:  # noqa: N802
+        gpu = self._device("nvmlGpmSampleGet", handle)
+        if not gpu.gpm_supported:
+            raise nvml_error("NotSupported")
+        held = self._gpm_sample(sample)
+        self._gpm_taken += 1
+        held.gpu, held.taken = gpu, self._gpm_taken
+        held.rates = {}
+        for metric_id, rate_field in _GPM_RATES.items():
+            rate = getattr(gpu, rate_field)
+            if rate is not None:
+                held.rates[metric_id] = float(rate)
+        return sample
+
+    def nvmlGpmMetricsGet(self, request: Any) -> Any:  # noqa: N802
+        self._enter("nvmlGpmMetricsGet")
+        if request.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+            raise nvml_error("ArgumentVersionMismatch")
+        before, after = self._gpm_sample(request.sample1), self._gpm_sample(request.sample2)
+        gpu = after.gpu
+        if gpu is None or before.gpu is not gpu or not 0 < before.taken < after.taken:
+            raise nvml_error("InvalidArgument")  # two samples of one GPU, in order
+        self._on("nvmlGpmMetricsGet", gpu)
+        for slot in request.metrics[: request.numMetrics]:
+            rate = after.rates.get(slot.metricId)
+            if rate is None:
+                slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+            else:
+                slot.nvmlReturn = pynvml.NVML_SUCCESS
+                slot.value = rate
+        return request
+
+    def _gpm_sample(self, pointer: object) -> _GpmSample:
+        key = ctypes.cast(pointer, ctypes.c_void_p).value  # type: ignore[arg-type]
+        held = self._gpm_samples.get(key or 0)
+        if held is None or held.freed:
+            raise nvml_error("InvalidArgument")
+        return held
+
     def nvmlEventSetCreate(self) -> _EventSet:  # noqa: N802
         self._enter("nvmlEventSetCreate")
         event_set = _EventSet()
@@ -357,6 +466,17 @@ def demo_gpus(count: int) -> list[FakeGpu]:
             temperature_c=60 + i,
             memory_temperature_c=68 + i,
             clock_event_reasons=0x004 if i % 2 else 0,  # half of them power-capped
+            # A bf16 training step: SMs nearly always busy, tensor cores half the time.
+            sm_active_percent=88.0 + i % 10,
+            sm_occupancy_percent=35.0 + i % 5,
+            tensor_active_percent=52.0 + i % 10,
+            dram_active_percent=41.0 + i % 10,
+            fp16_active_percent=4.0,
+            fp32_active_percent=9.0,
+            pcie_tx_mib_per_s=310.0 + i,
+            pcie_rx_mib_per_s=1_450.0 + i,
+            nvlink_tx_mib_per_s=61_000.0 + 100 * i,
+            nvlink_rx_mib_per_s=60_800.0 + 100 * i,
         )
         for i in range(count)
     ]

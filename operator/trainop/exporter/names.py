@@ -84,6 +84,19 @@ GPU_CLOCK_EVENT_ACTIVE: Final = "trainop_gpu_clock_event_active"
 GPU_ECC_ERRORS: Final = "trainop_gpu_ecc_errors_total"
 GPU_XID_ERRORS: Final = "trainop_gpu_xid_errors_total"
 GPU_LAST_XID: Final = "trainop_gpu_last_xid"
+# Profiling (NVML's GPM API, Hopper and newer): averages over one sampler interval.
+GPU_PROFILING_SUPPORTED: Final = "trainop_gpu_profiling_supported"
+GPU_SM_ACTIVE: Final = "trainop_gpu_sm_active_ratio"
+GPU_SM_OCCUPANCY: Final = "trainop_gpu_sm_occupancy_ratio"
+GPU_TENSOR_ACTIVE: Final = "trainop_gpu_tensor_active_ratio"
+GPU_DRAM_ACTIVE: Final = "trainop_gpu_dram_active_ratio"
+GPU_FP16_ACTIVE: Final = "trainop_gpu_fp16_active_ratio"
+GPU_FP32_ACTIVE: Final = "trainop_gpu_fp32_active_ratio"
+GPU_FP64_ACTIVE: Final = "trainop_gpu_fp64_active_ratio"
+GPU_PCIE_TRANSMIT: Final = "trainop_gpu_pcie_transmit_bytes_per_second"
+GPU_PCIE_RECEIVE: Final = "trainop_gpu_pcie_receive_bytes_per_second"
+GPU_NVLINK_TRANSMIT: Final = "trainop_gpu_nvlink_transmit_bytes_per_second"
+GPU_NVLINK_RECEIVE: Final = "trainop_gpu_nvlink_receive_bytes_per_second"
 GPU_REMAPPED_ROWS: Final = "trainop_gpu_remapped_rows_total"
 GPU_ROW_REMAP_PENDING: Final = "trainop_gpu_row_remap_pending"
 GPU_ROW_REMAP_FAILED: Final = "trainop_gpu_row_remap_failed"
@@ -212,6 +225,85 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
         _G,
     ),
     MetricSpec(GPU_LAST_XID, "gauge", "Code of the last critical XID error, 0 if none.", _G),
+    MetricSpec(
+        GPU_PROFILING_SUPPORTED,
+        "gauge",
+        "1 if NVML's GPM profiling metrics (SM, tensor, DRAM, pipe activity, PCIe and NVLink "
+        "throughput) are read from this GPU; 0 where it has none (before Hopper), so their "
+        "absence is no fault.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_SM_ACTIVE,
+        "gauge",
+        "Fraction of SM time with at least one warp resident, averaged over the SMs and the "
+        "last sampling interval (GPM; dcgm-exporter's PROF_SM_ACTIVE).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_SM_OCCUPANCY,
+        "gauge",
+        "Resident warps as a fraction of the SMs' maximum, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_TENSOR_ACTIVE,
+        "gauge",
+        "Fraction of time the tensor cores ran any matrix instruction, over the last sampling "
+        "interval (GPM): how much of the GPU a training job really uses.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_DRAM_ACTIVE,
+        "gauge",
+        "Device memory bandwidth used, as a fraction of its peak, over the last sampling "
+        "interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_FP16_ACTIVE,
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP16 math, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_FP32_ACTIVE,
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP32 math, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_FP64_ACTIVE,
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP64 math, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_PCIE_TRANSMIT,
+        "gauge",
+        "PCIe traffic from this GPU, in bytes per second, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_PCIE_RECEIVE,
+        "gauge",
+        "PCIe traffic to this GPU, in bytes per second, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_NVLINK_TRANSMIT,
+        "gauge",
+        "NVLink traffic sent by this GPU over all its links, in bytes per second, over the "
+        "last sampling interval (GPM); absent without NVLink.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_NVLINK_RECEIVE,
+        "gauge",
+        "NVLink traffic received by this GPU over all its links, in bytes per second, over "
+        "the last sampling interval (GPM); absent without NVLink.",
+        _G,
+    ),
     MetricSpec(
         GPU_REMAPPED_ROWS,
         "counter",

@@ -12,6 +12,7 @@ exporter runs as on a node without a GPU.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -29,6 +30,8 @@ except ImportError:  # pragma: no cover - exercised only where nvidia-ml-py is a
 # Opaque per-device handle (a ctypes pointer for the real library).
 Handle = NewType("Handle", object)
 EventSet = NewType("EventSet", object)
+# An nvmlGpmSample_t: a snapshot of a GPU's performance counters, owned by NVML.
+GpmSample = NewType("GpmSample", object)
 
 # Error names as pynvml spells its classes, minus the "NVMLError_" prefix.
 _UNSUPPORTED = frozenset({"NotSupported", "FunctionNotFound", "NoPermission"})
@@ -212,6 +215,51 @@ class Nvml:
             )
         )
 
+    # --- GPM (GPU performance monitoring, Hopper and newer) ----------------------
+    def gpm_supported(self, handle: Handle) -> bool:
+        support = self._call("nvmlGpmQueryDeviceSupport", handle)
+        return bool(support.isSupportedDevice)
+
+    def gpm_alloc(self) -> GpmSample:
+        return GpmSample(self._call("nvmlGpmSampleAlloc"))
+
+    def gpm_free(self, sample: GpmSample) -> None:
+        # As with event sets: a sample NVML cannot free dies with the library state.
+        with contextlib.suppress(NvmlError):
+            self._call("nvmlGpmSampleFree", sample)
+
+    def gpm_sample(self, handle: Handle, sample: GpmSample) -> GpmSample:
+        """Fill ``sample`` with the GPU's counters now; returns it."""
+        self._call("nvmlGpmSampleGet", handle, sample)
+        return sample
+
+    def gpm_metrics(
+        self, before: GpmSample, after: GpmSample, metrics: Sequence[str]
+    ) -> dict[str, float | NvmlError]:
+        """Metrics over the interval between two samples, in NVML's units (percent, MiB/s).
+
+        ``metrics`` are pynvml's constant names (``NVML_GPM_METRIC_SM_UTIL``...). Each
+        comes back with its value or with the error NVML gave for it alone (NotSupported:
+        NVLink on a board without it); only a failure of the whole call raises.
+        """
+        ids = {_const(name): name for name in metrics}
+        request = _struct("c_nvmlGpmMetricsGet_t")
+        if len(ids) > len(request.metrics):
+            raise ValueError(f"{len(ids)} GPM metrics asked, NVML takes {len(request.metrics)}")
+        request.version = _const("NVML_GPM_METRICS_GET_VERSION")
+        request.numMetrics = len(ids)
+        request.sample1 = before
+        request.sample2 = after
+        for slot, metric_id in zip(request.metrics, ids, strict=False):
+            slot.metricId = metric_id
+        self._call("nvmlGpmMetricsGet", request)
+        ok = _const("NVML_SUCCESS")
+        out: dict[str, float | NvmlError] = {}
+        for slot in request.metrics[: len(ids)]:
+            code = int(slot.nvmlReturn)
+            out[ids[int(slot.metricId)]] = float(slot.value) if code == ok else _error_for(code)
+        return out
+
     def open_xid_events(self, handle: Handle) -> EventSet:
         event_set = EventSet(self._call("nvmlEventSetCreate"))
         try:
@@ -270,6 +318,13 @@ def _const(name: str) -> int:
     if pynvml is None:  # pragma: no cover
         raise NvmlError("ModuleNotFound", "nvidia-ml-py is not installed")
     return int(getattr(pynvml, name))
+
+
+def _struct(name: str) -> Any:
+    """A fresh instance of one of pynvml's ctypes structs, for calls that take one."""
+    if pynvml is None:  # pragma: no cover
+        raise NvmlError("ModuleNotFound", "nvidia-ml-py is not installed")
+    return getattr(pynvml, name)()
 
 
 def load_real() -> Nvml:
