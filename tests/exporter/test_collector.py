@@ -13,6 +13,7 @@ import pytest
 
 from tests.exporter.helpers import (
     IDENTITY,
+    NODE,
     NOW,
     Exposition,
     fake_powercap,
@@ -202,6 +203,27 @@ def test_gpu_readings_in_base_units_with_labels(run_dir: Path) -> None:
     assert expo.value(n.GPU_ECC_ERRORS, **ids, error_type="corrected") == 3
     assert expo.value(n.GPU_ECC_ERRORS, **ids, error_type="uncorrected") == 1
     assert expo.value(n.GPU_DRIVER_INFO, driver_version="550.54.15") == 1
+
+
+@pytest.mark.parametrize(
+    ("node", "label"),
+    [
+        pytest.param(NODE, NODE, id="from the downward API"),
+        # Outside a pod (the local runner, a test): no label at all, not node="".
+        pytest.param(None, None, id="not told"),
+        pytest.param("", None, id="empty"),
+    ],
+)
+def test_gpu_series_carry_their_node_and_only_they_do(
+    run_dir: Path, node: str | None, label: str | None
+) -> None:
+    write_progress(run_dir)
+    write_gpus_file(run_dir, [uuid(0), uuid(1)])
+    expo = scrape(make_collector(run_dir, FakeNVML(gpus(2)), node=node))
+    per_gpu = [s for s in expo.samples if n.L_GPU_UUID in s.labels]
+    assert {s.labels.get(n.L_NODE) for s in per_gpu} == {label}
+    assert not any(n.L_NODE in s.labels for s in expo.samples if n.L_GPU_UUID not in s.labels)
+    assert 'node=""' not in expo.text
 
 
 def test_memory_and_pcie_health_in_base_units(run_dir: Path) -> None:

@@ -91,7 +91,10 @@ class LabelSets:
         key = (names, values)
         labels = self._current.get(key) or self._previous.get(key)
         if labels is None:
-            labels = {**self._identity, **dict(zip(names, values, strict=True))}
+            # Prometheus stores an empty label as no label; leave it out here too
+            # (a GPU's `node` when the sidecar was not told its node).
+            own = {k: v for k, v in zip(names, values, strict=True) if v}
+            labels = {**self._identity, **own}
         self._current[key] = labels
         return labels
 
@@ -123,7 +126,9 @@ class _Families:
         return [family for family, _ in self._families.values()]
 
 
-def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None, age: float | None) -> None:
+def _add_gpus(
+    f: _Families, snap: GpuSnapshot, assigned: int | None, age: float | None, node: str
+) -> None:
     f.add(n.GPU_UP, 1.0 if snap.up else 0.0)
     f.add(n.GPU_DEVICES, float(sum(g.up for g in snap.gpus)))
     if assigned is not None:
@@ -133,7 +138,7 @@ def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None, age: float 
     if snap.driver_version:
         f.add(n.GPU_DRIVER_INFO, 1.0, snap.driver_version)
     for g in snap.gpus:
-        _add_gpu(f, g, (str(g.index), g.uuid, g.model))
+        _add_gpu(f, g, (str(g.index), g.uuid, g.model, node))
 
 
 def _add_gpu(f: _Families, g: GpuReading, ids: tuple[str, ...]) -> None:
@@ -236,6 +241,7 @@ def build_metrics(
     identity: Mapping[str, str],
     version: str = __version__,
     label_sets: LabelSets | None = None,
+    node: str | None = None,
 ) -> list[Metric]:
     """Turn one scrape's readings into metric families.
 
@@ -247,7 +253,7 @@ def build_metrics(
         label_sets = LabelSets(identity)
     label_sets.new_scrape()
     f = _Families(label_sets)
-    _add_gpus(f, snapshot.gpu, snapshot.assigned_gpus, snapshot.gpu_sample_age)
+    _add_gpus(f, snapshot.gpu, snapshot.assigned_gpus, snapshot.gpu_sample_age, node or "")
     _add_training(f, snapshot.training, snapshot.now)
     _add_rapl(f, snapshot.rapl)
     f.add(n.EXPORTER_BUILD_INFO, 1.0, version)
@@ -269,6 +275,7 @@ class TrainopCollector:
         gpu_reader: GpuReader,
         rapl_reader: RaplReader,
         identity: Mapping[str, str],
+        node: str | None = None,
         all_gpus: bool = False,
         stale_after_seconds: float = DEFAULT_STALE_SECONDS,
         gpu_sample_stale_after_seconds: float = math.inf,
@@ -281,6 +288,7 @@ class TrainopCollector:
         self._gpu_reader = gpu_reader
         self._rapl_reader = rapl_reader
         self._identity = dict(identity)
+        self._node = node
         self._label_sets = LabelSets(identity)
         self._all_gpus = all_gpus
         self._stale_after = stale_after_seconds
@@ -321,7 +329,10 @@ class TrainopCollector:
         with self._lock:
             started = self._timer()
             metrics = build_metrics(
-                self._snapshot(started), self._identity, label_sets=self._label_sets
+                self._snapshot(started),
+                self._identity,
+                label_sets=self._label_sets,
+                node=self._node,
             )
             self._last_collect = self._timer() - started
         return metrics

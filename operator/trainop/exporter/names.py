@@ -25,10 +25,13 @@ IDENTITY_LABELS: Final = (L_TRAININGJOB, L_TRAININGJOB_NAMESPACE, L_TRAININGJOB_
 
 # Per GPU. `gpu` is NVML's index on the node (as dcgm-exporter and nvidia-smi
 # number them), so it lines up with node-level tools; `gpu_uuid` is the join key.
+# `node` (the pod's spec.nodeName, from the downward API) says which host holds the
+# GPU; it is left out, not empty, where the sidecar is not told its node.
 L_GPU: Final = "gpu"
 L_GPU_UUID: Final = "gpu_uuid"
 L_MODEL: Final = "model"
-GPU_LABELS: Final = (L_GPU, L_GPU_UUID, L_MODEL)
+L_NODE: Final = "node"
+GPU_LABELS: Final = (L_GPU, L_GPU_UUID, L_MODEL, L_NODE)
 
 L_REASON: Final = "reason"
 L_ERROR_TYPE: Final = "error_type"
