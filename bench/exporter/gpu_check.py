@@ -325,6 +325,8 @@ def _start(out: Path, run_dir: Path, port: int, duration: float) -> Procs:
         "TRAINOP_JOB_NAME": "gpu-check",
         "TRAINOP_JOB_NAMESPACE": "bench",
         "TRAINOP_POD_NAME": "gpu-check-worker-0",
+        # As the downward API would: the recording then shows the GPU series' node label.
+        "TRAINOP_NODE_NAME": socket.gethostname(),
     }
     load_log, exporter_log = out / "load.log", out / "exporter.log"
     with load_log.open("wb") as log:

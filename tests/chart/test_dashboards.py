@@ -15,7 +15,8 @@ from tests.chart.promql import windows
 from trainop import operator_metrics as op
 from trainop.dashboards import build_dashboards
 from trainop.dashboards.panels import render
-from trainop.dashboards.promql import operator_buckets, operator_series
+from trainop.dashboards.promql import BY_JOB, JOB, by, operator_buckets, operator_series
+from trainop.exporter import names
 
 # Grafana's $__rate_interval is max($__interval + scrape interval, 4 * scrape interval):
 # rate() and increase() always see enough samples. $__range is the whole range. Any other
@@ -44,6 +45,31 @@ def test_energy_used_is_kwh_per_interval_from_a_rate_window() -> None:
     assert windows(target["expr"]) == ["$__rate_interval"]
     assert target["expr"].endswith("* $__interval_ms / 1000 / 3600000")
     assert panel["fieldConfig"]["defaults"]["unit"] == "kwatth"
+
+
+# "Is my job using the GPU?": utilization says a kernel ran, tensor activity says the
+# tensor cores worked. One panel per job in the fleet, one for the job on its own dashboard.
+@pytest.mark.parametrize(
+    ("stem", "title", "per_job"),
+    [
+        pytest.param("fleet", "Tensor core activity by job", by(BY_JOB), id="fleet"),
+        pytest.param(
+            "trainingjob",
+            "Efficiency: is the job using its GPUs?",
+            f'{JOB}="$trainingjob"',
+            id="one job",
+        ),
+    ],
+)
+def test_an_efficiency_panel_shows_tensor_activity_per_job(
+    stem: str, title: str, per_job: str
+) -> None:
+    (panel,) = [p for p in panels(dashboards()[stem]) if p["title"] == title]
+    tensor = [t["expr"] for t in panel["targets"] if names.GPU_TENSOR_ACTIVE in t["expr"]]
+    assert tensor, f"{title} does not read {names.GPU_TENSOR_ACTIVE}"
+    assert all(e.startswith("avg") and per_job in e for e in tensor), tensor
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert panel["fieldConfig"]["defaults"]["max"] == 1
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,8 @@ IDENTITY = {
     "trainingjob_namespace": "team-a",
     "trainingjob_pod": "llama-worker-0",
 }
+# The node the pod runs on, as the downward API hands it to the sidecar.
+NODE = "gpu-node-7"
 ENV_IDENTITY = {
     contract.ENV_JOB_NAME: "llama",
     contract.ENV_JOB_NAMESPACE: "team-a",
@@ -99,6 +101,7 @@ def make_collector(
     all_gpus: bool = False,
     powercap: Path | None = None,
     stale_after: float = DEFAULT_STALE_SECONDS,
+    node: str | None = NODE,
 ) -> TrainopCollector:
     return TrainopCollector(
         run_dir=run_dir,
@@ -107,6 +110,7 @@ def make_collector(
         ),
         rapl_reader=RaplReader(powercap),
         identity=IDENTITY,
+        node=node,
         all_gpus=all_gpus,
         stale_after_seconds=stale_after,
         clock=lambda: now,

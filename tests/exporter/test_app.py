@@ -31,6 +31,7 @@ def test_defaults_suit_a_pod() -> None:
     assert config.run_dir == Path(contract.DEFAULT_RUN_DIR)
     assert config.all_gpus is False
     assert config.identity == {}
+    assert config.node is None
 
 
 def test_env_configures_everything_and_flags_win() -> None:
@@ -45,6 +46,7 @@ def test_env_configures_everything_and_flags_win() -> None:
         contract.ENV_JOB_NAME: "llama",
         contract.ENV_JOB_NAMESPACE: "team-a",
         contract.ENV_POD_NAME: "llama-worker-3",
+        contract.ENV_NODE_NAME: "gpu-node-7",
     }
     config = parse_config(["--port", "9600"], env)
     assert config.port == 9600
@@ -59,6 +61,7 @@ def test_env_configures_everything_and_flags_win() -> None:
         "trainingjob_namespace": "team-a",
         "trainingjob_pod": "llama-worker-3",
     }
+    assert config.node == "gpu-node-7"
 
 
 def test_identity_from_env_never_collides_with_target_labels(tmp_path: Path) -> None:
@@ -67,6 +70,7 @@ def test_identity_from_env_never_collides_with_target_labels(tmp_path: Path) -> 
         contract.ENV_JOB_NAME: "job",
         contract.ENV_JOB_NAMESPACE: "namespace",
         contract.ENV_POD_NAME: "pod",
+        contract.ENV_NODE_NAME: "node",
     }
     argv = ["--address", "127.0.0.1", "--port", "0", "--run-dir", str(tmp_path)]
     config = parse_config([*argv, "--fake-nvml-gpus", "1", "--all-gpus"], env)
@@ -83,6 +87,8 @@ def test_identity_from_env_never_collides_with_target_labels(tmp_path: Path) -> 
         assert sample.labels[n.L_TRAININGJOB] == "job"
         assert sample.labels[n.L_TRAININGJOB_NAMESPACE] == "namespace"
         assert sample.labels[n.L_TRAININGJOB_POD] == "pod"
+        # The node, from the downward API, labels what runs on it: the GPUs.
+        assert sample.labels.get(n.L_NODE) == ("node" if n.L_GPU_UUID in sample.labels else None)
 
 
 @pytest.mark.parametrize("label", sorted(n.RESERVED_TARGET_LABELS))

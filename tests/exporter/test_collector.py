@@ -7,11 +7,13 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.exporter.helpers import (
     IDENTITY,
+    NODE,
     NOW,
     Exposition,
     fake_powercap,
@@ -25,7 +27,7 @@ from tests.exporter.helpers import (
 from trainop.exporter import names as n
 from trainop.exporter.collector import TrainopCollector
 from trainop.exporter.fake_nvml import FakeGpu, FakeNVML
-from trainop.exporter.gpu import GpuReader
+from trainop.exporter.gpu import GPM_METRICS, GpuReader
 from trainop.exporter.nvml import Nvml
 from trainop.exporter.rapl import RaplReader
 from trainop_runtime import contract
@@ -203,6 +205,68 @@ def test_gpu_readings_in_base_units_with_labels(run_dir: Path) -> None:
     assert expo.value(n.GPU_DRIVER_INFO, driver_version="550.54.15") == 1
 
 
+@pytest.mark.parametrize(
+    ("node", "label"),
+    [
+        pytest.param(NODE, NODE, id="from the downward API"),
+        # Outside a pod (the local runner, a test): no label at all, not node="".
+        pytest.param(None, None, id="not told"),
+        pytest.param("", None, id="empty"),
+    ],
+)
+def test_gpu_series_carry_their_node_and_only_they_do(
+    run_dir: Path, node: str | None, label: str | None
+) -> None:
+    write_progress(run_dir)
+    write_gpus_file(run_dir, [uuid(0), uuid(1)])
+    expo = scrape(make_collector(run_dir, FakeNVML(gpus(2)), node=node))
+    per_gpu = [s for s in expo.samples if n.L_GPU_UUID in s.labels]
+    assert {s.labels.get(n.L_NODE) for s in per_gpu} == {label}
+    assert not any(n.L_NODE in s.labels for s in expo.samples if n.L_GPU_UUID not in s.labels)
+    assert 'node=""' not in expo.text
+
+
+def test_memory_and_pcie_health_in_base_units(run_dir: Path) -> None:
+    gpu = FakeGpu(
+        uuid=uuid(0),
+        mem_clock_mhz=1593,
+        memory_temperature_c=52,
+        remapped_rows_corrected=2,
+        remapped_rows_uncorrected=1,
+        row_remap_pending=True,
+        pcie_replays=7,
+    )
+    write_gpus_file(run_dir, [uuid(0)])
+    expo = scrape(make_collector(run_dir, FakeNVML([gpu])))
+    assert expo.value(n.GPU_MEMORY_CLOCK) == 1.593e9
+    assert expo.value(n.GPU_MEMORY_TEMPERATURE) == 52
+    assert expo.value(n.GPU_REMAPPED_ROWS, error_type=n.ECC_CORRECTED) == 2
+    assert expo.value(n.GPU_REMAPPED_ROWS, error_type=n.ECC_UNCORRECTED) == 1
+    assert expo.value(n.GPU_ROW_REMAP_PENDING) == 1
+    assert expo.value(n.GPU_ROW_REMAP_FAILED) == 0
+    assert expo.value(n.GPU_PCIE_REPLAYS) == 7
+
+
+def test_a_board_without_a_memory_sensor_lacks_only_that_series(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NVML answers a field-value query as a whole and marks each field unsupported:
+    # that must read as "not supported", not as a read error on every pass.
+    write_gpus_file(run_dir, [uuid(0), uuid(1)])
+    fake = FakeNVML([FakeGpu(uuid(0), memory_temperature_c=None), FakeGpu(uuid(1))])
+    collector = make_collector(run_dir, fake)
+    with caplog.at_level(logging.INFO, logger="trainop.exporter"):
+        for _ in range(3):
+            expo = scrape(collector)
+            temps = expo.series(n.GPU_MEMORY_TEMPERATURE)
+            assert {s.labels[n.L_GPU_UUID] for s in temps} == {uuid(1)}
+            assert expo.value(n.GPU_TEMPERATURE, gpu_uuid=uuid(0)) is not None
+            assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 0
+    assert fake.device_calls["nvmlDeviceGetFieldValues", uuid(0)] == 1
+    said = [r.getMessage() for r in caplog.records if "memory_temperature" in r.getMessage()]
+    assert said == ["GPU 0 does not report memory_temperature (NotSupported)"]
+
+
 def test_clock_event_reasons_become_one_series_per_reason(run_dir: Path) -> None:
     write_gpus_file(run_dir, [uuid(0)])
     fake = FakeNVML(gpus(1, clock_event_reasons=0x004 | 0x040))
@@ -250,6 +314,12 @@ def test_old_driver_falls_back_to_throttle_reasons(run_dir: Path) -> None:
             "nvmlDeviceGetEnforcedPowerLimit", "NoPermission", n.GPU_POWER_LIMIT, id="no perm"
         ),
         pytest.param("nvmlDeviceRegisterEvents", "NotSupported", n.GPU_XID_ERRORS, id="no XID"),
+        pytest.param(
+            "nvmlDeviceGetRemappedRows", "NotSupported", n.GPU_REMAPPED_ROWS, id="no row remapper"
+        ),
+        pytest.param(
+            "nvmlDeviceGetPcieReplayCounter", "NoPermission", n.GPU_PCIE_REPLAYS, id="no replays"
+        ),
     ],
 )
 def test_unsupported_reading_drops_only_that_series_and_is_asked_once(
@@ -328,6 +398,150 @@ def test_nvml_initialised_once_and_handles_cached(run_dir: Path) -> None:
     assert fake.calls["nvmlInit"] == 1
     assert fake.calls["nvmlDeviceGetHandleByIndex"] == 2
     assert fake.calls["nvmlDeviceGetPowerUsage"] == 10
+
+
+# --- profiling (NVML's GPM API) -----------------------------------------------
+MIB = 1024 * 1024
+
+
+# FakeGpu rate (NVML's unit) -> the metric and its value in base units.
+@pytest.mark.parametrize(
+    ("rate", "nvml_value", "metric", "expected"),
+    [
+        pytest.param("sm_active_percent", 91.5, n.GPU_SM_ACTIVE, 0.915, id="SM active"),
+        pytest.param("sm_occupancy_percent", 37.5, n.GPU_SM_OCCUPANCY, 0.375, id="occupancy"),
+        pytest.param("tensor_active_percent", 56.0, n.GPU_TENSOR_ACTIVE, 0.56, id="tensor"),
+        pytest.param("dram_active_percent", 43.0, n.GPU_DRAM_ACTIVE, 0.43, id="DRAM"),
+        pytest.param("fp16_active_percent", 3.0, n.GPU_FP16_ACTIVE, 0.03, id="FP16"),
+        pytest.param("fp32_active_percent", 8.5, n.GPU_FP32_ACTIVE, 0.085, id="FP32"),
+        pytest.param("fp64_active_percent", 1.0, n.GPU_FP64_ACTIVE, 0.01, id="FP64"),
+        pytest.param("pcie_tx_mib_per_s", 312.0, n.GPU_PCIE_TRANSMIT, 312 * MIB, id="PCIe TX"),
+        pytest.param("pcie_rx_mib_per_s", 1450.0, n.GPU_PCIE_RECEIVE, 1450 * MIB, id="PCIe RX"),
+        pytest.param(
+            "nvlink_tx_mib_per_s", 61_000.0, n.GPU_NVLINK_TRANSMIT, 61_000 * MIB, id="NVLink TX"
+        ),
+        pytest.param(
+            "nvlink_rx_mib_per_s", 60_750.0, n.GPU_NVLINK_RECEIVE, 60_750 * MIB, id="NVLink RX"
+        ),
+    ],
+)
+def test_profiling_metrics_need_two_samples_and_come_in_base_units(
+    run_dir: Path, rate: str, nvml_value: float, metric: str, expected: float
+) -> None:
+    write_gpus_file(run_dir, [uuid(0)])
+    collector = make_collector(run_dir, FakeNVML([FakeGpu(uuid(0), **{rate: nvml_value})]))
+    first = scrape(collector)
+    # GPM rates are differences between two samples: the first pass has one.
+    assert first.value(n.GPU_PROFILING_SUPPORTED) == 1
+    assert first.value(metric) is None
+    second = scrape(collector)
+    assert second.value(metric) == pytest.approx(expected)
+    assert second.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 0
+
+
+def test_profiling_rates_are_those_of_the_interval_since_the_last_pass(run_dir: Path) -> None:
+    write_gpus_file(run_dir, [uuid(0)])
+    fake = FakeNVML([FakeGpu(uuid(0), tensor_active_percent=10.0)])
+    collector = make_collector(run_dir, fake)
+    scrape(collector)
+    assert scrape(collector).value(n.GPU_TENSOR_ACTIVE) == pytest.approx(0.10)
+    fake.gpu(uuid(0)).tensor_active_percent = 80.0
+    assert scrape(collector).value(n.GPU_TENSOR_ACTIVE) == pytest.approx(0.80)
+    # One sample per pass, reused as the next pass's "before": never one alloc per pass.
+    assert fake.calls["nvmlGpmSampleAlloc"] == 2
+    assert fake.calls["nvmlGpmSampleGet"] == 3
+
+
+PROFILING_SERIES = {metric for metric, _, _ in GPM_METRICS}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        pytest.param(
+            {"name": "NVIDIA A100-SXM4-80GB", "gpm_supported": False},
+            "GPU 0 (NVIDIA A100-SXM4-80GB) has no GPM profiling",
+            id="before Hopper",
+        ),
+        pytest.param(
+            {"errors": {"nvmlGpmQueryDeviceSupport": "FunctionNotFound"}},
+            "GPU 0 does not report profiling (FunctionNotFound)",
+            id="driver without GPM",
+        ),
+        pytest.param(
+            {"errors": {"nvmlGpmSampleGet": "NoPermission"}},
+            "GPU 0 does not report profiling (NoPermission)",
+            id="GPM refused",
+        ),
+    ],
+)
+def test_a_gpu_without_profiling_says_so_once_and_lacks_only_those_series(
+    run_dir: Path, caplog: pytest.LogCaptureFixture, overrides: dict[str, Any], said: str
+) -> None:
+    write_gpus_file(run_dir, [uuid(0), uuid(1)])
+    fake = FakeNVML([FakeGpu(uuid(0), **overrides), FakeGpu(uuid(1))])
+    collector = make_collector(run_dir, fake)
+    with caplog.at_level(logging.INFO, logger="trainop.exporter"):
+        for _ in range(3):
+            expo = scrape(collector)
+            assert expo.value(n.GPU_PROFILING_SUPPORTED, gpu_uuid=uuid(0)) == 0
+            assert expo.value(n.GPU_PROFILING_SUPPORTED, gpu_uuid=uuid(1)) == 1
+            assert not any(expo.series(m, gpu_uuid=uuid(0)) for m in PROFILING_SERIES)
+            assert expo.value(n.GPU_POWER, gpu_uuid=uuid(0)) is not None
+            assert expo.value(n.GPU_UP) == 1
+            assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 0
+        # The other GPU's profiling is unaffected.
+        assert {s.name for s in expo.samples if s.labels.get("gpu") == "1"} >= PROFILING_SERIES
+    messages = [r.getMessage() for r in caplog.records if "profiling" in r.getMessage()]
+    assert [m for m in messages if m.startswith("GPU 0")] == [m for m in messages if said in m]
+    assert len([m for m in messages if said in m]) == 1
+    assert fake.device_calls["nvmlGpmSampleGet", uuid(0)] <= 1
+
+
+def test_a_metric_the_board_lacks_is_absent_alone(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NVLink figures on a PCIe board: NVML fails those metrics alone, inside a good call.
+    write_gpus_file(run_dir, [uuid(0)])
+    gpu = FakeGpu(uuid(0), nvlink_tx_mib_per_s=None, nvlink_rx_mib_per_s=None)
+    collector = make_collector(run_dir, FakeNVML([gpu]))
+    with caplog.at_level(logging.INFO, logger="trainop.exporter"):
+        for _ in range(3):
+            expo = scrape(collector)
+    assert expo.value(n.GPU_NVLINK_TRANSMIT) is None
+    assert expo.value(n.GPU_NVLINK_RECEIVE) is None
+    assert expo.value(n.GPU_TENSOR_ACTIVE) is not None
+    assert expo.value(n.GPU_PROFILING_SUPPORTED) == 1
+    assert expo.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 0
+    said = [r.getMessage() for r in caplog.records if "nvlink" in r.getMessage()]
+    assert said == [
+        f"GPU 0 does not report {n.GPU_NVLINK_TRANSMIT} (NotSupported)",
+        f"GPU 0 does not report {n.GPU_NVLINK_RECEIVE} (NotSupported)",
+    ]
+
+
+def test_a_transient_profiling_failure_is_counted_and_recovers(run_dir: Path) -> None:
+    write_gpus_file(run_dir, [uuid(0)])
+    fake = FakeNVML([FakeGpu(uuid(0), errors={"nvmlGpmMetricsGet": "Unknown"})])
+    collector = make_collector(run_dir, fake)
+    scrape(collector)
+    failed = scrape(collector)
+    assert failed.value(n.GPU_TENSOR_ACTIVE) is None
+    assert failed.value(n.GPU_PROFILING_SUPPORTED) == 1
+    assert failed.value(n.EXPORTER_READ_ERRORS, source=n.SOURCE_NVML) == 1
+    del fake.gpu(uuid(0)).errors["nvmlGpmMetricsGet"]
+    assert scrape(collector).value(n.GPU_TENSOR_ACTIVE) == 0
+
+
+def test_profiling_samples_are_freed_before_nvml_shuts_down(run_dir: Path) -> None:
+    write_gpus_file(run_dir, [uuid(0), uuid(1)])
+    fake = FakeNVML(gpus(2))
+    collector = make_collector(run_dir, fake)
+    scrape(collector)
+    scrape(collector)
+    collector.close()
+    assert fake.calls["nvmlGpmSampleFree"] == 4
+    assert fake.calls["nvmlShutdown"] == 1
 
 
 # --- failures: no GPU, lost GPU, XID ------------------------------------------

@@ -55,9 +55,16 @@ def exporter(tmp_path: Path) -> Iterator[ExporterProcess]:
 
 
 def test_promtool_accepts_the_exposition(exporter: ExporterProcess) -> None:
-    body = exporter.scrape().text
-    assert n.GPU_ENERGY in body  # the lint must see every family, GPU ones included
+    # Profiling needs two of the sampler's passes: wait for them, so that the lint
+    # sees every family, GPM ones included.
+    def profiled() -> str | None:
+        text = exporter.scrape().text
+        return text if n.GPU_TENSOR_ACTIVE in text else None
+
+    body = wait_until(profiled, timeout=10, what="GPM profiling series from the sampler thread")
+    assert n.GPU_ENERGY in body
     assert n.CPU_ENERGY in body
+    assert n.GPU_NVLINK_RECEIVE in body
     result = subprocess.run(
         [required_tool("promtool"), "check", "metrics"],
         input=body,

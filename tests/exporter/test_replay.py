@@ -65,6 +65,20 @@ def fake_scenario_exposition(tmp_path: Path) -> str:
             sm_clock_mhz=1755,
             clock_event_reasons=0x004 if i == 0 else 0x000,
             ecc_corrected=2 if i == 0 else 0,
+            memory_temperature_c=70 + i,
+            remapped_rows_corrected=1 if i == 0 else 0,
+            pcie_replays=3 if i == 0 else 0,
+            sm_active_percent=91.5,
+            sm_occupancy_percent=37.25,
+            tensor_active_percent=56.0 + i,
+            dram_active_percent=43.5,
+            fp16_active_percent=3.0,
+            fp32_active_percent=8.5,
+            fp64_active_percent=0.0,
+            pcie_tx_mib_per_s=312.0,
+            pcie_rx_mib_per_s=1450.0,
+            nvlink_tx_mib_per_s=61_000.0,
+            nvlink_rx_mib_per_s=60_750.0,
         )
         for i in range(3)
     ]
@@ -143,6 +157,26 @@ PLAUSIBLE: dict[str, tuple[float | str, float | str]] = {
     n.GPU_POWER_LIMIT: (10.0, 2000.0),
     n.GPU_TEMPERATURE: (10.0, 110.0),
     n.GPU_SM_CLOCK: (1e8, 5e9),  # in Hz, not MHz
+    n.GPU_MEMORY_CLOCK: (1e8, 2e10),  # GDDR7 effective rates reach 15 GHz; HBM is far lower
+    n.GPU_MEMORY_TEMPERATURE: (10.0, 120.0),
+    # GPM: ratios, and link rates under NVLink 5's 900 GB/s each way.
+    **dict.fromkeys(
+        (
+            n.GPU_SM_ACTIVE,
+            n.GPU_SM_OCCUPANCY,
+            n.GPU_TENSOR_ACTIVE,
+            n.GPU_DRAM_ACTIVE,
+            n.GPU_FP16_ACTIVE,
+            n.GPU_FP32_ACTIVE,
+            n.GPU_FP64_ACTIVE,
+            n.GPU_PROFILING_SUPPORTED,
+        ),
+        (0.0, 1.0),
+    ),
+    **dict.fromkeys(
+        (n.GPU_PCIE_TRANSMIT, n.GPU_PCIE_RECEIVE, n.GPU_NVLINK_TRANSMIT, n.GPU_NVLINK_RECEIVE),
+        (0.0, 1e12),
+    ),
     n.GPU_ENERGY: (1e-3, math.inf),
 }
 

@@ -24,6 +24,15 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
+def fields_of(container: dict[str, Any]) -> dict[str, str]:
+    """Env from the downward API: name -> the pod field it reads."""
+    return {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if "fieldRef" in e.get("valueFrom", {})
+    }
+
+
 @pytest.mark.parametrize(
     ("overrides", "image", "port"),
     [
@@ -48,6 +57,14 @@ def test_metrics_sidecar_is_a_native_sidecar_that_sees_gpus_without_requesting_o
     for part in ("requests", "limits"):
         assert not any("gpu" in name for name in resources.get(part, {})), resources
     env = env_of(sidecar)
+    # Who and where it is, from the downward API: its labels on every series, and the
+    # node on the GPU series.
+    assert fields_of(sidecar) == {
+        rc.ENV_JOB_NAME: f"metadata.labels['{c.LABEL_JOB}']",
+        rc.ENV_JOB_NAMESPACE: "metadata.namespace",
+        rc.ENV_POD_NAME: "metadata.name",
+        rc.ENV_NODE_NAME: "spec.nodeName",
+    }
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
     assert sidecar["volumeMounts"] == [

@@ -396,6 +396,9 @@ def _exporter(spec: TrainingJobSpec, config: OperatorConfig) -> ObjDict:
                 "valueFrom": {"fieldRef": {"fieldPath": ("metadata.namespace")}},
             },
             {"name": rc.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            # The `node` label of its GPU series: joins them to node-level metrics
+            # (node-exporter, DCGM) and tells a bad host from a bad job.
+            {"name": rc.ENV_NODE_NAME, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": rc.ENV_RUN_DIR, "value": rc.DEFAULT_RUN_DIR},
             # The sidecar requests no GPU, so the device plugin hands it none; it
             # sees the node's GPUs through the toolkit and keeps only the UUIDs

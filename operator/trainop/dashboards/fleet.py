@@ -115,6 +115,18 @@ def build_fleet() -> Dashboard:
                 [_per_job(f"avg {by_job} ({utilization})")],
                 "percentunit",
                 max_value=1,
+                size=THIRD,
+            ),
+            timeseries(
+                "Tensor core activity by job",
+                "Mean over the job's GPUs: how much of the time their tensor cores were busy, "
+                "which utilization (a kernel was running) cannot tell. A job with high "
+                "utilization and low tensor activity waits on data or communication. From "
+                "NVML's GPM profiling: Hopper and newer GPUs only.",
+                [_per_job(f"avg {by_job} ({q.fleet(names.GPU_TENSOR_ACTIVE)})")],
+                "percentunit",
+                max_value=1,
+                size=THIRD,
             ),
             timeseries(
                 "GPU power by job",
@@ -122,6 +134,7 @@ def build_fleet() -> Dashboard:
                 [_per_job(f"sum {by_job} ({q.rate(energy)})")],
                 "watt",
                 stacked=True,
+                size=THIRD,
             ),
             bargauge(
                 "Energy by job over the range",

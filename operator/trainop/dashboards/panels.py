@@ -41,7 +41,7 @@ TAGS: Final = ["trainop", "gpu", "training"]
 # Grafana's unit ids, the ones these dashboards use: a typo is a type error.
 Unit = Literal[
     "none", "short", "percentunit", "watt", "kwatth", "h", "joule", "bytes", "s", "reqps",
-    "celsius",
+    "celsius", "Bps",
 ]  # fmt: skip
 # Threshold steps: (from value, colour); the first starts at -inf (None).
 Steps = Sequence[tuple[float | None, str]]

@@ -105,6 +105,22 @@ def build_trainingjob() -> model.Dashboard:
                 max_value=1,
             ),
             timeseries(
+                "Efficiency: is the job using its GPUs?",
+                "Mean over the job's GPUs. Utilization only says a kernel was running; tensor "
+                "activity says how much of the time the tensor cores, where a training step's "
+                "matrix math runs, were busy. High utilization with low tensor activity points "
+                "at data loading, communication or small kernels. From NVML's GPM profiling "
+                f"(Hopper and newer): empty for GPUs with {names.GPU_PROFILING_SUPPORTED} 0.",
+                [
+                    Query(f"avg({q.one_job(names.GPU_TENSOR_ACTIVE)})", "tensor cores active"),
+                    Query(f"avg({q.one_job(names.GPU_SM_ACTIVE)})", "SMs active"),
+                    Query(f"avg({q.one_job(names.GPU_DRAM_ACTIVE)})", "memory bandwidth"),
+                    Query(f"avg({q.one_job(names.GPU_UTILIZATION)})", "utilization"),
+                ],
+                "percentunit",
+                max_value=1,
+            ),
+            timeseries(
                 "GPU memory used",
                 "Per GPU.",
                 [Query(str(q.one_job(names.GPU_MEMORY_USED)), PER_GPU)],
@@ -121,8 +137,11 @@ def build_trainingjob() -> model.Dashboard:
             ),
             timeseries(
                 "GPU temperature",
-                "Per GPU.",
-                [Query(str(q.one_job(names.GPU_TEMPERATURE)), PER_GPU)],
+                "Per GPU: the GPU core, and its memory (HBM) where the board reports it.",
+                [
+                    Query(str(q.one_job(names.GPU_TEMPERATURE)), PER_GPU),
+                    Query(str(q.one_job(names.GPU_MEMORY_TEMPERATURE)), f"memory {PER_GPU}"),
+                ],
                 "celsius",
                 min_value=None,
                 size=QUARTER,
@@ -140,6 +159,22 @@ def build_trainingjob() -> model.Dashboard:
                 "none",
                 stacked=True,
                 size=QUARTER,
+            ),
+            timeseries(
+                "Interconnect throughput",
+                "Bytes per second over all of the job's GPUs: NVLink (all links) carries the "
+                "collectives between GPUs, PCIe the data from the host. From NVML's GPM "
+                "profiling (Hopper and newer).",
+                [
+                    Query(f"sum({q.one_job(metric)})", legend)
+                    for metric, legend in (
+                        (names.GPU_NVLINK_TRANSMIT, "NVLink sent"),
+                        (names.GPU_NVLINK_RECEIVE, "NVLink received"),
+                        (names.GPU_PCIE_TRANSMIT, "PCIe sent"),
+                        (names.GPU_PCIE_RECEIVE, "PCIe received"),
+                    )
+                ],
+                "Bps",
             ),
         ],
     )

@@ -80,6 +80,8 @@ class ExporterConfig:
     powercap_root: Path | None = DEFAULT_POWERCAP_ROOT
     log_level: str = "INFO"
     identity: Mapping[str, str] = field(default_factory=dict)
+    # The `node` label of the GPU series (the operator passes spec.nodeName).
+    node: str | None = None
     fake_nvml_gpus: int | None = None
     sample_seconds: float = DEFAULT_SAMPLE_SECONDS
     nvml_timeout_seconds: float = DEFAULT_NVML_TIMEOUT_SECONDS
@@ -195,6 +197,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         powercap_root=Path(args.powercap_root) if args.powercap_root else None,
         log_level=args.log_level,
         identity=identity_from_env(environ),
+        node=environ.get(contract.ENV_NODE_NAME) or None,
         fake_nvml_gpus=args.fake_nvml_gpus,
         sample_seconds=args.sample_every,
         nvml_timeout_seconds=args.nvml_timeout,
@@ -281,6 +284,7 @@ def build_collector(config: ExporterConfig) -> TrainopCollector:
         ),
         rapl_reader=RaplReader(config.powercap_root),
         identity=config.identity,
+        node=config.node,
         all_gpus=config.all_gpus,
         stale_after_seconds=config.stale_after_seconds,
         gpu_sample_stale_after_seconds=config.gpu_sample_stale_after_seconds,
@@ -342,12 +346,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         collector.close()
         return 1
     log.info(
-        "trainop exporter %s serving %s; run dir %s; GPUs: %s; labels %s",
+        "trainop exporter %s serving %s; run dir %s; GPUs: %s; labels %s; node %s",
         __version__,
         exporter.url,
         config.run_dir,
         "all on the node" if config.all_gpus else f"those in {contract.GPUS_FILE}",
         dict(config.identity) or "(no TRAINOP_* identity env)",
+        config.node or f"unknown (no {contract.ENV_NODE_NAME})",
     )
     stop = threading.Event()
 

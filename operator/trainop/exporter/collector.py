@@ -28,7 +28,7 @@ from prometheus_client.samples import Sample
 from trainop import __version__
 from trainop.exporter import names as n
 from trainop.exporter import visibility
-from trainop.exporter.gpu import GpuReader, GpuSnapshot
+from trainop.exporter.gpu import GpuReader, GpuReading, GpuSnapshot
 from trainop.exporter.progress import (
     DEFAULT_STALE_SECONDS,
     TrainingView,
@@ -92,7 +92,10 @@ class LabelSets:
         key = (names, values)
         labels = self._current.get(key) or self._previous.get(key)
         if labels is None:
-            labels = {**self._identity, **dict(zip(names, values, strict=True))}
+            # Prometheus stores an empty label as no label; leave it out here too
+            # (a GPU's `node` when the sidecar was not told its node).
+            own = {k: v for k, v in zip(names, values, strict=True) if v}
+            labels = {**self._identity, **own}
         self._current[key] = labels
         return labels
 
@@ -124,7 +127,9 @@ class _Families:
         return [family for family, _ in self._families.values()]
 
 
-def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None, age: float | None) -> None:
+def _add_gpus(
+    f: _Families, snap: GpuSnapshot, assigned: int | None, age: float | None, node: str
+) -> None:
     f.add(n.GPU_UP, 1.0 if snap.up else 0.0)
     f.add(n.GPU_DEVICES, float(sum(g.up for g in snap.gpus)))
     if assigned is not None:
@@ -134,34 +139,55 @@ def _add_gpus(f: _Families, snap: GpuSnapshot, assigned: int | None, age: float 
     if snap.driver_version:
         f.add(n.GPU_DRIVER_INFO, 1.0, snap.driver_version)
     for g in snap.gpus:
-        ids = (str(g.index), g.uuid, g.model)
-        f.add(n.GPU_DEVICE_UP, 1.0 if g.up else 0.0, *ids)
-        optional: tuple[tuple[str, float | None], ...] = (
-            (n.GPU_UTILIZATION, g.utilization_ratio),
-            (n.GPU_MEMORY_UTILIZATION, g.memory_utilization_ratio),
-            (n.GPU_MEMORY_USED, g.memory_used_bytes),
-            (n.GPU_MEMORY_TOTAL, g.memory_total_bytes),
-            (n.GPU_POWER, g.power_watts),
-            (n.GPU_POWER_LIMIT, g.power_limit_watts),
-            (n.GPU_ENERGY, g.energy_joules),
-            (n.GPU_TEMPERATURE, g.temperature_celsius),
-            (n.GPU_SM_CLOCK, g.sm_clock_hertz),
-            (n.GPU_XID_ERRORS, g.xid_errors),
-            (n.GPU_LAST_XID, g.last_xid),
-        )
-        for name, value in optional:
-            if value is not None:
-                f.add(name, float(value), *ids)
-        if g.clock_event_reasons is not None:
-            supported = g.supported_clock_event_reasons
-            for bit, reason in n.CLOCK_EVENT_REASONS:
-                if supported is None or supported & bit:
-                    active = float(bool(g.clock_event_reasons & bit))
-                    f.add(n.GPU_CLOCK_EVENT_ACTIVE, active, *ids, reason)
-        if g.ecc_corrected is not None:
-            f.add(n.GPU_ECC_ERRORS, float(g.ecc_corrected), *ids, n.ECC_CORRECTED)
-        if g.ecc_uncorrected is not None:
-            f.add(n.GPU_ECC_ERRORS, float(g.ecc_uncorrected), *ids, n.ECC_UNCORRECTED)
+        _add_gpu(f, g, (str(g.index), g.uuid, g.model, node))
+
+
+def _add_gpu(f: _Families, g: GpuReading, ids: tuple[str, ...]) -> None:
+    """One GPU's series: a reading the device could not give has none."""
+    f.add(n.GPU_DEVICE_UP, 1.0 if g.up else 0.0, *ids)
+    optional: tuple[tuple[str, float | None], ...] = (
+        (n.GPU_UTILIZATION, g.utilization_ratio),
+        (n.GPU_MEMORY_UTILIZATION, g.memory_utilization_ratio),
+        (n.GPU_MEMORY_USED, g.memory_used_bytes),
+        (n.GPU_MEMORY_TOTAL, g.memory_total_bytes),
+        (n.GPU_POWER, g.power_watts),
+        (n.GPU_POWER_LIMIT, g.power_limit_watts),
+        (n.GPU_ENERGY, g.energy_joules),
+        (n.GPU_TEMPERATURE, g.temperature_celsius),
+        (n.GPU_SM_CLOCK, g.sm_clock_hertz),
+        (n.GPU_MEMORY_TEMPERATURE, g.memory_temperature_celsius),
+        (n.GPU_MEMORY_CLOCK, g.memory_clock_hertz),
+        (n.GPU_XID_ERRORS, g.xid_errors),
+        (n.GPU_LAST_XID, g.last_xid),
+        (n.GPU_PCIE_REPLAYS, g.pcie_replays),
+    )
+    for name, value in optional:
+        if value is not None:
+            f.add(name, float(value), *ids)
+    _add_gpu_events(f, g, ids)
+    if g.profiling_supported is not None:
+        f.add(n.GPU_PROFILING_SUPPORTED, float(g.profiling_supported), *ids)
+    for name, value in g.profiling:
+        f.add(name, value, *ids)
+
+
+def _add_gpu_events(f: _Families, g: GpuReading, ids: tuple[str, ...]) -> None:
+    """Throttling, ECC and row remapping: the series labelled by their kind."""
+    if g.clock_event_reasons is not None:
+        supported = g.supported_clock_event_reasons
+        for bit, reason in n.CLOCK_EVENT_REASONS:
+            if supported is None or supported & bit:
+                active = float(bool(g.clock_event_reasons & bit))
+                f.add(n.GPU_CLOCK_EVENT_ACTIVE, active, *ids, reason)
+    if g.ecc_corrected is not None:
+        f.add(n.GPU_ECC_ERRORS, float(g.ecc_corrected), *ids, n.ECC_CORRECTED)
+    if g.ecc_uncorrected is not None:
+        f.add(n.GPU_ECC_ERRORS, float(g.ecc_uncorrected), *ids, n.ECC_UNCORRECTED)
+    if (rows := g.remapped_rows) is not None:
+        f.add(n.GPU_REMAPPED_ROWS, float(rows.corrected), *ids, n.ECC_CORRECTED)
+        f.add(n.GPU_REMAPPED_ROWS, float(rows.uncorrected), *ids, n.ECC_UNCORRECTED)
+        f.add(n.GPU_ROW_REMAP_PENDING, float(rows.pending), *ids)
+        f.add(n.GPU_ROW_REMAP_FAILED, float(rows.failed), *ids)
 
 
 def _add_training(f: _Families, view: TrainingView, now: float) -> None:
@@ -216,6 +242,7 @@ def build_metrics(
     identity: Mapping[str, str],
     version: str = __version__,
     label_sets: LabelSets | None = None,
+    node: str | None = None,
 ) -> list[Metric]:
     """Turn one scrape's readings into metric families.
 
@@ -227,7 +254,7 @@ def build_metrics(
         label_sets = LabelSets(identity)
     label_sets.new_scrape()
     f = _Families(label_sets)
-    _add_gpus(f, snapshot.gpu, snapshot.assigned_gpus, snapshot.gpu_sample_age)
+    _add_gpus(f, snapshot.gpu, snapshot.assigned_gpus, snapshot.gpu_sample_age, node or "")
     _add_training(f, snapshot.training, snapshot.now)
     _add_rapl(f, snapshot.rapl)
     f.add(n.EXPORTER_BUILD_INFO, 1.0, version)
@@ -249,6 +276,7 @@ class TrainopCollector:
         gpu_reader: GpuReader,
         rapl_reader: RaplReader,
         identity: Mapping[str, str],
+        node: str | None = None,
         all_gpus: bool = False,
         stale_after_seconds: float = DEFAULT_STALE_SECONDS,
         gpu_sample_stale_after_seconds: float = math.inf,
@@ -261,6 +289,7 @@ class TrainopCollector:
         self._gpu_reader = gpu_reader
         self._rapl_reader = rapl_reader
         self._identity = dict(identity)
+        self._node = node
         self._label_sets = LabelSets(identity)
         self._all_gpus = all_gpus
         self._stale_after = stale_after_seconds
@@ -305,7 +334,10 @@ class TrainopCollector:
         with self._lock:
             started = self._timer()
             metrics = build_metrics(
-                self._snapshot(started), self._identity, label_sets=self._label_sets
+                self._snapshot(started),
+                self._identity,
+                label_sets=self._label_sets,
+                node=self._node,
             )
             self._last_collect = self._timer() - started
         return metrics

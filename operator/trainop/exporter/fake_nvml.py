@@ -12,24 +12,32 @@ and fails the way real NVML fails, raising pynvml's own exception classes:
   off the bus; ``recover(uuid)`` brings it back;
 - ``hang(uuid)`` makes every call on that device block until ``release(uuid)``,
   as a call stuck in the driver does;
-- XID events queue only on event sets registered before they happen.
+- XID events queue only on event sets registered before they happen;
+- GPM (profiling) needs two samples of the same device, taken in order; a GPU
+  with ``gpm_supported=False`` (one before Hopper) says so and refuses samples,
+  and a metric whose rate is None (NVLink on a PCIe board) comes back
+  NotSupported on its own. The rates over an interval are those the GPU had
+  when the later sample was taken (real GPM averages hardware counters).
 
 Used by the tests, the benchmark and ``--fake-nvml-gpus`` (demos without a GPU).
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pynvml
 
 NVMLError = pynvml.NVMLError
 NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
 NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
 
 GIB = 1024**3
 
@@ -56,12 +64,33 @@ class FakeGpu:
     energy_mj: int = 0
     temperature_c: int = 35
     sm_clock_mhz: int = 1980
+    mem_clock_mhz: int = 2619  # HBM3 on an H100 SXM
+    # None: a board without a memory sensor (its field value reads NotSupported).
+    memory_temperature_c: int | None = 38
     clock_event_reasons: int = 0
     # What the device can report at all: by default 7 of the 9 bits, so tests
     # see a device that cannot report every reason.
     supported_clock_event_reasons: int = 0x0EF
     ecc_corrected: int = 0
     ecc_uncorrected: int = 0
+    remapped_rows_corrected: int = 0
+    remapped_rows_uncorrected: int = 0
+    row_remap_pending: bool = False
+    row_remap_failed: bool = False
+    pcie_replays: int = 0
+    # GPM profiling rates, in NVML's units (percent, MiB/s).
+    gpm_supported: bool = True
+    sm_active_percent: float = 0.0
+    sm_occupancy_percent: float = 0.0
+    tensor_active_percent: float = 0.0
+    dram_active_percent: float = 0.0
+    fp16_active_percent: float = 0.0
+    fp32_active_percent: float = 0.0
+    fp64_active_percent: float = 0.0
+    pcie_tx_mib_per_s: float = 0.0
+    pcie_rx_mib_per_s: float = 0.0
+    nvlink_tx_mib_per_s: float | None = 0.0
+    nvlink_rx_mib_per_s: float | None = 0.0
     # pynvml function -> error it raises, e.g. {"nvmlDeviceGetPowerUsage": "NoPermission"}
     errors: dict[str, str] = field(default_factory=dict)
     lost: bool = False
@@ -74,9 +103,35 @@ def _set(event: threading.Event) -> threading.Event:
     return event
 
 
+# The GPM metric ids the fake models -> the FakeGpu rate behind each.
+_GPM_RATES: dict[int, str] = {
+    pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_active_percent",
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: "sm_occupancy_percent",
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor_active_percent",
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: "dram_active_percent",
+    pynvml.NVML_GPM_METRIC_FP16_UTIL: "fp16_active_percent",
+    pynvml.NVML_GPM_METRIC_FP32_UTIL: "fp32_active_percent",
+    pynvml.NVML_GPM_METRIC_FP64_UTIL: "fp64_active_percent",
+    pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC: "pcie_tx_mib_per_s",
+    pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC: "pcie_rx_mib_per_s",
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: "nvlink_tx_mib_per_s",
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: "nvlink_rx_mib_per_s",
+}
+
+
 @dataclass(eq=False)
 class _Handle:
     gpu: FakeGpu
+
+
+@dataclass(eq=False)
+class _GpmSample:
+    """What a GPM sample holds once taken: whose it is, when, and the rates then."""
+
+    gpu: FakeGpu | None = None
+    taken: int = 0  # order of nvmlGpmSampleGet calls; 0 = never filled
+    rates: dict[int, float] = field(default_factory=dict)
+    freed: bool = False
 
 
 @dataclass(eq=False)
@@ -131,6 +186,10 @@ class FakeNVML:
         self._initialised = False
         self._enumerated: list[FakeGpu] = []
         self._event_sets: list[_EventSet] = []
+        # A sample handle is a pointer (pynvml's c_nvmlGpmSample_t) whose address is only
+        # a key in here: nothing dereferences it, as with NVML's own opaque samples.
+        self._gpm_samples: dict[int, _GpmSample] = {}
+        self._gpm_taken = 0
 
     # --- test controls -----------------------------------------------------
     def gpu(self, uuid: str) -> FakeGpu:
@@ -164,7 +223,10 @@ class FakeNVML:
         self._enter(fn)
         if not isinstance(handle, _Handle) or handle.gpu not in self._enumerated:
             raise nvml_error("InvalidArgument")
-        gpu = handle.gpu
+        return self._on(fn, handle.gpu)
+
+    def _on(self, fn: str, gpu: FakeGpu) -> FakeGpu:
+        """A call reaching ``gpu``: it may hang, find it lost, or fail as told."""
         self.device_calls[fn, gpu.uuid] += 1
         gpu.answering.wait()
         if gpu.lost:
@@ -186,6 +248,8 @@ class FakeNVML:
         self._initialised = False
         for event_set in self._event_sets:
             event_set.freed = True
+        for sample in self._gpm_samples.values():
+            sample.freed = True
 
     def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
         self._enter("nvmlSystemGetDriverVersion")
@@ -241,9 +305,42 @@ class FakeNVML:
 
     def nvmlDeviceGetClockInfo(self, handle: object, clock_type: int) -> int:  # noqa: N802
         gpu = self._device("nvmlDeviceGetClockInfo", handle)
-        if clock_type != NVML_CLOCK_SM:
-            raise nvml_error("InvalidArgument")
-        return gpu.sm_clock_mhz
+        if clock_type == NVML_CLOCK_SM:
+            return gpu.sm_clock_mhz
+        if clock_type == NVML_CLOCK_MEM:
+            return gpu.mem_clock_mhz
+        raise nvml_error("InvalidArgument")
+
+    def nvmlDeviceGetFieldValues(  # noqa: N802
+        self, handle: object, field_ids: list[int]
+    ) -> ctypes.Array[Any]:
+        """pynvml's own structs, each field with its own status, as the library fills them.
+
+        Only the memory temperature is modelled; other fields read NotSupported.
+        """
+        gpu = self._device("nvmlDeviceGetFieldValues", handle)
+        values: ctypes.Array[Any] = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for value, field_id in zip(values, field_ids, strict=True):
+            value.fieldId = field_id
+            if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP and gpu.memory_temperature_c is not None:
+                value.nvmlReturn = pynvml.NVML_SUCCESS
+                value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                value.value.uiVal = gpu.memory_temperature_c
+            else:
+                value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return values
+
+    def nvmlDeviceGetRemappedRows(self, handle: object) -> tuple[int, int, int, int]:  # noqa: N802
+        gpu = self._device("nvmlDeviceGetRemappedRows", handle)
+        return (
+            gpu.remapped_rows_corrected,
+            gpu.remapped_rows_uncorrected,
+            int(gpu.row_remap_pending),
+            int(gpu.row_remap_failed),
+        )
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle: object) -> int:  # noqa: N802
+        return self._device("nvmlDeviceGetPcieReplayCounter", handle).pcie_replays
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: object) -> int:  # noqa: N802
         return self._device("nvmlDeviceGetCurrentClocksEventReasons", handle).clock_event_reasons
@@ -270,6 +367,62 @@ class FakeNVML:
         if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
             return gpu.ecc_uncorrected
         raise nvml_error("InvalidArgument")
+
+    def nvmlGpmQueryDeviceSupport(self, handle: object) -> Any:  # noqa: N802
+        gpu = self._device("nvmlGpmQueryDeviceSupport", handle)
+        support = pynvml.c_nvmlGpmSupport_t()
+        support.version = pynvml.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = int(gpu.gpm_supported)
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:  # noqa: N802
+        self._enter("nvmlGpmSampleAlloc")
+        key = 0x1000 + 0x10 * len(self._gpm_samples)
+        self._gpm_samples[key] = _GpmSample()
+        return ctypes.cast(ctypes.c_void_p(key), pynvml.c_nvmlGpmSample_t)
+
+    def nvmlGpmSampleFree(self, sample: object) -> None:  # noqa: N802
+        self._enter("nvmlGpmSampleFree")
+        self._gpm_sample(sample).freed = True
+
+    def nvmlGpmSampleGet(self, handle: object, sample: object) -> object:  # noqa: N802
+        gpu = self._device("nvmlGpmSampleGet", handle)
+        if not gpu.gpm_supported:
+            raise nvml_error("NotSupported")
+        held = self._gpm_sample(sample)
+        self._gpm_taken += 1
+        held.gpu, held.taken = gpu, self._gpm_taken
+        held.rates = {}
+        for metric_id, rate_field in _GPM_RATES.items():
+            rate = getattr(gpu, rate_field)
+            if rate is not None:
+                held.rates[metric_id] = float(rate)
+        return sample
+
+    def nvmlGpmMetricsGet(self, request: Any) -> Any:  # noqa: N802
+        self._enter("nvmlGpmMetricsGet")
+        if request.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+            raise nvml_error("ArgumentVersionMismatch")
+        before, after = self._gpm_sample(request.sample1), self._gpm_sample(request.sample2)
+        gpu = after.gpu
+        if gpu is None or before.gpu is not gpu or not 0 < before.taken < after.taken:
+            raise nvml_error("InvalidArgument")  # two samples of one GPU, in order
+        self._on("nvmlGpmMetricsGet", gpu)
+        for slot in request.metrics[: request.numMetrics]:
+            rate = after.rates.get(slot.metricId)
+            if rate is None:
+                slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+            else:
+                slot.nvmlReturn = pynvml.NVML_SUCCESS
+                slot.value = rate
+        return request
+
+    def _gpm_sample(self, pointer: object) -> _GpmSample:
+        key = ctypes.cast(pointer, ctypes.c_void_p).value  # type: ignore[arg-type]
+        held = self._gpm_samples.get(key or 0)
+        if held is None or held.freed:
+            raise nvml_error("InvalidArgument")
+        return held
 
     def nvmlEventSetCreate(self) -> _EventSet:  # noqa: N802
         self._enter("nvmlEventSetCreate")
@@ -311,7 +464,19 @@ def demo_gpus(count: int) -> list[FakeGpu]:
             power_mw=550_000 + 1_000 * i,
             energy_mj=1_000_000_000 + 10_000_000 * i,
             temperature_c=60 + i,
+            memory_temperature_c=68 + i,
             clock_event_reasons=0x004 if i % 2 else 0,  # half of them power-capped
+            # A bf16 training step: SMs nearly always busy, tensor cores half the time.
+            sm_active_percent=88.0 + i % 10,
+            sm_occupancy_percent=35.0 + i % 5,
+            tensor_active_percent=52.0 + i % 10,
+            dram_active_percent=41.0 + i % 10,
+            fp16_active_percent=4.0,
+            fp32_active_percent=9.0,
+            pcie_tx_mib_per_s=310.0 + i,
+            pcie_rx_mib_per_s=1_450.0 + i,
+            nvlink_tx_mib_per_s=61_000.0 + 100 * i,
+            nvlink_rx_mib_per_s=60_800.0 + 100 * i,
         )
         for i in range(count)
     ]

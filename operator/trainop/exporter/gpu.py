@@ -19,21 +19,41 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
+from trainop.exporter import names as n
 from trainop.exporter import visibility
-from trainop.exporter.names import CLOCK_EVENT_REASONS
-from trainop.exporter.nvml import EventSet, Handle, Nvml, NvmlError
+from trainop.exporter.nvml import EventSet, GpmSample, Handle, Nvml, NvmlError, RemappedRows
 from trainop.exporter.statelog import StateLog
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ALL_CLOCK_EVENT_REASONS = sum(bit for bit, _ in CLOCK_EVENT_REASONS)
+ALL_CLOCK_EVENT_REASONS = sum(bit for bit, _ in n.CLOCK_EVENT_REASONS)
 MW_PER_W = 1000.0
 MJ_PER_J = 1000.0
 HZ_PER_MHZ = 1_000_000.0
+RATIO_PER_PERCENT = 0.01
+BYTES_PER_MIB = 1024.0 * 1024.0
+
+# Profiling metrics from NVML's GPM API: (metric, pynvml's id constant, factor from
+# NVML's unit to ours). NVML's NVLink figures are over all of the GPU's links.
+GPM_METRICS: Final[tuple[tuple[str, str, float], ...]] = (
+    (n.GPU_SM_ACTIVE, "NVML_GPM_METRIC_SM_UTIL", RATIO_PER_PERCENT),
+    (n.GPU_SM_OCCUPANCY, "NVML_GPM_METRIC_SM_OCCUPANCY", RATIO_PER_PERCENT),
+    (n.GPU_TENSOR_ACTIVE, "NVML_GPM_METRIC_ANY_TENSOR_UTIL", RATIO_PER_PERCENT),
+    (n.GPU_DRAM_ACTIVE, "NVML_GPM_METRIC_DRAM_BW_UTIL", RATIO_PER_PERCENT),
+    (n.GPU_FP16_ACTIVE, "NVML_GPM_METRIC_FP16_UTIL", RATIO_PER_PERCENT),
+    (n.GPU_FP32_ACTIVE, "NVML_GPM_METRIC_FP32_UTIL", RATIO_PER_PERCENT),
+    (n.GPU_FP64_ACTIVE, "NVML_GPM_METRIC_FP64_UTIL", RATIO_PER_PERCENT),
+    (n.GPU_PCIE_TRANSMIT, "NVML_GPM_METRIC_PCIE_TX_PER_SEC", BYTES_PER_MIB),
+    (n.GPU_PCIE_RECEIVE, "NVML_GPM_METRIC_PCIE_RX_PER_SEC", BYTES_PER_MIB),
+    (n.GPU_NVLINK_TRANSMIT, "NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC", BYTES_PER_MIB),
+    (n.GPU_NVLINK_RECEIVE, "NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC", BYTES_PER_MIB),
+)
+# The `_Device.unsupported` key for GPM as a whole; one metric's is PROFILING/<metric>.
+PROFILING = "profiling"
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,8 @@ class GpuReading:
     energy_joules: float | None = None
     temperature_celsius: float | None = None
     sm_clock_hertz: float | None = None
+    memory_temperature_celsius: float | None = None
+    memory_clock_hertz: float | None = None
     clock_event_reasons: int | None = None
     # Bits the device can report; series for other reasons would be a guess.
     supported_clock_event_reasons: int | None = None
@@ -59,6 +81,12 @@ class GpuReading:
     ecc_uncorrected: int | None = None
     xid_errors: int | None = None
     last_xid: int | None = None
+    remapped_rows: RemappedRows | None = None
+    pcie_replays: int | None = None
+    # None until known; False for a GPU without GPM (then `profiling` stays empty).
+    profiling_supported: bool | None = None
+    # (metric name, value in base units) for each GPM metric read on this pass.
+    profiling: tuple[tuple[str, float], ...] = ()
     # False: the GPU could not be read on this pass (lost, or a call to it hangs);
     # every reading is then None.
     up: bool = True
@@ -72,6 +100,19 @@ class GpuSnapshot:
 
 
 @dataclass
+class _Gpm:
+    """A GPU's two GPM samples: ``before`` holds the last pass's counters once ``taken``."""
+
+    before: GpmSample
+    after: GpmSample
+    taken: bool = False
+
+    def free(self, nvml: Nvml) -> None:
+        nvml.gpm_free(self.before)
+        nvml.gpm_free(self.after)
+
+
+@dataclass
 class _Device:
     handle: Handle
     index: int
@@ -80,6 +121,8 @@ class _Device:
     unsupported: set[str] = field(default_factory=set)
     xid_events: EventSet | None = None
     supported_reasons: int | None = None  # asked once per device
+    gpm_supported: bool | None = None  # asked once per device
+    gpm: _Gpm | None = None
     # A read that outlived the timeout and is still inside NVML.
     stuck_read: threading.Thread | None = None
 
@@ -205,6 +248,8 @@ class GpuReader:
         for device in self._devices.values():
             if device.xid_events is not None:
                 nvml.close_events(device.xid_events)
+            if device.gpm is not None:
+                device.gpm.free(nvml)
         self._devices = {}
         try:
             nvml.shutdown()
@@ -371,6 +416,8 @@ class GpuReader:
         energy = self._field(d, "energy", lambda: nvml.energy_mj(h))
         temperature = self._field(d, "temperature", lambda: nvml.temperature_c(h))
         clock = self._field(d, "sm_clock", lambda: nvml.sm_clock_mhz(h))
+        mem_temperature = self._field(d, "memory_temperature", lambda: nvml.memory_temperature_c(h))
+        mem_clock = self._field(d, "memory_clock", lambda: nvml.memory_clock_mhz(h))
         reasons = self._field(d, "clock_event_reasons", lambda: nvml.clock_event_reasons(h))
         if reasons is not None and d.supported_reasons is None:
             supported = self._field(
@@ -379,7 +426,10 @@ class GpuReader:
             d.supported_reasons = ALL_CLOCK_EVENT_REASONS if supported is None else supported
         ecc_c = self._field(d, "ecc", lambda: nvml.ecc_volatile_errors(h, uncorrected=False))
         ecc_u = self._field(d, "ecc", lambda: nvml.ecc_volatile_errors(h, uncorrected=True))
+        remapped = self._field(d, "remapped_rows", lambda: nvml.remapped_rows(h))
+        replays = self._field(d, "pcie_replays", lambda: nvml.pcie_replays(h))
         xids = self._read_xids(nvml, d)
+        profiling = self._read_profiling(nvml, d)
         self._states.clear(f"lost/{d.uuid}", f"GPU {d.index} ({d.uuid}) is back")
         return GpuReading(
             index=d.index,
@@ -394,12 +444,18 @@ class GpuReader:
             energy_joules=energy / MJ_PER_J if energy is not None else None,
             temperature_celsius=float(temperature) if temperature is not None else None,
             sm_clock_hertz=clock * HZ_PER_MHZ if clock is not None else None,
+            memory_temperature_celsius=mem_temperature,
+            memory_clock_hertz=mem_clock * HZ_PER_MHZ if mem_clock is not None else None,
             clock_event_reasons=reasons,
             supported_clock_event_reasons=d.supported_reasons,
             ecc_corrected=ecc_c,
             ecc_uncorrected=ecc_u,
             xid_errors=xids.count if xids else None,
             last_xid=xids.last if xids else None,
+            remapped_rows=remapped,
+            pcie_replays=replays,
+            profiling_supported=d.gpm_supported,
+            profiling=profiling,
         )
 
     def _read_xids(self, nvml: Nvml, d: _Device) -> _XidTally | None:
@@ -418,3 +474,77 @@ class GpuReader:
             tally.last = code
             log.error("GPU %d (%s) reported XID %d", d.index, d.uuid, code)
         return tally
+
+    def _read_profiling(self, nvml: Nvml, d: _Device) -> tuple[tuple[str, float], ...]:
+        """GPM metrics over the interval since this GPU's previous pass.
+
+        GPM compares two snapshots of a GPU's counters, so each pass takes one and
+        reads the interval since the pass before: nothing on the first pass, then
+        averages over the sampler's interval. A GPU without GPM is found out once
+        (``d.gpm_supported`` False) and not asked again.
+        """
+        if d.gpm_supported is None:
+            supported = self._field(d, PROFILING, lambda: nvml.gpm_supported(d.handle))
+            if supported is None and PROFILING not in d.unsupported:
+                return ()  # a transient failure: ask again on the next pass
+            if supported is False:
+                log.info(
+                    "GPU %d (%s) has no GPM profiling (Hopper and newer have it): no SM, "
+                    "tensor, DRAM, PCIe or NVLink activity series, "
+                    "trainop_gpu_profiling_supported 0",
+                    d.index,
+                    d.model,
+                )
+            d.gpm_supported = bool(supported)
+        if not d.gpm_supported:
+            return ()
+        gpm = d.gpm or self._alloc_gpm(nvml, d)
+        if gpm is None:
+            return self._profiling_failed(nvml, d)
+        if self._field(d, PROFILING, lambda: nvml.gpm_sample(d.handle, gpm.after)) is None:
+            return self._profiling_failed(nvml, d)
+        values: dict[str, float | NvmlError] | None = {}
+        wanted = [m for m in GPM_METRICS if f"{PROFILING}/{m[0]}" not in d.unsupported]
+        if gpm.taken and wanted:
+            values = self._field(
+                d,
+                PROFILING,
+                lambda: nvml.gpm_metrics(gpm.before, gpm.after, [c for _, c, _ in wanted]),
+            )
+        # The sample just taken is the next pass's "before", whatever the metrics did.
+        gpm.before, gpm.after, gpm.taken = gpm.after, gpm.before, True
+        if values is None:
+            return self._profiling_failed(nvml, d)
+        out: list[tuple[str, float]] = []
+        for metric, constant, factor in wanted:
+            value = values.get(constant)
+            if isinstance(value, float):
+                out.append((metric, value * factor))
+            elif value is not None and value.unsupported:
+                # NVLink metrics on a PCIe board, say: that series alone is absent.
+                d.unsupported.add(f"{PROFILING}/{metric}")
+                log.info("GPU %d does not report %s (%s)", d.index, metric, value.name)
+            elif value is not None:
+                self._count_error()
+                self._states.set(f"field/{d.uuid}/{metric}", f"GPU {d.index} {metric}: {value}")
+        return tuple(out)
+
+    def _alloc_gpm(self, nvml: Nvml, d: _Device) -> _Gpm | None:
+        before = self._field(d, PROFILING, nvml.gpm_alloc)
+        if before is None:
+            return None
+        after = self._field(d, PROFILING, nvml.gpm_alloc)
+        if after is None:
+            nvml.gpm_free(before)
+            return None
+        d.gpm = _Gpm(before, after)
+        return d.gpm
+
+    def _profiling_failed(self, nvml: Nvml, d: _Device) -> tuple[tuple[str, float], ...]:
+        # `_field` logged and counted it; an unsupported GPM is off for this GPU for good.
+        if PROFILING in d.unsupported:
+            d.gpm_supported = False
+            if d.gpm is not None:
+                d.gpm.free(nvml)
+                d.gpm = None
+        return ()

@@ -25,10 +25,13 @@ IDENTITY_LABELS: Final = (L_TRAININGJOB, L_TRAININGJOB_NAMESPACE, L_TRAININGJOB_
 
 # Per GPU. `gpu` is NVML's index on the node (as dcgm-exporter and nvidia-smi
 # number them), so it lines up with node-level tools; `gpu_uuid` is the join key.
+# `node` (the pod's spec.nodeName, from the downward API) says which host holds the
+# GPU; it is left out, not empty, where the sidecar is not told its node.
 L_GPU: Final = "gpu"
 L_GPU_UUID: Final = "gpu_uuid"
 L_MODEL: Final = "model"
-GPU_LABELS: Final = (L_GPU, L_GPU_UUID, L_MODEL)
+L_NODE: Final = "node"
+GPU_LABELS: Final = (L_GPU, L_GPU_UUID, L_MODEL, L_NODE)
 
 L_REASON: Final = "reason"
 L_ERROR_TYPE: Final = "error_type"
@@ -78,10 +81,29 @@ GPU_POWER_LIMIT: Final = "trainop_gpu_power_limit_watts"
 GPU_ENERGY: Final = "trainop_gpu_energy_joules_total"
 GPU_TEMPERATURE: Final = "trainop_gpu_temperature_celsius"
 GPU_SM_CLOCK: Final = "trainop_gpu_sm_clock_hertz"
+GPU_MEMORY_TEMPERATURE: Final = "trainop_gpu_memory_temperature_celsius"
+GPU_MEMORY_CLOCK: Final = "trainop_gpu_memory_clock_hertz"
 GPU_CLOCK_EVENT_ACTIVE: Final = "trainop_gpu_clock_event_active"
 GPU_ECC_ERRORS: Final = "trainop_gpu_ecc_errors_total"
 GPU_XID_ERRORS: Final = "trainop_gpu_xid_errors_total"
 GPU_LAST_XID: Final = "trainop_gpu_last_xid"
+# Profiling (NVML's GPM API, Hopper and newer): averages over one sampler interval.
+GPU_PROFILING_SUPPORTED: Final = "trainop_gpu_profiling_supported"
+GPU_SM_ACTIVE: Final = "trainop_gpu_sm_active_ratio"
+GPU_SM_OCCUPANCY: Final = "trainop_gpu_sm_occupancy_ratio"
+GPU_TENSOR_ACTIVE: Final = "trainop_gpu_tensor_active_ratio"
+GPU_DRAM_ACTIVE: Final = "trainop_gpu_dram_active_ratio"
+GPU_FP16_ACTIVE: Final = "trainop_gpu_fp16_active_ratio"
+GPU_FP32_ACTIVE: Final = "trainop_gpu_fp32_active_ratio"
+GPU_FP64_ACTIVE: Final = "trainop_gpu_fp64_active_ratio"
+GPU_PCIE_TRANSMIT: Final = "trainop_gpu_pcie_transmit_bytes_per_second"
+GPU_PCIE_RECEIVE: Final = "trainop_gpu_pcie_receive_bytes_per_second"
+GPU_NVLINK_TRANSMIT: Final = "trainop_gpu_nvlink_transmit_bytes_per_second"
+GPU_NVLINK_RECEIVE: Final = "trainop_gpu_nvlink_receive_bytes_per_second"
+GPU_REMAPPED_ROWS: Final = "trainop_gpu_remapped_rows_total"
+GPU_ROW_REMAP_PENDING: Final = "trainop_gpu_row_remap_pending"
+GPU_ROW_REMAP_FAILED: Final = "trainop_gpu_row_remap_failed"
+GPU_PCIE_REPLAYS: Final = "trainop_gpu_pcie_replays_total"
 
 TRAINING_UP: Final = "trainop_training_up"
 TRAINING_STEP: Final = "trainop_training_step"
@@ -180,6 +202,14 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(GPU_TEMPERATURE, "gauge", "GPU core temperature, in degrees Celsius.", _G),
     MetricSpec(GPU_SM_CLOCK, "gauge", "SM clock, in hertz.", _G),
     MetricSpec(
+        GPU_MEMORY_TEMPERATURE,
+        "gauge",
+        "Device memory (HBM) temperature, in degrees Celsius; absent where the board has "
+        "no such sensor.",
+        _G,
+    ),
+    MetricSpec(GPU_MEMORY_CLOCK, "gauge", "Device memory clock, in hertz.", _G),
+    MetricSpec(
         GPU_CLOCK_EVENT_ACTIVE,
         "gauge",
         "1 while this reason holds the clocks down (throttling, idle, caps), else 0.",
@@ -198,6 +228,111 @@ SPECS: Final[tuple[MetricSpec, ...]] = (
         _G,
     ),
     MetricSpec(GPU_LAST_XID, "gauge", "Code of the last critical XID error, 0 if none.", _G),
+    MetricSpec(
+        GPU_PROFILING_SUPPORTED,
+        "gauge",
+        "1 if NVML's GPM profiling metrics (SM, tensor, DRAM, pipe activity, PCIe and NVLink "
+        "throughput) are read from this GPU; 0 where it has none (before Hopper), so their "
+        "absence is no fault.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_SM_ACTIVE,
+        "gauge",
+        "Fraction of SM time with at least one warp resident, averaged over the SMs and the "
+        "last sampling interval (GPM; dcgm-exporter's PROF_SM_ACTIVE).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_SM_OCCUPANCY,
+        "gauge",
+        "Resident warps as a fraction of the SMs' maximum, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_TENSOR_ACTIVE,
+        "gauge",
+        "Fraction of time the tensor cores ran any matrix instruction, over the last sampling "
+        "interval (GPM): how much of the GPU a training job really uses.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_DRAM_ACTIVE,
+        "gauge",
+        "Device memory bandwidth used, as a fraction of its peak, over the last sampling "
+        "interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_FP16_ACTIVE,
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP16 math, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_FP32_ACTIVE,
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP32 math, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_FP64_ACTIVE,
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP64 math, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_PCIE_TRANSMIT,
+        "gauge",
+        "PCIe traffic from this GPU, in bytes per second, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_PCIE_RECEIVE,
+        "gauge",
+        "PCIe traffic to this GPU, in bytes per second, over the last sampling interval (GPM).",
+        _G,
+    ),
+    MetricSpec(
+        GPU_NVLINK_TRANSMIT,
+        "gauge",
+        "NVLink traffic sent by this GPU over all its links, in bytes per second, over the "
+        "last sampling interval (GPM); absent without NVLink.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_NVLINK_RECEIVE,
+        "gauge",
+        "NVLink traffic received by this GPU over all its links, in bytes per second, over "
+        "the last sampling interval (GPM); absent without NVLink.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_REMAPPED_ROWS,
+        "counter",
+        "Memory rows remapped to spares over the GPU's life (kept in its InfoROM), by the "
+        "kind of ECC error that caused it.",
+        (*_G, L_ERROR_TYPE),
+    ),
+    MetricSpec(
+        GPU_ROW_REMAP_PENDING,
+        "gauge",
+        "1 while a row remapping waits for a GPU reset to take effect, else 0.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_ROW_REMAP_FAILED,
+        "gauge",
+        "1 if a row remapping has failed (no spare row left): the GPU needs service, else 0.",
+        _G,
+    ),
+    MetricSpec(
+        GPU_PCIE_REPLAYS,
+        "counter",
+        "PCIe replays the device counted (packets the link had to resend); a rising rate "
+        "means a bad link, riser or slot.",
+        _G,
+    ),
     MetricSpec(
         TRAINING_UP,
         "gauge",

@@ -12,6 +12,7 @@ exporter runs as on a node without a GPU.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -29,6 +30,8 @@ except ImportError:  # pragma: no cover - exercised only where nvidia-ml-py is a
 # Opaque per-device handle (a ctypes pointer for the real library).
 Handle = NewType("Handle", object)
 EventSet = NewType("EventSet", object)
+# An nvmlGpmSample_t: a snapshot of a GPU's performance counters, owned by NVML.
+GpmSample = NewType("GpmSample", object)
 
 # Error names as pynvml spells its classes, minus the "NVMLError_" prefix.
 _UNSUPPORTED = frozenset({"NotSupported", "FunctionNotFound", "NoPermission"})
@@ -84,6 +87,14 @@ class Memory:
 class Utilization:
     gpu_percent: int
     memory_percent: int
+
+
+@dataclass(frozen=True)
+class RemappedRows:
+    corrected: int
+    uncorrected: int
+    pending: bool
+    failed: bool
 
 
 def _text(value: object) -> str:
@@ -149,6 +160,32 @@ class Nvml:
     def sm_clock_mhz(self, handle: Handle) -> int:
         return int(self._call("nvmlDeviceGetClockInfo", handle, _const("NVML_CLOCK_SM")))
 
+    def memory_clock_mhz(self, handle: Handle) -> int:
+        return int(self._call("nvmlDeviceGetClockInfo", handle, _const("NVML_CLOCK_MEM")))
+
+    def memory_temperature_c(self, handle: Handle) -> float:
+        # nvmlDeviceGetTemperature(V) has no memory sensor (NVML_TEMPERATURE_GPU is its
+        # only one): HBM temperature is a field value, as DCGM reads it.
+        return self._field_value(handle, _const("NVML_FI_DEV_MEMORY_TEMP"))
+
+    def _field_value(self, handle: Handle, field_id: int) -> float:
+        (value,) = self._call("nvmlDeviceGetFieldValues", handle, [field_id])
+        # The call succeeds as a whole; each field carries its own status.
+        if value.nvmlReturn != _const("NVML_SUCCESS"):
+            raise _error_for(int(value.nvmlReturn))
+        kind = int(value.valueType)
+        member = next((m for t, m in _VALUE_MEMBERS if _const(t) == kind), None)
+        if member is None:
+            raise NvmlError("UnknownValueType", f"field {field_id}: type {value.valueType}")
+        return float(getattr(value.value, member))
+
+    def remapped_rows(self, handle: Handle) -> RemappedRows:
+        corrected, uncorrected, pending, failed = self._call("nvmlDeviceGetRemappedRows", handle)
+        return RemappedRows(int(corrected), int(uncorrected), bool(pending), bool(failed))
+
+    def pcie_replays(self, handle: Handle) -> int:
+        return int(self._call("nvmlDeviceGetPcieReplayCounter", handle))
+
     def clock_event_reasons(self, handle: Handle) -> int:
         try:
             return int(self._call("nvmlDeviceGetCurrentClocksEventReasons", handle))
@@ -177,6 +214,51 @@ class Nvml:
                 "nvmlDeviceGetTotalEccErrors", handle, error_type, _const("NVML_VOLATILE_ECC")
             )
         )
+
+    # --- GPM (GPU performance monitoring, Hopper and newer) ----------------------
+    def gpm_supported(self, handle: Handle) -> bool:
+        support = self._call("nvmlGpmQueryDeviceSupport", handle)
+        return bool(support.isSupportedDevice)
+
+    def gpm_alloc(self) -> GpmSample:
+        return GpmSample(self._call("nvmlGpmSampleAlloc"))
+
+    def gpm_free(self, sample: GpmSample) -> None:
+        # As with event sets: a sample NVML cannot free dies with the library state.
+        with contextlib.suppress(NvmlError):
+            self._call("nvmlGpmSampleFree", sample)
+
+    def gpm_sample(self, handle: Handle, sample: GpmSample) -> GpmSample:
+        """Fill ``sample`` with the GPU's counters now; returns it."""
+        self._call("nvmlGpmSampleGet", handle, sample)
+        return sample
+
+    def gpm_metrics(
+        self, before: GpmSample, after: GpmSample, metrics: Sequence[str]
+    ) -> dict[str, float | NvmlError]:
+        """Metrics over the interval between two samples, in NVML's units (percent, MiB/s).
+
+        ``metrics`` are pynvml's constant names (``NVML_GPM_METRIC_SM_UTIL``...). Each
+        comes back with its value or with the error NVML gave for it alone (NotSupported:
+        NVLink on a board without it); only a failure of the whole call raises.
+        """
+        ids = {_const(name): name for name in metrics}
+        request = _struct("c_nvmlGpmMetricsGet_t")
+        if len(ids) > len(request.metrics):
+            raise ValueError(f"{len(ids)} GPM metrics asked, NVML takes {len(request.metrics)}")
+        request.version = _const("NVML_GPM_METRICS_GET_VERSION")
+        request.numMetrics = len(ids)
+        request.sample1 = before
+        request.sample2 = after
+        for slot, metric_id in zip(request.metrics, ids, strict=False):
+            slot.metricId = metric_id
+        self._call("nvmlGpmMetricsGet", request)
+        ok = _const("NVML_SUCCESS")
+        out: dict[str, float | NvmlError] = {}
+        for slot in request.metrics[: len(ids)]:
+            code = int(slot.nvmlReturn)
+            out[ids[int(slot.metricId)]] = float(slot.value) if code == ok else _error_for(code)
+        return out
 
     def open_xid_events(self, handle: Handle) -> EventSet:
         event_set = EventSet(self._call("nvmlEventSetCreate"))
@@ -211,12 +293,38 @@ class Nvml:
             self._call("nvmlEventSetFree", event_set)
 
 
+# nvmlValueType_t -> the member of the nvmlValue_t union that holds it.
+_VALUE_MEMBERS: tuple[tuple[str, str], ...] = (
+    ("NVML_VALUE_TYPE_DOUBLE", "dVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_INT", "uiVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG", "ulVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", "ullVal"),
+    ("NVML_VALUE_TYPE_SIGNED_LONG_LONG", "sllVal"),
+    ("NVML_VALUE_TYPE_SIGNED_INT", "siVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_SHORT", "usVal"),
+)
+
+
+def _error_for(code: int) -> NvmlError:
+    """The error for an nvmlReturn_t that came back in a struct rather than raised."""
+    if pynvml is None:  # pragma: no cover
+        return NvmlError(f"Code{code}", "nvidia-ml-py is not installed")
+    return _translate(pynvml.NVMLError(code))
+
+
 def _const(name: str) -> int:
     # Constants are NVML ABI values; when pynvml is absent only a fake could
     # be in use, and the fake reads them from pynvml too.
     if pynvml is None:  # pragma: no cover
         raise NvmlError("ModuleNotFound", "nvidia-ml-py is not installed")
     return int(getattr(pynvml, name))
+
+
+def _struct(name: str) -> Any:
+    """A fresh instance of one of pynvml's ctypes structs, for calls that take one."""
+    if pynvml is None:  # pragma: no cover
+        raise NvmlError("ModuleNotFound", "nvidia-ml-py is not installed")
+    return getattr(pynvml, name)()
 
 
 def load_real() -> Nvml:
