@@ -270,6 +270,51 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     assert min(e["step"] for e in rerun if e["event"] == "step") == saved + 1, "redid steps"
 
 
+def _pod_processes(mark: str, pod: str) -> list[int]:
+    """Every live process of one local pod of one runner (its launcher, agent, workers)."""
+    want = {f"{MARK}={mark}".encode(), f"{rc.ENV_POD_NAME}={pod}".encode()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if want <= set((entry / "environ").read_bytes().split(b"\0")):
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_frozen_pod_is_stalled_then_restarted_as_a_hang_and_the_job_succeeds(
+    tmp_path: Path,
+) -> None:
+    mark = uuid.uuid4().hex
+    policy = {"backoffLimit": 5, "hangSeconds": 10, "restartOnHang": True}
+    job = quickstart(
+        tmp_path, 150, checkpoint={"everySteps": 10}, failurePolicy=policy,
+        terminationGracePeriodSeconds=3,
+    )  # fmt: skip
+    workdir = tmp_path / "w"
+    proc = trainop_run(job, workdir, mark=mark)
+    progress = workdir / "quickstart" / "run" / "quickstart-worker-1" / "progress.json"
+    wait_for_step(progress, 20, proc)
+    # SIGSTOP every process of one pod, as a frozen node or a driver hang would: its
+    # peer blocks in the next collective, and neither reports a step again.
+    frozen = _pod_processes(mark, "quickstart-worker-1")
+    assert frozen
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((workdir / "quickstart" / "summary.json").read_text())
+    assert (summary["phase"], summary["steps"]) == ("Succeeded", 150)
+    assert "made no training step" in out, out[-3000:]  # the Stalled warning, shown
+    assert summary["restarts"] >= 1
+    assert "Hang" in (summary["last_failure"] or ""), summary
+    assert all(not Path(f"/proc/{pid}").exists() for pid in frozen)  # replaced, not thawed
+    assert no_process_left(mark, within=10) == []
+
+
 @pytest.mark.torch
 @pytest.mark.slow
 def test_sigterm_stops_everything_after_a_checkpoint(tmp_path: Path) -> None:
