@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks, idempotently:
-#   Debian: prometheus (server + promtool), openssl; for the images and the real node:
+#   Debian: prometheus (server + promtool), openssl, tmux; for the images and the real node:
 #           buildah, debootstrap, containerd, runc, CNI plugins, iptables, iproute2, gcc
 #   Go:     kube-apiserver & co, the kubelet, etcd, kwok, helm, CoreDNS, Kueue,
 #           scheduler-plugins (a gang scheduler), Volcano's PodGroup CRD
@@ -66,6 +66,7 @@ want runc runc
 want iptables iptables
 want ip iproute2
 want gcc gcc
+want tmux tmux  # the terminal the runner display test draws on
 [[ -x /usr/lib/cni/bridge ]] || need_apt+=(containernetworking-plugins)
 # gcc -static needs libc.a.
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a || -f /usr/lib/aarch64-linux-gnu/libc.a ]] || need_apt+=(libc6-dev)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -268,6 +269,94 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     assert rerun[0]["event"] == "start"
     assert rerun[0]["resumed_step"] == saved
     assert min(e["step"] for e in rerun if e["event"] == "step") == saved + 1, "redid steps"
+
+
+class Tmux:
+    """A detached tmux session of a fixed size: a real terminal for `trainop run`, read
+    back as the user sees it (capture-pane: the screen after every redraw)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self, command: str, env: dict[str, str]) -> None:
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", self.name, "-x", "120", "-y", "40",
+             f"cd {ROOT} && env {exports} {command}; echo EXIT=$?; sleep 600"],
+            check=True,
+        )  # fmt: skip
+
+    def screen(self) -> str:
+        return subprocess.run(
+            ["tmux", "capture-pane", "-p", "-J", "-t", self.name],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def stop(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], check=False)
+
+    def wait(self, what: str, ok: Any, timeout: float = 240) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ok(screen := self.screen()):
+                return screen
+            time.sleep(0.5)
+        raise AssertionError(f"{what}: not on the screen after {timeout} s:\n{self.screen()}")
+
+
+STEP_ON_SCREEN = re.compile(r"step (\d+)/400 ")
+CKPT_ON_SCREEN = re.compile(r"ckpt @(\d+)")
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_the_terminal_display_updates_in_place_and_announces_the_resume(tmp_path: Path) -> None:
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is missing: make setup installs it")
+    mark = uuid.uuid4().hex
+    job = quickstart(tmp_path, 400, checkpoint={"everySteps": 20})
+    command = (
+        f"{sys.executable} -m trainop.cli run {job} --workdir {tmp_path / 'w'} "
+        f"--metrics-port {free_port()}"
+    )
+    env = {MARK: mark, "TERM": "xterm-256color", "COLUMNS": "120"}
+    term = Tmux(f"trainop-e2e-{mark[:8]}")
+    try:
+        term.start(command, env)
+        seen: list[tuple[int, int]] = []
+        for at_least in (40, 80, 120):
+            screen = term.wait(
+                f"step {at_least}",
+                lambda s, n=at_least: any(int(m) >= n for m in STEP_ON_SCREEN.findall(s)),
+            )
+            # In place: one progress line on the screen, however many steps went by.
+            steps = STEP_ON_SCREEN.findall(screen)
+            assert len(steps) == 1, screen
+            ckpts = CKPT_ON_SCREEN.findall(screen)
+            assert len(ckpts) == 1, screen
+            seen.append((int(steps[0]), int(ckpts[0])))
+        assert [s for s, _ in seen] == sorted(s for s, _ in seen)
+        # The newest durable checkpoint: a multiple of everySteps, never going back.
+        ckpts_seen = [k for _, k in seen]
+        assert ckpts_seen == sorted(ckpts_seen), seen
+        assert all(k % 20 == 0 and 0 < k <= s for s, k in seen), seen
+        term.keys("C-c")  # checkpoints, then the same command resumes
+        stopped = term.wait("the runner's exit", lambda s: "EXIT=" in s, timeout=120)
+        assert "EXIT=130" in stopped, stopped
+        term.stop()
+        term.start(command, env)
+        screen = term.wait("the resume", lambda s: STEP_ON_SCREEN.search(s) is not None)
+        resumed = re.search(r"resuming from checkpoint step (\d+)", screen)
+        assert resumed is not None, screen
+        assert int(resumed.group(1)) >= seen[-1][0]  # the Ctrl-C checkpoint, not an older one
+        # Announced above the live line, before any step of this run showed.
+        assert screen.index(resumed.group(0)) < STEP_ON_SCREEN.search(screen).start(), screen
+    finally:
+        term.stop()
+    assert no_process_left(mark, within=30) == []
 
 
 def _pod_processes(mark: str, pod: str) -> list[int]:
