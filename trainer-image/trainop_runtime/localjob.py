@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from trainop_runtime import contract, zygote
-from trainop_runtime.checkpoint import CheckpointDir
 
 T = TypeVar("T")
 
@@ -325,6 +324,10 @@ class LocalJob:
         return wait_for(probe, timeout=timeout, what="training to restart")
 
     def checkpoint_steps(self) -> list[int]:
+        # Here, not at the top: `trainop run` imports this module for its process helpers,
+        # and checkpoint imports torch (4 s of the runner's start-up on 2 cores).
+        from trainop_runtime.checkpoint import CheckpointDir  # noqa: PLC0415
+
         return CheckpointDir(self.checkpoint_dir).steps()
 
     def _base_env(self) -> dict[str, str]:
