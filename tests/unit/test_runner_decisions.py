@@ -3,7 +3,9 @@ energy the job's GPUs used, when a SIGKILL was the OOM killer. No processes here
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from tests.exporter.helpers import gpus as fake_gpus
 from tests.exporter.helpers import make_collector, scrape
 from tests.factories import spec
+from trainop.api.status import Progress, TrainingJobStatus
 from trainop.exporter.fake_nvml import FakeNVML
 from trainop.local.devices import (
     HostGpu,
@@ -22,7 +25,8 @@ from trainop.local.devices import (
 from trainop.local.energy import energy_used
 from trainop.local.fit import Machine, fit_to_machine
 from trainop.local.oom import parse_oom_kills, termination_reason
-from trainop.local.runner import load_job, local_threads
+from trainop.local.runner import _collect, _Tally, load_job, local_threads
+from trainop_runtime.ettr import compute_ettr
 
 SMI = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaaaaaa-0000-0000-0000-000000000000)
@@ -270,3 +274,23 @@ def test_a_job_is_fitted_to_this_machine_and_each_change_is_said(case: str) -> N
     assert len(fit.notes) == len(notes), fit.notes
     for note, start in zip(fit.notes, notes, strict=True):
         assert note.startswith(start), note
+
+
+def test_the_runner_marks_each_report_once_so_a_steady_run_is_all_training() -> None:
+    """The runner ticks twice per trainer report. Its marks feed the effective training
+    time: a report seen again must not mark a tick with no progress (that read as
+    recovery: a clean 300-step run printed 21.5 %, recovery 36 s of 102 s)."""
+    tally = _Tally()
+    t0 = datetime(2026, 12, 3, tzinfo=UTC)
+    # (tick, step, report time): 2 ticks per report; a restart reports step 8 again later.
+    ticks = [(0, 4, 0), (1, 4, 0), (2, 6, 1), (3, 6, 1), (4, 8, 2), (5, 8, 2), (6, 8, 9)]
+    for tick, step, at in ticks:
+        progress = Progress(step=step, loss=1.0, update_time=t0 + timedelta(seconds=at))
+        cluster = SimpleNamespace(status=TrainingJobStatus(progress=progress))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("trainop.local.runner.time.monotonic", lambda t=float(tick): t)
+            _collect(cluster, tally)  # type: ignore[arg-type]
+    assert tally.marks == [(0.0, 4), (2.0, 6), (4.0, 8), (6.0, 8)]
+    ettr = compute_ettr(tally.marks, start=0.0, end=4.0)
+    assert ettr.kept == 4.0  # steps 5-8, all of the time after the first mark
+    assert ettr.recovery == 0.0

@@ -460,6 +460,10 @@ class _Tally:
     losses: list[float] = field(default_factory=list)
     seen_steps: set[int] = field(default_factory=set)
     marks: list[Mark] = field(default_factory=list)  # (monotonic time, job's step)
+    # The report behind the last mark: ticks (0.5 s) outpace reports (1 s), and a report
+    # seen again is no news. Marking it again made half of a steady run's training look
+    # like recovery in the effective training time.
+    last_report: tuple[int, datetime | None] | None = None
 
 
 class _Stop:
@@ -680,6 +684,10 @@ def _collect(cluster: LocalCluster, tally: _Tally) -> None:
     if progress.step not in tally.seen_steps and progress.loss is not None:
         tally.losses.append(progress.loss)
     tally.seen_steps.add(progress.step)
+    report = (progress.step, progress.update_time)
+    if report == tally.last_report:
+        return
+    tally.last_report = report
     tally.marks.append((time.monotonic(), progress.step))
 
 
