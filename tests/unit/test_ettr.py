@@ -72,5 +72,18 @@ def test_the_printed_line_says_what_it_means_and_its_parts() -> None:
     got = compute_ettr(steady(0, 0, 10) + steady(15, 5, 10), start=0.0, end=25)
     assert got.line() == (
         "effective training time 60.0% (time in steps kept ÷ wall time): 15.0 s of 25.0 s; "
-        "start-up 0.0 s, lost work 5.0 s, recovery 5.0 s, stalls 0.0 s"
+        "start-up 0.0 s, lost work 5.0 s, recovery 5.0 s, stalls 0.0 s, shutdown 0.0 s"
     )
+
+
+@pytest.mark.parametrize(
+    ("ended_by_last_mark", "shutdown", "recovery"), [(True, 5, 0), (False, 0, 5)]
+)
+def test_the_tail_after_the_last_mark_is_shutdown_only_when_the_run_ended_there(
+    ended_by_last_mark: bool, shutdown: float, recovery: float
+) -> None:
+    # Succeeded at step 10 (t=20), then 5 s of final checkpoint and processes exiting;
+    # a failed run's tail is restarts that never reported, i.e. recovery.
+    got = compute_ettr(steady(10, 0, 10), start=0.0, end=25, ended_by_last_mark=ended_by_last_mark)
+    assert (got.kept, got.startup, got.shutdown, got.recovery) == (10, 10, shutdown, recovery)
+    assert f"shutdown {shutdown:.1f} s" in got.line()

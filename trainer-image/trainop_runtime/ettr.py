@@ -11,6 +11,8 @@ rest of the wall time is split into parts a user can act on:
 - lost work: time in steps a restart threw away (trained past the last checkpoint);
 - stalls: time a step took beyond STALL_FACTOR x the median step (a hung or stopped
   worker, its peers blocked in a collective);
+- shutdown: from the last progress mark to the end of a run that finished or was told
+  to stop (the final checkpoint, processes exiting), when the caller says it ended so;
 - recovery: everything else: restarts, rendezvous, checkpoint loads, no progress.
 
 Purely computational: the caller passes the marks and the clock readings.
@@ -38,10 +40,12 @@ class Ettr:
     lost: float
     stalls: float
     kept_steps: int
+    shutdown: float = 0.0
 
     @property
     def recovery(self) -> float:
-        return max(0.0, self.wall - self.kept - self.startup - self.lost - self.stalls)
+        rest = self.wall - self.kept - self.startup - self.lost - self.stalls - self.shutdown
+        return max(0.0, rest)
 
     @property
     def ratio(self) -> float | None:
@@ -53,12 +57,16 @@ class Ettr:
             f"effective training time {ratio} (time in steps kept ÷ wall time): "
             f"{self.kept:.1f} s of {self.wall:.1f} s; start-up {self.startup:.1f} s, "
             f"lost work {self.lost:.1f} s, recovery {self.recovery:.1f} s, "
-            f"stalls {self.stalls:.1f} s"
+            f"stalls {self.stalls:.1f} s, shutdown {self.shutdown:.1f} s"
         )
 
 
-def compute_ettr(marks: Sequence[Mark], *, start: float, end: float) -> Ettr:
-    """ETTR of a run from `start` to `end` with these progress marks, in time order."""
+def compute_ettr(
+    marks: Sequence[Mark], *, start: float, end: float, ended_by_last_mark: bool = False
+) -> Ettr:
+    """ETTR of a run from `start` to `end` with these progress marks, in time order.
+    `ended_by_last_mark`: the run finished (or was stopped) after its last mark, so the
+    time after it is shutdown, not a recovery that never reported."""
     wall = max(0.0, end - start)
     if not marks:
         return Ettr(wall=wall, kept=0.0, startup=wall, lost=0.0, stalls=0.0, kept_steps=0)
@@ -86,4 +94,5 @@ def compute_ettr(marks: Sequence[Mark], *, start: float, end: float) -> Ettr:
         lost=lost,
         stalls=stalls,
         kept_steps=len(ledger),
+        shutdown=max(0.0, end - marks[-1][0]) if ended_by_last_mark else 0.0,
     )

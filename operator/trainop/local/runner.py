@@ -414,7 +414,7 @@ class Summary:
     kills: int
     effective_ratio: float | None
     ettr: str  # the ratio with its definition and parts, as printed
-    ettr_seconds: dict[str, float]  # its parts: kept, startup, lost, recovery, stalls
+    ettr_seconds: dict[str, float]  # its parts: kept, startup, lost, recovery, stalls, shutdown
     devices: str
     energy_joules: float | None
     signal: int | None  # what stopped it early (2: Ctrl-C, 15: SIGTERM, 1: SIGHUP)
@@ -543,7 +543,14 @@ def _run(path: Path, opts: RunOptions, display: Display) -> Summary:
     st = cluster.status
     ended = time.monotonic()
     wall = ended - started
-    ettr = compute_ettr(tally.marks, start=started, end=ended)
+    # Succeeded or told to stop: what followed the last report was the final checkpoint
+    # and the processes exiting. A failed run's tail was restarts that never reported.
+    ettr = compute_ettr(
+        tally.marks,
+        start=started,
+        end=ended,
+        ended_by_last_mark=st.phase is Phase.SUCCEEDED or stop.signum is not None,
+    )
     reports = cluster.last_reports()
     steps = max([(st.progress.step or 0) if st.progress else 0, *_ints(reports, rc.P_STEP)])
     checkpoints = _ints(reports, rc.P_CHECKPOINT_STEP)
@@ -583,6 +590,7 @@ def _run(path: Path, opts: RunOptions, display: Display) -> Summary:
             "lost": ettr.lost,
             "recovery": ettr.recovery,
             "stalls": ettr.stalls,
+            "shutdown": ettr.shutdown,
         },
         devices=gpus.note,
         energy_joules=energy,
