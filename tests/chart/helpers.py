@@ -36,6 +36,7 @@ MONITORING_ON = (
     "monitoring.prometheusRule.enabled=true",
 )
 NAMESPACED = ("--set", "watchNamespaces={team-a,team-b}")
+RECORDING = ("--set", "monitoring.prometheusRule.recordingRules=true")
 
 Obj = dict[str, Any]
 
@@ -112,14 +113,22 @@ def template_error(*args: str) -> str:
     return result.stderr
 
 
-def rule_groups() -> Obj:
-    """The rendered PrometheusRule's spec: a Prometheus rule file, as promtool reads one."""
-    rule = template(*MONITORING_ON).one("PrometheusRule")
+def rule_groups(*values: str) -> Obj:
+    """The rendered PrometheusRule's spec: a Prometheus rule file, as promtool reads one.
+    `values`: more `helm template` arguments (e.g. "--set", "monitoring...=1")."""
+    rule = template(*MONITORING_ON, *values).one("PrometheusRule", "trainop")
     return {"groups": rule["spec"]["groups"]}
 
 
-def write_rule_file(path: Path) -> Path:
-    path.write_text(yaml.safe_dump(rule_groups(), sort_keys=False))
+def recording_groups(*values: str) -> Obj:
+    """The recording rules' PrometheusRule spec (recordingRules on), as a rule file."""
+    rule = template(*MONITORING_ON, *RECORDING, *values).one("PrometheusRule", "-recording")
+    return {"groups": rule["spec"]["groups"]}
+
+
+def write_rule_file(path: Path, *values: str, recording: bool = False) -> Path:
+    groups = recording_groups(*values) if recording else rule_groups(*values)
+    path.write_text(yaml.safe_dump(groups, sort_keys=False))
     return path
 
 

@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,17 @@ class Trainer(threading.Thread):
         self.run_dir = run_dir
         self.restarts_at = restarts_at
         self.stop = threading.Event()
+        # Set: the trainer hangs, writing nothing more (as ranks stuck in a collective).
+        self.hang = threading.Event()
+        # Set: in-place worker-group restarts so far, instead of the one at restarts_at.
+        self.restarts: int | None = None
 
     def run(self) -> None:
         started = time.time()
         step = 0
         while not self.stop.wait(0.5):
+            if self.hang.is_set():
+                continue
             step += 5
             now = time.time()
             _write_atomic(
@@ -76,7 +83,11 @@ class Trainer(threading.Thread):
                     contract.P_STEP_SECONDS: 0.1,
                     contract.P_SAMPLES_PER_SECOND: 640.0,
                     # One in-place worker-group restart along the way.
-                    contract.P_RESTARTS: int(now - started > self.restarts_at),
+                    contract.P_RESTARTS: (
+                        int(now - started > self.restarts_at)
+                        if self.restarts is None
+                        else self.restarts
+                    ),
                     contract.P_WORLD_SIZE: 2,
                     contract.P_CHECKPOINT_STEP: step - step % 50,
                     contract.P_CHECKPOINT_TIME: started,
@@ -98,27 +109,51 @@ def process(argv: list[str], log: Path, env: dict[str, str]) -> Iterator[subproc
         stop_group(proc, grace=15)
 
 
+@dataclass
+class Sidecar:
+    """A running metrics sidecar and the handles a test steers it by."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    trainer: Trainer
+    # FakeNVML's control file (fake_nvml.SteeredFakeNVML): write it to change the GPU.
+    control: Path
+
+    def steer_gpu(self, **fields: Any) -> None:
+        _write_atomic(self.control, fields)
+
+
 def sidecar(stack: ExitStack, tmp: Path, ns: str, slot: int) -> int:
-    """One worker pod's metrics sidecar, with that pod's identity and its own GPU."""
-    run_dir = tmp / f"run-{slot}"
+    """One worker pod of the panel job's metrics sidecar, with its own GPU."""
+    return start_sidecar(stack, tmp, ns, JOB, slot).port
+
+
+def start_sidecar(
+    stack: ExitStack, tmp: Path, ns: str, job: str, slot: int, *extra: str
+) -> Sidecar:
+    """One worker pod's metrics sidecar, with that pod's identity and GPU `slot` of two."""
+    name = f"{job}-{slot}"
+    run_dir = tmp / f"run-{name}"
     run_dir.mkdir()
     (run_dir / contract.GPUS_FILE).write_text(json.dumps({"uuids": [demo_gpus(2)[slot].uuid]}))
     trainer = Trainer(run_dir, restarts_at=5.0)
     trainer.start()
     stack.callback(trainer.stop.set)
     port = localcluster.free_port()
+    control = tmp / f"nvml-{name}.json"
     argv = [sys.executable, "-m", "trainop.exporter", "--address", "127.0.0.1"]
     argv += ["--port", str(port), "--run-dir", str(run_dir), "--fake-nvml-gpus", "2"]
-    argv += ["--powercap-root", ""]
+    argv += ["--powercap-root", "", "--fake-nvml-control", str(control), *extra]
     env = {
-        contract.ENV_JOB_NAME: JOB,
+        contract.ENV_JOB_NAME: job,
         contract.ENV_JOB_NAMESPACE: ns,
-        contract.ENV_POD_NAME: f"{JOB}-worker-{slot}",
+        contract.ENV_POD_NAME: f"{job}-worker-{slot}",
     }
-    proc = stack.enter_context(process(argv, tmp / f"sidecar-{slot}.log", env))
+    log = tmp / f"sidecar-{name}.log"
+    proc = stack.enter_context(process(argv, log, env))
 
     def serving() -> bool:
-        assert proc.poll() is None, (tmp / f"sidecar-{slot}.log").read_text()
+        assert proc.poll() is None, log.read_text()
         try:
             return (
                 "trainop_gpu_up"
@@ -129,25 +164,37 @@ def sidecar(stack: ExitStack, tmp: Path, ns: str, slot: int) -> int:
         except OSError:
             return False
 
-    wait_for(f"sidecar {slot}", serving, timeout=30)
-    return port
+    wait_for(f"sidecar {name}", serving, timeout=30)
+    return Sidecar(port, proc, trainer, control)
 
 
 def prometheus(stack: ExitStack, tmp: Path, operator_port: int, sidecar_ports: list[int]) -> str:
-    rules = write_rule_file(tmp / "rules.yaml")
+    scrape_configs = [
+        {
+            "job_name": "trainop-operator",
+            "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}],
+        },
+        {
+            "job_name": "trainop-workers",
+            "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in sidecar_ports]}],
+        },
+    ]
+    return start_prometheus(stack, tmp, [write_rule_file(tmp / "rules.yaml")], scrape_configs)
+
+
+def start_prometheus(
+    stack: ExitStack,
+    tmp: Path,
+    rules: list[Path],
+    scrape_configs: list[dict[str, Any]],
+    interval: str = SCRAPE,
+) -> str:
+    """A real Prometheus scraping and evaluating the rule files `rules` every `interval`;
+    its host:port."""
     config = {
-        "global": {"scrape_interval": SCRAPE, "evaluation_interval": SCRAPE},
-        "rule_files": [str(rules)],
-        "scrape_configs": [
-            {
-                "job_name": "trainop-operator",
-                "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}],
-            },
-            {
-                "job_name": "trainop-workers",
-                "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in sidecar_ports]}],
-            },
-        ],
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(r) for r in rules],
+        "scrape_configs": scrape_configs,
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = localcluster.free_port()

@@ -12,9 +12,11 @@ import yaml
 from tests.chart.helpers import (
     CHART,
     MONITORING_ON,
+    RECORDING,
     Rendered,
     helm,
     promtool,
+    recording_groups,
     rule_groups,
     run,
     template,
@@ -40,7 +42,7 @@ REQUIRED = {
     "TrainopOperatorDown",
 }
 README = CHART / "README.md"
-RECORDING_ON = (*MONITORING_ON, "--set", "monitoring.prometheusRule.recordingRules=true")
+RECORDING_ON = (*MONITORING_ON, *RECORDING)
 # The per-job usage records (issue 15), each with its promtool test in recording_test.yaml.
 RECORDS = {
     "trainingjob:trainop_gpu_seconds:rate5m",
@@ -172,20 +174,13 @@ def test_a_target_down_alert_needs_its_monitor(monitors: str, absent: set[str]) 
 
 
 def _recording_rules() -> list[dict[str, str]]:
-    rule = template(*RECORDING_ON).one("PrometheusRule", "-recording")
-    return [r for g in rule["spec"]["groups"] for r in g["rules"]]
-
-
-def _write_recording_file(path: Path) -> Path:
-    rule = template(*RECORDING_ON).one("PrometheusRule", "-recording")
-    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
-    return path
+    return [r for g in recording_groups()["groups"] for r in g["rules"]]
 
 
 def test_recording_rules_are_valid_and_each_is_unit_tested(tmp_path: Path) -> None:
     records = {r["record"] for r in _recording_rules()}
     assert records == RECORDS
-    rules = _write_recording_file(tmp_path / "recording.yaml")
+    rules = write_rule_file(tmp_path / "recording.yaml", recording=True)
     checked = run([promtool(), "check", "rules", rules])
     assert checked.returncode == 0, checked.stdout + checked.stderr
     doc = yaml.safe_load((HERE / "recording_test.yaml").read_text())

@@ -83,6 +83,7 @@ class ExporterConfig:
     # The `node` label of the GPU series (the operator passes spec.nodeName).
     node: str | None = None
     fake_nvml_gpus: int | None = None
+    fake_nvml_control: Path | None = None
     sample_seconds: float = DEFAULT_SAMPLE_SECONDS
     nvml_timeout_seconds: float = DEFAULT_NVML_TIMEOUT_SECONDS
 
@@ -179,7 +180,17 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         metavar="N",
         help="TESTING ONLY: read N simulated GPUs (FakeNVML) instead of NVML",
     )
+    parser.add_argument(
+        "--fake-nvml-control",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TESTING ONLY: steer the --fake-nvml-gpus GPUs from this JSON file "
+        "(fake_nvml.SteeredFakeNVML)",
+    )
     args = parser.parse_args(argv)
+    if args.fake_nvml_control is not None and args.fake_nvml_gpus is None:
+        parser.error("--fake-nvml-control steers only --fake-nvml-gpus")
     if args.log_level not in _LOG_LEVELS:  # argparse checks choices on flags, not defaults
         parser.error(f"{ENV_LOG_LEVEL}: invalid level {args.log_level!r}")
     for flag, value in (
@@ -199,6 +210,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Expo
         identity=identity_from_env(environ),
         node=environ.get(contract.ENV_NODE_NAME) or None,
         fake_nvml_gpus=args.fake_nvml_gpus,
+        fake_nvml_control=args.fake_nvml_control,
         sample_seconds=args.sample_every,
         nvml_timeout_seconds=args.nvml_timeout,
     )
@@ -270,7 +282,7 @@ def _open_nvml_for(config: ExporterConfig) -> Callable[[], Nvml]:
     # Imported here so that production never loads the fake (nor needs it to import).
     from trainop.exporter import fake_nvml  # noqa: PLC0415
 
-    fake = Nvml(fake_nvml.demo(config.fake_nvml_gpus))
+    fake = Nvml(fake_nvml.demo(config.fake_nvml_gpus, config.fake_nvml_control))
     return lambda: fake
 
 

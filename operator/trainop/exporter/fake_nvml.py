@@ -18,6 +18,8 @@ and fails the way real NVML fails, raising pynvml's own exception classes:
   and a metric whose rate is None (NVLink on a PCIe board) comes back
   NotSupported on its own. The rates over an interval are those the GPU had
   when the later sample was taken (real GPM averages hardware counters).
+- ``SteeredFakeNVML`` takes the same controls from a JSON file, for a test that
+  steers a sidecar process it started (``--fake-nvml-control``).
 
 Used by the tests, the benchmark and ``--fake-nvml-gpus`` (demos without a GPU).
 """
@@ -25,11 +27,14 @@ Used by the tests, the benchmark and ``--fake-nvml-gpus`` (demos without a GPU).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pynvml
@@ -453,6 +458,56 @@ class FakeNVML:
         event_set.freed = True
 
 
+# FakeGpu fields a control file may set: readings and states, not identity.
+_STEERABLE = frozenset(f.name for f in dataclasses.fields(FakeGpu) if f.type in ("int", "bool"))
+
+
+class SteeredFakeNVML(FakeNVML):
+    """TESTING ONLY: a FakeNVML steered through a JSON file by another process.
+
+    A sidecar's fake lives in the sidecar's process, out of reach of the test that
+    started it; the test writes the file instead. It holds FakeGpu fields applied to
+    every GPU (``{"gpu_util_percent": 0, "lost": true, "ecc_uncorrected": 2}``) and
+    ``xids``, a list of codes: each one not seen before is injected once. The file is
+    re-read on every call whose file has changed; a missing file steers nothing.
+    """
+
+    def __init__(self, gpus: list[FakeGpu], control: Path, **kw: Any) -> None:
+        super().__init__(gpus, **kw)
+        self._control = control
+        self._control_stamp: tuple[int, int] | None = None
+        self._xids_seen = 0
+        # The sampler and the XID thread both call in.
+        self._control_lock = threading.Lock()
+
+    def _enter(self, fn: str) -> None:
+        self._steer()
+        super()._enter(fn)
+
+    def _steer(self) -> None:
+        with self._control_lock:
+            try:
+                st = self._control.stat()
+            except FileNotFoundError:
+                return
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp == self._control_stamp:
+                return
+            self._control_stamp = stamp
+            doc: dict[str, Any] = json.loads(self._control.read_text())
+            xids: list[int] = doc.pop("xids", [])
+            unknown = set(doc) - _STEERABLE
+            if unknown:
+                raise ValueError(f"{self._control}: not steerable: {sorted(unknown)}")
+            for gpu in self.gpus:
+                for name, value in doc.items():
+                    setattr(gpu, name, value)
+            for xid in xids[self._xids_seen :]:
+                for gpu in self.gpus:
+                    self.inject_xid(gpu.uuid, xid)
+            self._xids_seen = max(self._xids_seen, len(xids))
+
+
 def demo_gpus(count: int) -> list[FakeGpu]:
     """Busy H100-like devices with distinct, plausible readings."""
     return [
@@ -482,6 +537,9 @@ def demo_gpus(count: int) -> list[FakeGpu]:
     ]
 
 
-def demo(count: int) -> FakeNVML:
-    """A FakeNVML whose energy counters advance in real time (for demos, benchmarks)."""
+def demo(count: int, control: Path | None = None) -> FakeNVML:
+    """A FakeNVML whose energy counters advance in real time (for demos, benchmarks);
+    steered through `control` when given (SteeredFakeNVML)."""
+    if control is not None:
+        return SteeredFakeNVML(demo_gpus(count), control, clock=time.monotonic)
     return FakeNVML(demo_gpus(count), clock=time.monotonic)
