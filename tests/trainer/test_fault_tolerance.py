@@ -11,12 +11,13 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from trainop_runtime import contract
-from trainop_runtime.localjob import Agent, LocalJob, first, wait_for
+from trainop_runtime.localjob import Agent, JobSpec, LocalJob, first, wait_for
 
 pytestmark = pytest.mark.torch
 
@@ -137,6 +138,54 @@ def test_repeated_worker_kills_each_recover_with_one_restart(
     # max_restarts == kills: one wasted restart anywhere and the job would have failed.
     _wait_done(job, *agents, steps=steps)
     assert [_rounds(agent) for agent in agents] == [kills + 1, kills + 1]
+
+
+PLAIN_SCRIPT = Path(__file__).parent / "scripts" / "plain_ddp.py"
+
+
+def test_a_plain_env_script_recovers_from_each_kill_and_every_restart_is_counted(
+    tmp_path: Path,
+) -> None:
+    """A script with no trainop import (init_process_group("gloo", "env://")).
+
+    Without a fresh bootstrap store per round it read the dead incarnation's gloo
+    addresses ("connectFullMesh failed ... Connection refused"): a wasted restart on
+    the 2nd kill, then a hang. The launcher, not the script, reports the restarts.
+    """
+    kills = 5
+    steps = 60 + 20 * kills
+    job = LocalJob(
+        tmp_path,
+        JobSpec(
+            nnodes="2:2",
+            max_restarts=kills,
+            program_args=("--checkpoint", str(tmp_path / "ckpt.pt"), "--steps", str(steps)),
+            extra_env={contract.ENV_ENTRY_MODULE: "", contract.ENV_ENTRY_SCRIPT: str(PLAIN_SCRIPT)},
+        ),
+    )
+    with job:
+        job.start_store()
+        agents = [job.start_agent("a"), job.start_agent("b")]
+        job.wait_for_step(15, timeout=STARTUP)
+        for i in range(kills):
+            job.wait_for_step(job.last_step() + 12, timeout=RECOVERY)
+            checkpointed = job.last_step() // 10 * 10
+            kill = _kill_a_worker(agents[i % 2])  # the pod of global rank 0 too
+            start = job.wait_for_start(kill, timeout=RECOVERY)
+            assert start["resumed_step"] >= checkpointed
+            assert [_rounds(agent) for agent in agents] == [i + 2, i + 2], "a restart was wasted"
+
+        # max_restarts == kills: one wasted restart anywhere and the job would have failed.
+        wait_for(lambda: first(job.events("done")), timeout=STARTUP, what="the end")
+        for a in agents:
+            assert a.proc.wait(timeout=60) == 0, a.log_path.read_text()[-3000:]
+            assert "connectFullMesh" not in a.log_path.read_text()
+        assert [_rounds(agent) for agent in agents] == [kills + 1, kills + 1]
+        # What the operator and the runner charge to the budget (core.failures.
+        # track_workers): each pod's count, summed. The script writes no progress.
+        reports = [a.progress() or {} for a in agents]
+        assert all(contract.P_STEP not in r for r in reports), reports
+        assert sum(r.get(contract.P_RESTARTS, 0) for r in reports) == kills, reports
 
 
 def test_lost_pod_shrinks_the_job_and_a_rejoining_pod_grows_it(

@@ -36,7 +36,7 @@ from trainop_runtime.launch import (
     merge_rdzv_conf,
     shutdown_timeout_for_grace,
 )
-from trainop_runtime.progress import ProgressReporter
+from trainop_runtime.progress import ProgressReporter, report_restarts
 
 TINYLM = Entry(module="trainop_runtime.examples.tinylm", script=None, args=("--steps", "5"))
 POD_ENV = {
@@ -573,3 +573,33 @@ def test_exit_codes_follow_the_shell_convention() -> None:
         1,
         255,
     ]
+
+
+@pytest.mark.parametrize(
+    ("env", "before", "after"),
+    [
+        ({"TORCHELASTIC_RESTART_COUNT": "3"}, None, {contract.P_RESTARTS: 3}),
+        (
+            {"TORCHELASTIC_RESTART_COUNT": "3"},
+            {contract.P_STEP: 40, contract.P_RESTARTS: 2, contract.P_TIME: 5.0},
+            {contract.P_STEP: 40, contract.P_RESTARTS: 3, contract.P_TIME: 5.0},
+        ),
+        ({"TORCHELASTIC_RESTART_COUNT": "0"}, None, None),
+        ({"TORCHELASTIC_RESTART_COUNT": "3", "LOCAL_RANK": "1"}, None, None),
+        ({"TORCHELASTIC_RESTART_COUNT": "x"}, None, None),
+        ({"TORCHELASTIC_RESTART_COUNT": "1"}, "torn{", {contract.P_RESTARTS: 1}),
+    ],
+    ids=["first-restart", "keeps-last-report", "no-restart", "not-local-rank-0", "junk", "torn"],
+)
+def test_report_restarts(
+    tmp_path: Path, env: dict[str, str], before: object, after: dict[str, object] | None
+) -> None:
+    """The launcher's worker client records the agent's restart count for any script."""
+    path = tmp_path / contract.PROGRESS_FILE
+    if before is not None:
+        path.write_text(before if isinstance(before, str) else json.dumps(before))
+    report_restarts({contract.ENV_RUN_DIR: str(tmp_path), **env})
+    if after is None:
+        assert not path.exists()
+    else:
+        assert json.loads(path.read_text()) == after

@@ -14,8 +14,11 @@ Differences from plain ``torchrun``, each for a user-visible reason:
   shutdown_timeout``, passed to ``LocalElasticAgent`` and used on its SIGTERM path;
   checked in torch 2.15). Older torch hard-coded 30 s (pytorch/pytorch#119856):
   there the flag is dropped with a warning.
-* Workers get a per-round attempt id (:mod:`trainop_runtime.rendezvous`) that makes
-  in-place restarts reliable.
+* Every rendezvous round gets a fresh bootstrap store and an attempt id
+  (:mod:`trainop_runtime.rendezvous`): in-place restarts re-form the group on the
+  first try, for a plain ``init_process_group("env://")`` script too.
+* Each Python worker starts through a small client that records the agent's restart
+  count in progress.json, so the budget counts in-place restarts of any script.
 * Python workers are forked from a pre-imported zygote (:mod:`trainop_runtime.zygote`),
   so a restart does not pay ``import torch`` again.
 * gpus.json for the metrics sidecar.
@@ -284,11 +287,17 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         logger.warning("cannot write %s: %s", contract.GPUS_FILE, e)
     rendezvous.register(run_dir)
     server = None
-    forked = zygote_entry(entry, sys.executable) if zygote.enabled(env) else None
-    if forked is not None:
+    # Python workers always start through the client, which records the agent's
+    # restart count in progress.json first (progress.report_restarts); with no
+    # zygote socket it just execs the program.
+    forked = zygote_entry(entry, sys.executable)
+    if forked is not None and zygote.enabled(env):
         server = Zygote.start(run_dir)
-    if forked is not None and server is not None:
+    if server is not None:
         os.environ[zygote.ENV_SOCKET] = server.path  # torchrun passes os.environ on
+    else:
+        os.environ.pop(zygote.ENV_SOCKET, None)  # not an outer launcher's socket
+    if forked is not None:
         entry = forked
     try:
         return _run_agent(env, entry, run_dir, standalone=standalone)

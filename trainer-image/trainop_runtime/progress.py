@@ -3,10 +3,17 @@
 Each pod's LOCAL_RANK 0 writes it into the run dir, atomically (tmp + rename) and
 at most about once a second, so a sidecar scraping at any moment reads a whole
 object and training does not pay for a write per step.
+
+``restarts`` is the pod's agent's count of in-place restarts (torchrun's
+``TORCHELASTIC_RESTART_COUNT``), the number the operator and the local runner charge
+to ``backoffLimit``. The launcher writes it before each worker starts
+(:func:`report_restarts`), so a script that never reports progress is counted too;
+the helpers' reports repeat the same number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -131,3 +138,38 @@ class ProgressReporter:
         self._last_write = now
         self._last_samples = samples
         return True
+
+
+def with_restarts(doc: Mapping[str, Any] | None, restarts: int) -> dict[str, Any]:
+    """``doc`` (the last report, if any) with this incarnation's restart count. Pure.
+
+    Nothing else changes: the step and time stay the last worker's, so a reader still
+    sees when training itself last reported.
+    """
+    return {**(doc or {}), contract.P_RESTARTS: restarts}
+
+
+def report_restarts(env: Mapping[str, str] = os.environ) -> None:
+    """Record the agent's restart count in progress.json, as a worker starts.
+
+    Called by the launcher's worker client before the program runs, on LOCAL_RANK 0
+    only. No local worker is running then (torchrun stops the whole group before
+    it restarts it), so nothing else writes the file at the same time. Best effort:
+    a full disk must not stop training.
+    """
+    if env.get("LOCAL_RANK", "0") != "0":
+        return
+    try:
+        restarts = int(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return
+    if restarts <= 0:
+        return  # an absent count reads as 0
+    path = Path(env.get(contract.ENV_RUN_DIR, contract.DEFAULT_RUN_DIR)) / contract.PROGRESS_FILE
+    last: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        last = json.loads(path.read_text())
+    doc = with_restarts(last if isinstance(last, dict) else None, restarts)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(doc).encode(), durable=False)

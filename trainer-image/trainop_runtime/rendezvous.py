@@ -22,15 +22,18 @@ inside ``RendezvousStoreInfo.build`` for ``MASTER_ADDR``/``MASTER_PORT`` keys th
 a rank 0 with a cached address never writes again: scale-up deadlocks until the
 store timeout (seen here: a rejoining pod hung 60 s, then both agents failed).
 
-Fix: after torch's rendezvous, group rank 0 publishes a fresh random attempt id and
-its own bootstrap address under a key of the *round-scoped* rendezvous store
-(``torch.rendezvous.<run_id>.<round>``, new for every round, so it cannot hold a
-stale value), plus torch's own address keys for a newcomer; every agent reads
-them back. The launcher exports the id to its
-workers as ``TRAINOP_ATTEMPT_ID``, and :func:`trainop_runtime.distributed.init_distributed`
-prefixes every key of the process group with it. Agreement comes from the round,
-which all members share, not from ``TORCHELASTIC_RESTART_COUNT``, which is each
-agent's own count (a rejoined agent starts at 0).
+Fix: after torch's rendezvous, group rank 0 starts a *fresh* bootstrap store server
+for the round and publishes its address with a random attempt id under a key of the
+*round-scoped* rendezvous store (``torch.rendezvous.<run_id>.<round>``, new for every
+round, so it cannot hold a stale value), plus torch's own address keys for a newcomer;
+every agent reads them back and hands that address to its workers as ``MASTER_ADDR``/
+``MASTER_PORT``. A new store has no keys, so any worker's ``env://`` init, a plain
+script's included, can only meet this round's peers: no key prefix is needed for
+correctness. The id still reaches the workers as ``TRAINOP_ATTEMPT_ID`` and
+:func:`trainop_runtime.distributed.init_distributed` prefixes its keys with it, which
+keeps the helpers safe under plain torchrun too. Agreement comes from the round, which
+all members share, not from ``TORCHELASTIC_RESTART_COUNT``, which is each agent's own
+count (a rejoined agent starts at 0).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from typing import Any
 
 # Re-exported by torch.distributed inside `if is_available():`, which mypy does not
 # count as an explicit export.
-from torch.distributed import Store  # type: ignore[attr-defined]
+from torch.distributed import Store, TCPStore  # type: ignore[attr-defined]
 from torch.distributed.elastic.rendezvous import (
     RendezvousHandler,
     RendezvousInfo,
@@ -59,6 +62,10 @@ from trainop_runtime import contract
 # torchrun's ``--rdzv-backend`` for torch's c10d rendezvous plus this fix.
 BACKEND = "trainop-c10d"
 _AGREED_KEY = "trainop/bootstrap"
+# Bootstrap servers kept alive: this round's and the one before, so a worker of the
+# previous round that is still shutting down on another agent fails on its peers,
+# not on a store that vanished under it.
+_KEEP_SERVERS = 2
 
 
 def append_event(run_dir: Path | None, event: str, **fields: Any) -> None:
@@ -101,6 +108,14 @@ class AgreedAttemptHandler(RendezvousHandler):
         self._inner = inner
         self._run_dir = run_dir
         self._rounds = 0
+        self._servers: list[TCPStore] = []
+
+    def _fresh_server(self, addr: str) -> RendezvousStoreInfo:
+        """A new, empty bootstrap store on a free port of this host, served by this agent."""
+        # torch's own server for the shared store (dynamic_rendezvous._create_tcp_store_server).
+        server = TCPStore(host_name=addr, port=0, is_master=True, multi_tenant=True)
+        self._servers = [*self._servers, server][-_KEEP_SERVERS:]
+        return RendezvousStoreInfo(addr, int(server.port))
 
     def get_backend(self) -> str:
         return BACKEND
@@ -113,7 +128,13 @@ class AgreedAttemptHandler(RendezvousHandler):
         started = time.time()
         append_event(self._run_dir, "rendezvous_start", round=self._rounds)
         info = self._inner.next_rendezvous()
-        attempt, bootstrap = agree_on_bootstrap(info.store, info.rank, info.bootstrap_store_info)
+        own = None
+        if info.rank == 0:
+            if info.bootstrap_store_info is None:
+                raise RuntimeError("group rank 0 has no bootstrap address to serve on")
+            # torch's cached info is this agent's own address when it is rank 0.
+            own = self._fresh_server(info.bootstrap_store_info.master_addr)
+        attempt, bootstrap = agree_on_bootstrap(info.store, info.rank, own)
         # The agent starts its workers right after this returns, and they inherit
         # os.environ: this is how the id reaches them without patching the agent.
         os.environ[contract.ENV_ATTEMPT_ID] = attempt

@@ -47,6 +47,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
+from trainop_runtime import progress  # standard library only, like this module
+
 MODULE: Final = "trainop_runtime.zygote"
 ENV_SOCKET: Final = "TRAINOP_ZYGOTE_SOCKET"  # set by the launcher for its workers
 ENV_ENABLED: Final = "TRAINOP_ZYGOTE"  # "0" turns the zygote off
@@ -134,6 +136,8 @@ def _read_line(reader: Any) -> dict[str, Any] | None:
 
 
 def run_client(program: Program) -> int:
+    # Before the program: its first report, if it ever writes one, comes later.
+    progress.report_restarts(os.environ)
     path = os.environ.get(ENV_SOCKET, "")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lifeline_r, lifeline_w = os.pipe()  # the worker's end reaches EOF when we die
