@@ -271,6 +271,29 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path) -> None
     assert min(e["step"] for e in rerun if e["event"] == "step") == saved + 1, "redid steps"
 
 
+@pytest.mark.torch
+@pytest.mark.slow
+def test_the_own_script_example_trains_as_written_and_recovers(tmp_path: Path) -> None:
+    """README, "Your own training script": the command as written, then with kills."""
+    command = re.search(
+        r"^(\.venv/bin/trainop run examples/own-script\.yaml)\s", README.read_text(), re.MULTILINE
+    )
+    assert command is not None, "the README no longer shows the own-script command"
+    for run, extra in (("as-written", []), ("killed", ["--kill-every-steps", "25"])):
+        workdir = tmp_path / run
+        proc = trainop_run_argv([*command.group(1).split()[2:], *extra], workdir)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-4000:]
+        summary = json.loads((workdir / "own-script" / "summary.json").read_text())
+        # 4 epochs of 1,200 rows over 2 workers, 32 rows each per step: 4 x 19 steps.
+        assert (summary["phase"], summary["steps"]) == ("Succeeded", 76), summary
+        assert summary["checkpoint_step"] == 76
+        assert summary["last_loss"] < summary["first_loss"] / 10  # it learned the data
+        if extra:
+            assert summary["kills"] >= 1
+            assert summary["restarts"] == summary["in_place_restarts"] >= 1
+
+
 class Tmux:
     """A detached tmux session of a fixed size: a real terminal for `trainop run`, read
     back as the user sees it (capture-pane: the screen after every redraw)."""

@@ -3,6 +3,7 @@ energy the job's GPUs used, when a SIGKILL was the OOM killer. No processes here
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,14 @@ from trainop.local.devices import (
 from trainop.local.energy import energy_used
 from trainop.local.fit import Machine, fit_to_machine
 from trainop.local.oom import parse_oom_kills, termination_reason
-from trainop.local.runner import _collect, _Tally, load_job, local_threads
+from trainop.local.runner import (
+    NO_PROGRESS,
+    _collect,
+    _Tally,
+    load_job,
+    local_threads,
+    no_progress_note,
+)
 from trainop_runtime.ettr import compute_ettr
 
 SMI = """\
@@ -294,3 +302,20 @@ def test_the_runner_marks_each_report_once_so_a_steady_run_is_all_training() -> 
     ettr = compute_ettr(tally.marks, start=0.0, end=4.0)
     assert ettr.kept == 4.0  # steps 5-8, all of the time after the first mark
     assert ettr.recovery == 0.0
+
+
+@pytest.mark.parametrize(
+    ("running_since", "now", "first_step", "said"),
+    [
+        pytest.param(None, 500.0, None, False, id="never-running"),
+        pytest.param(100.0, 159.0, None, False, id="running-59-s"),
+        pytest.param(100.0, 160.0, None, True, id="running-60-s-no-report"),
+        pytest.param(100.0, 500.0, 3, False, id="reports-progress"),
+        pytest.param(math.inf, 500.0, None, False, id="already-said"),
+    ],
+)
+def test_a_script_that_reports_no_progress_is_told_once_how_to(
+    running_since: float | None, now: float, first_step: int | None, said: bool
+) -> None:
+    assert no_progress_note(running_since, now, first_step) is said
+    assert "ProgressReporter" in NO_PROGRESS

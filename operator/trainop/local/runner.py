@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import math
 import os
 import random
 import signal
@@ -647,6 +648,7 @@ def _drive(
     budget = cluster.spec.failure_policy.backoff_limit
     chaos = ChaosClock(seconds=opts.kill_every, steps=opts.kill_every_steps)
     resumed = False
+    running_since: float | None = None
     while stop.signum is None:
         metrics.check(say)
         cluster.reap()
@@ -663,6 +665,11 @@ def _drive(
             if note := resume_note(cluster.found_checkpoints, reported):
                 say(note)
         now = time.monotonic()
+        if st.phase is Phase.RUNNING and running_since is None:
+            running_since = now
+        if no_progress_note(running_since, now, tally.first_step):
+            say(NO_PROGRESS)
+            running_since = math.inf  # said once
         display.show(compute_view(st, budget, compute_rate(tally.marks)), now)
         step = st.progress.step if st.progress else None
         if st.phase is Phase.RUNNING and step is not None and chaos.due(now, step):
@@ -681,6 +688,22 @@ def _drive(
                 chaos.killed(step)
                 say(f"[chaos] killed a worker process of {victim} at step {step}")
         time.sleep(opts.tick)
+
+
+# A script that reports no progress trains in the dark: say so once, and how to fix it.
+NO_PROGRESS_AFTER_SECONDS = 60.0
+NO_PROGRESS = (
+    f"no training progress reported after {NO_PROGRESS_AFTER_SECONDS:.0f} s of Running: the "
+    "script may be training, but the step, loss, checkpoint and hang detection need it to "
+    "report (trainop_runtime.progress.ProgressReporter; README, 'Your own training script')"
+)
+
+
+def no_progress_note(running_since: float | None, now: float, first_step: int | None) -> bool:
+    """Whether to say NO_PROGRESS now: Running that long and not one step reported."""
+    if running_since is None or first_step is not None:
+        return False
+    return now - running_since >= NO_PROGRESS_AFTER_SECONDS
 
 
 def _collect(cluster: LocalCluster, tally: _Tally) -> None:
