@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from tests.chart.helpers import tool, write_rule_file
+from tests.chart.helpers import CHART, MONITORING_ON, template, tool, write_rule_file
 from tests.cluster.conftest import localcluster, wait_for
 from tests.procs import stop_group
 from trainop.exporter.fake_nvml import demo_gpus
@@ -168,7 +169,13 @@ def start_sidecar(
     return Sidecar(port, proc, trainer, control)
 
 
-def prometheus(stack: ExitStack, tmp: Path, operator_port: int, sidecar_ports: list[int]) -> str:
+def prometheus(
+    stack: ExitStack,
+    tmp: Path,
+    operator_port: int,
+    sidecar_ports: list[int],
+    interval: str = SCRAPE,
+) -> str:
     scrape_configs = [
         {
             "job_name": "trainop-operator",
@@ -179,7 +186,8 @@ def prometheus(stack: ExitStack, tmp: Path, operator_port: int, sidecar_ports: l
             "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in sidecar_ports]}],
         },
     ]
-    return start_prometheus(stack, tmp, [write_rule_file(tmp / "rules.yaml")], scrape_configs)
+    rules = [write_rule_file(tmp / "rules.yaml")]
+    return start_prometheus(stack, tmp, rules, scrape_configs, interval=interval)
 
 
 def start_prometheus(
@@ -217,9 +225,22 @@ def start_prometheus(
     return host
 
 
-def grafana_expr(expr: str, ns: str) -> str:
+def grafana_at(scrape: float) -> dict[str, str]:
+    """Grafana's variables for a Prometheus data source scraping every `scrape` seconds:
+    $__rate_interval is max($__interval + scrape, 4 x scrape), with $__interval at the
+    scrape interval (a panel's max data points rarely make it larger)."""
+    return {
+        "$__rate_interval": f"{max(2 * scrape, 4 * scrape):g}s",
+        "$__interval_ms": str(int(scrape * 1000)),
+        "$__interval": f"{scrape:g}s",
+        "$__range": "10m",
+        "$idle_threshold": "0.05",
+    }
+
+
+def grafana_expr(expr: str, ns: str, variables: dict[str, str] | None = None) -> str:
     out = expr.replace("$namespace", ns).replace("$trainingjob", JOB)
-    for var, value in GRAFANA.items():
+    for var, value in (GRAFANA if variables is None else variables).items():
         out = out.replace(var, value)
     assert "$" not in out, f"a variable this test does not know: {out}"
     return out
@@ -248,3 +269,20 @@ def query_range(host: str, expr: str, since: float, step: float = 1) -> list[dic
     assert doc["status"] == "success", doc
     result: list[dict[str, Any]] = doc["data"]["result"]
     return result
+
+
+def default_interval() -> float:
+    """The chart's scrape interval for the sidecars, which the operator's matches."""
+    rendered = template(*MONITORING_ON)
+    (pod_endpoint,) = rendered.one("PodMonitor")["spec"]["podMetricsEndpoints"]
+    (svc_endpoint,) = rendered.one("ServiceMonitor")["spec"]["endpoints"]
+    assert pod_endpoint["interval"] == svc_endpoint["interval"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]
+    assert values["podMonitor"]["interval"] == pod_endpoint["interval"]
+    return seconds(pod_endpoint["interval"])
+
+
+def seconds(duration: str) -> float:
+    m = re.fullmatch(r"(\d+)([sm])", duration)
+    assert m, duration
+    return int(m[1]) * (60 if m[2] == "m" else 1)

@@ -21,7 +21,6 @@ Each alert is driven once, all in parallel, and must:
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from contextlib import ExitStack
@@ -31,10 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.chart.helpers import (
-    CHART,
     MONITORING_ON,
     recording_groups,
     rule_groups,
@@ -44,9 +41,11 @@ from tests.chart.helpers import (
 from tests.chart.kube import phase, running_workers, training_job
 from tests.chart.live import (
     Sidecar,
+    default_interval,
     evaluate,
     has_data,
     http_json,
+    seconds,
     start_prometheus,
     start_sidecar,
 )
@@ -78,23 +77,6 @@ HW_SLOWDOWN = 0x008  # nvmlClocksEventReasonHwSlowdown
 XID = 79  # "GPU has fallen off the bus"
 OPERATOR_RESTARTS = 5  # the chart's default operatorRestarts
 JOB_RESTARTS = 3  # the chart's default jobRestarts
-
-
-def default_interval() -> float:
-    """The chart's scrape interval for the sidecars, which the operator's matches."""
-    rendered = template(*MONITORING_ON)
-    (pod_endpoint,) = rendered.one("PodMonitor")["spec"]["podMetricsEndpoints"]
-    (svc_endpoint,) = rendered.one("ServiceMonitor")["spec"]["endpoints"]
-    assert pod_endpoint["interval"] == svc_endpoint["interval"]
-    values = yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]
-    assert values["podMonitor"]["interval"] == pod_endpoint["interval"]
-    return seconds(pod_endpoint["interval"])
-
-
-def seconds(duration: str) -> float:
-    m = re.fullmatch(r"(\d+)([sm])", duration)
-    assert m, duration
-    return int(m[1]) * (60 if m[2] == "m" else 1)
 
 
 def scrape_configs() -> tuple[str, str, str]:

@@ -39,6 +39,46 @@ def _settled(c: Cluster, ns: str, desired: dict[str, int], failures: Counter[str
     return wrong
 
 
+def _state(operator: Operator, ns: str, name: str, failures: Counter[str]) -> str:
+    """What a stuck count looks like from outside: the job's status, its pods, its
+    Events and the operator's queue and request counters (the CI log keeps this)."""
+    c = operator.cluster
+    st = status(c, ns, name)
+    keys = ("phase", "reason", "restarts", "handledFailures", "liveWorkers", "lastFailure")
+    pods = [
+        (
+            p["metadata"]["name"],
+            p["metadata"]["uid"][:8],
+            p["status"].get("phase"),
+            bool(p["metadata"].get("deletionTimestamp")),
+            (p["metadata"].get("annotations") or {}).get("kwok.trainop.dev/exit-code"),
+        )
+        for p in c.list("pods", ns, f"trainop.dev/job-name={name}")
+    ]
+    events = c.kubectl(
+        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}",
+        "-o", "custom-columns=T:.lastTimestamp,R:.reason,M:.message", check=False,
+    )  # fmt: skip
+    try:
+        metrics = [
+            line
+            for line in operator.metrics().splitlines()
+            if line.startswith(("trainop_operator_queue", "trainop_operator_reconcile_errors",
+                                "trainop_operator_reconcile_duration_seconds_count"))
+        ]  # fmt: skip
+    except OSError as exc:
+        metrics = [f"metrics unreadable: {exc}"]
+    return "\n".join(
+        [
+            f"injected {failures[name]}; status { ({k: st.get(k) for k in keys}) }",
+            f"pods (name, uid, phase, deleting, exit-code): {pods}",
+            f"events:\n{events}",
+            *metrics,
+            f"operator log tail:\n{operator.log.read_text()[-3000:]}",
+        ]
+    )
+
+
 def test_operator_sigkills_during_create_scale_fail_and_delete_keep_exact_invariants(
     operator: Operator, ns: str
 ) -> None:
@@ -92,11 +132,14 @@ def test_operator_sigkills_during_create_scale_fail_and_delete_keep_exact_invari
                 # with this one's replacement: wait until this one is counted.
                 # 60 s: a restarted operator imports, primes its cache and replays its
                 # watches before it can count anything, all slow on a loaded machine.
-                wait_for(
-                    f"{name}'s failure counted",
-                    lambda n=name: status(c, ns, n).get("restarts") == failures[n],
-                    timeout=60,
-                )
+                try:
+                    wait_for(
+                        f"{name}'s failure counted",
+                        lambda n=name: status(c, ns, n).get("restarts") == failures[n],
+                        timeout=60,
+                    )
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\n{_state(operator, ns, name, failures)}") from None
         wait_for(
             "exact invariants",
             lambda: not _settled(c, ns, desired, failures),
