@@ -65,10 +65,20 @@ def utcnow() -> datetime:
 
 @dataclass
 class NodeCache:
-    """Nodes as seen through the operator's node watch (None until it has synced)."""
+    """Nodes as listed at start-up, then kept by the operator's node watch.
+
+    None (unknown) until the start-up LIST filled it: a node missing from a partial view
+    is a deleted node to the plan, whose pods are force-deleted as lost. When the watch
+    alone filled it, a restarted operator reconciling jobs while the watch was still
+    replaying its first nodes deleted healthy pods on the nodes not replayed yet."""
 
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
     synced: bool = False
+
+    def prime(self, objs: list[ObjDict]) -> None:
+        """Every node, from one LIST: from here on a missing node is a deleted one."""
+        self.nodes = {node.name: node for node in map(parse_node, objs)}
+        self.synced = True
 
     def update(self, event_type: str, obj: ObjDict) -> NodeInfo | None:
         node = parse_node(obj)
@@ -77,7 +87,6 @@ class NodeCache:
             self.nodes.pop(node.name, None)
         else:
             self.nodes[node.name] = node
-        self.synced = True
         return before
 
     def snapshot(self) -> dict[str, NodeInfo] | None:

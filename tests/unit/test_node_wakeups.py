@@ -11,7 +11,7 @@ from trainop.api.status import Phase, TrainingJobStatus
 from trainop.core.config import OperatorConfig
 from trainop.core.observe import NodeInfo
 from trainop.core.plan import REASON_NO_CAPACITY
-from trainop.reconcile import Reconciler
+from trainop.reconcile import NodeCache, Reconciler
 
 HELD = ("team-a", "held")  # waiting for a node big enough
 ON_NODE = ("team-a", "running")  # has a pod on gpu-node-0
@@ -114,3 +114,18 @@ def test_the_reconcilers_books_match_a_recount_after_any_sequence(
     assert {k: v for k, v in rec.phase_counts.items() if v} == phases
     for phase in Phase:  # the exported gauge says the same
         assert m.JOBS.labels(phase.value)._value.get() == phases.get(phase.value, 0)
+
+
+def test_the_node_view_is_unknown_until_the_start_up_list_not_after_one_watch_event() -> None:
+    """A restarted operator's node watch replays nodes one by one. Taking the first
+    replayed node for the whole cluster made every other node look deleted: the plan
+    force-deleted the healthy pods there as lost (found by test_chaos in CI, from the
+    API server's audit log: a fresh operator deleted 2 workers and the store of a job)."""
+    nodes = NodeCache()
+    nodes.update("ADDED", {"metadata": {"name": "gpu-node-0"}})
+    assert nodes.snapshot() is None  # unknown: nothing is judged lost
+    listed = [{"metadata": {"name": n}} for n in ("gpu-node-0", "gpu-node-1")]
+    nodes.prime(listed)
+    assert set(nodes.snapshot() or {}) == {"gpu-node-0", "gpu-node-1"}
+    nodes.update("DELETED", {"metadata": {"name": "gpu-node-1"}})
+    assert set(nodes.snapshot() or {}) == {"gpu-node-0"}  # now a missing node is a deleted one

@@ -22,7 +22,7 @@ from trainop.core.config import OperatorConfig
 from trainop.core.podsecurity import Level
 from trainop.kube.cache import ObjectCache
 from trainop.kube.client import Kube, KubeError
-from trainop.reconcile import Key, Reconciler
+from trainop.reconcile import Key, NodeCache, Reconciler
 from trainop.workqueue import WorkQueue
 
 log = logging.getLogger("trainop.operator")
@@ -97,6 +97,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache = ObjectCache()
         await _prime(kube, cache, memo.get("namespaces") or [])
     reconciler = Reconciler(kube, config, cache=cache)
+    await _prime_nodes(kube, reconciler.nodes)
     memo.kube = kube
     memo.cache = cache
     memo.reconciler = reconciler
@@ -128,6 +129,29 @@ async def _prime(kube: Kube, cache: ObjectCache, namespaces: list[str]) -> None:
     for job in jobs:
         job.setdefault("kind", c.KIND)
     cache.prime(jobs, pods, services)
+
+
+async def _prime_nodes(kube: Kube, nodes: NodeCache) -> None:
+    """Every node before the first reconcile, tried again like _prime: a plan that saw
+    only the nodes the watch had replayed so far took the others for deleted and
+    force-deleted their pods as lost. Without the right to list nodes, node loss and
+    capacity are never judged (the view stays unknown), and the operator says so."""
+    pause = 1.0
+    while True:
+        try:
+            listed = await kube.request("list", "/api/v1/nodes", resource="nodes")
+        except KubeError as exc:
+            if exc.status == 403:
+                log.warning("cannot list nodes (%s): lost nodes and capacity go unjudged", exc)
+                return
+            log.warning("nodes not listed (%s); trying again in %.0fs", exc, pause)
+        except OSError as exc:
+            log.warning("nodes not listed (%s); trying again in %.0fs", exc, pause)
+        else:
+            nodes.prime(list(listed.get("items") or []))
+            return
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, PRIME_MAX_PAUSE_SECONDS)
 
 
 @kopf.on.cleanup()
