@@ -130,11 +130,10 @@ def test_operator_sigkills_during_create_scale_fail_and_delete_keep_exact_invari
             if action == "fail":
                 # The next failure of the same job must be a separate one, not a race
                 # with this one's replacement: wait until this one is counted.
-                # A restarted operator imports, primes its cache, replays its watches
-                # and reconciles every job in the cluster (other tests' leftovers too)
-                # before it can count anything: twice this took over 60 s in CI under
-                # load, not in 9 local runs today (under load too); if it never comes,
-                # _state says why.
+                # A restarted operator imports, lists what it caches and reconciles
+                # every job in the cluster (other tests' leftovers too) before it can
+                # count anything, slowly on a loaded machine. If it never comes, _state
+                # says why (it found a restarted operator deleting healthy pods as lost).
                 try:
                     wait_for(
                         f"{name}'s failure counted",
