@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import kopf
 
@@ -21,12 +21,13 @@ from trainop.api import constants as c
 from trainop.core.config import OperatorConfig
 from trainop.core.podsecurity import Level
 from trainop.kube.cache import ObjectCache
-from trainop.kube.client import Kube, KubeError
+from trainop.kube.client import Kube, KubeError, ObjDict
 from trainop.reconcile import Key, NodeCache, Reconciler
 from trainop.workqueue import WorkQueue
 
 log = logging.getLogger("trainop.operator")
 PRIME_MAX_PAUSE_SECONDS = 30.0
+_T = TypeVar("_T")
 
 
 def config_from_env() -> OperatorConfig:
@@ -107,49 +108,55 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 async def _prime(kube: Kube, cache: ObjectCache, namespaces: list[str]) -> None:
     """One LIST per resource (per watched namespace) before Kopf's watches start, so the
-    first reconciles read a complete cache. Like controller-runtime's WaitForCacheSync,
-    nothing is reconciled until it succeeds: a busy or unready API server is tried
-    again with a growing pause (each LIST itself already rides out 429s)."""
+    first reconciles read a complete cache (controller-runtime's WaitForCacheSync)."""
     selector = c.LABEL_JOB
-    pause = 1.0
-    while True:
-        try:
-            jobs, pods, services = [], [], []
-            scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
-            for ns in scopes:
-                jobs += await kube.list_jobs(ns)
-                pods += await kube.list_labelled("pods", selector, ns)
-                services += await kube.list_labelled("services", selector, ns)
-        except (KubeError, OSError) as exc:
-            log.warning("watch cache not primed (%s); trying again in %.0fs", exc, pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, PRIME_MAX_PAUSE_SECONDS)
-            continue
-        break
+
+    async def list_all() -> tuple[list[ObjDict], list[ObjDict], list[ObjDict]]:
+        jobs, pods, services = [], [], []
+        scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
+        for ns in scopes:
+            jobs += await kube.list_jobs(ns)
+            pods += await kube.list_labelled("pods", selector, ns)
+            services += await kube.list_labelled("services", selector, ns)
+        return jobs, pods, services
+
+    jobs, pods, services = await _until_listed("watch cache", list_all)
     for job in jobs:
         job.setdefault("kind", c.KIND)
     cache.prime(jobs, pods, services)
 
 
 async def _prime_nodes(kube: Kube, nodes: NodeCache) -> None:
-    """Every node before the first reconcile, tried again like _prime: a plan that saw
-    only the nodes the watch had replayed so far took the others for deleted and
-    force-deleted their pods as lost. Without the right to list nodes, node loss and
-    capacity are never judged (the view stays unknown), and the operator says so."""
-    pause = 1.0
-    while True:
+    """Every node before the first reconcile: a plan that saw only the nodes the watch
+    had replayed so far took the others for deleted and force-deleted their pods as
+    lost. Without the right to list nodes, node loss and capacity are never judged
+    (the view stays unknown), and the operator says so."""
+
+    async def list_all() -> list[ObjDict] | None:
         try:
             listed = await kube.request("list", "/api/v1/nodes", resource="nodes")
         except KubeError as exc:
-            if exc.status == 403:
-                log.warning("cannot list nodes (%s): lost nodes and capacity go unjudged", exc)
-                return
-            log.warning("nodes not listed (%s); trying again in %.0fs", exc, pause)
-        except OSError as exc:
-            log.warning("nodes not listed (%s); trying again in %.0fs", exc, pause)
-        else:
-            nodes.prime(list(listed.get("items") or []))
-            return
+            if exc.status == 403:  # a right the operator can do without
+                return None
+            raise
+        return list(listed.get("items") or [])
+
+    items = await _until_listed("nodes", list_all)
+    if items is None:
+        log.warning("cannot list nodes: lost nodes and capacity go unjudged")
+        return
+    nodes.prime(items)
+
+
+async def _until_listed(what: str, list_all: Callable[[], Awaitable[_T]]) -> _T:
+    """Nothing is reconciled until the start-up lists succeed: a busy or unready API
+    server is tried again with a growing pause (each request already rides out 429s)."""
+    pause = 1.0
+    while True:
+        try:
+            return await list_all()
+        except (KubeError, OSError) as exc:
+            log.warning("%s not listed (%s); trying again in %.0fs", what, exc, pause)
         await asyncio.sleep(pause)
         pause = min(pause * 2, PRIME_MAX_PAUSE_SECONDS)
 

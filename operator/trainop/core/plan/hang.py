@@ -17,7 +17,7 @@ from trainop.api.spec import Reason
 from trainop.core.conditions import get_condition, set_condition
 from trainop.core.failures import Failure
 from trainop.core.observe import ObservedPod
-from trainop.core.plan.model import COND_STALLED, Ctx
+from trainop.core.plan.model import COND_STALLED, MAX_HANDLED, Ctx
 from trainop.core.plan.phases import as_number
 from trainop.core.plan.restarts import record_failure
 from trainop_runtime import contract as rc
@@ -65,7 +65,8 @@ def stage_hang(ctx: Ctx) -> bool:
         return False
     for stall in stalls:
         # Counted once: the pod is deleted now, and its end is a handled failure.
-        draft.status.handled_failures = [*draft.status.handled_failures, stall.pod.uid]
+        handled = [*draft.status.handled_failures, stall.pod.uid]
+        draft.status.handled_failures = handled[-MAX_HANDLED:]
         failure = Failure(Reason.HANG, None, _what(stall))
         action = record_failure(
             draft, ctx.obs, ctx.spec, ctx.now, stall.pod.name, stall.pod.uid, failure
