@@ -234,10 +234,15 @@ def to_markdown(results: dict[str, Any]) -> str:
             "## Effective training time ratio",
             "",
             f"One worker SIGKILL every {g['every']:.0f} s over {g['wall_seconds']} s of training"
-            f" ({g['kills']} kills), checkpoint every {g['ckpt_seconds']:.0f} s,"
+            f" ({g['kills']} kills), checkpoint every {g['ckpt_seconds']:g} s,"
             f" zygote {'on' if g.get('zygote', True) else 'off'}:"
             f" **{100 * g['ratio']:.1f} %** of wall time in steps that were kept"
             f" ({g['kept_step_seconds']} s, {g['kept_steps']} steps).",
+            "",
+            f"The rest, {g['wall_seconds'] - g['kept_step_seconds']:.1f} s: lost work (steps"
+            f" trained past the last checkpoint, redone) {g['lost_seconds']} s, recovery"
+            f" (detection, rendezvous, process start, checkpoint load) {g['recovery_seconds']} s,"
+            f" stalls {g['stall_seconds']} s.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -108,6 +108,52 @@ def test_worker_sigkill_resumes_from_last_checkpoint(make_job: Callable[..., Loc
     _wait_done(job, a, b, steps=90)
 
 
+def _kept_trajectory(job: LocalJob) -> list[tuple[int, float]]:
+    """(step, loss) of the steps whose results the run kept, in the order they ran: a
+    worker-group start rewinds to the step it resumed from, dropping what came after."""
+    kept: list[tuple[int, float]] = []
+    for e in sorted(job.events(), key=lambda e: e["time"]):
+        if e["event"] == "start":
+            kept = [(s, loss) for s, loss in kept if s <= e.get("resumed_step", 0)]
+        elif e["event"] == "step":
+            kept.append((e["step"], e["loss"]))
+    return kept
+
+
+def test_the_loss_trajectory_after_recoveries_is_the_uninterrupted_one(
+    make_job: Callable[..., LocalJob],
+) -> None:
+    """Recovery is correct, not just alive: with the same seed and data order, a run
+    that lost a worker twice (each time a few steps past a checkpoint) kept every step
+    exactly once, in order, and each step's loss equals the uninterrupted run's to
+    float noise. A step applied twice (an optimizer update replayed on top of itself),
+    skipped, or run on another batch would move every loss after it."""
+    steps = 60
+    reference = make_job(steps=steps, nnodes="2:2", checkpoint_every_steps=10)
+    _wait_done(reference, reference.start_agent("a"), reference.start_agent("b"), steps=steps)
+    uninterrupted = _kept_trajectory(reference)
+    assert [s for s, _ in uninterrupted] == list(range(1, steps + 1))
+
+    job = make_job(steps=steps, nnodes="2:2", checkpoint_every_steps=10)
+    agents = [job.start_agent("a"), job.start_agent("b")]
+    for i, after in enumerate((15, 35)):
+        _between_checkpoints(job, every=10, after=after)
+        kill = _kill_a_worker(agents[i])  # once in each pod
+        start = job.wait_for_start(kill, timeout=RECOVERY)
+        assert start["resumed_step"] < job.last_step(), "nothing was lost to replay"
+    _wait_done(job, *agents, steps=steps)
+
+    recovered = _kept_trajectory(job)
+    assert [s for s, _ in recovered] == list(range(1, steps + 1))
+    assert [loss for _, loss in recovered] == pytest.approx(
+        [loss for _, loss in uninterrupted], rel=1e-6, abs=1e-7
+    )
+    # Every step that ran, kept or later redone, ran on the same state and batch.
+    ran = dict(uninterrupted)
+    for e in job.events("step"):
+        assert e["loss"] == pytest.approx(ran[e["step"]], rel=1e-6, abs=1e-7), e
+
+
 def test_repeated_worker_kills_each_recover_with_one_restart(
     make_job: Callable[..., LocalJob],
 ) -> None:

@@ -603,3 +603,60 @@ def test_report_restarts(
         assert not path.exists()
     else:
         assert json.loads(path.read_text()) == after
+
+
+@pytest.mark.parametrize(
+    ("max_nodes", "poll"),
+    [(1, 0.05), (2, 0.05), (8, 0.08), (50, 0.5), (100, 1.0), (1000, 1.0)],
+)
+def test_agents_read_torchs_rendezvous_state_sooner_in_small_groups(
+    monkeypatch: pytest.MonkeyPatch, max_nodes: int, poll: float
+) -> None:
+    """torch's own rendezvous state holder and executor, on a fake clock and a fake
+    backend: a waiting agent sleeps the shortened poll between reads instead of torch's
+    second, and a monitoring agent's read is fresh after one poll (a survivor sees a
+    waiting replacement that much sooner) but still served from cache within it."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+    from torch.distributed.elastic.rendezvous import utils as rdzv_utils
+
+    from trainop_runtime import rendezvous
+
+    monkeypatch.setattr(dr, "_delay", dr._delay)  # restored after the test
+    slept: list[float] = []
+    monkeypatch.setattr(rdzv_utils, "time", SimpleNamespace(sleep=slept.append))
+    clock = [100.0]
+    monkeypatch.setattr(dr, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    class Backend:  # counts the reads that reach the store
+        name = "fake"
+        reads = 0
+
+        def get_state(self) -> None:
+            self.reads += 1
+
+    settings = dr.RendezvousSettings(
+        "run", 1, max_nodes, dr.RendezvousTimeout(), timedelta(seconds=5), 3
+    )
+    backend = Backend()
+    holder = dr._BackendRendezvousStateHolder(backend, settings)  # type: ignore[arg-type]
+    assert rendezvous.shorten_poll(SimpleNamespace(_state_holder=holder), max_nodes)  # type: ignore[arg-type]
+
+    holder.sync()
+    clock[0] += poll / 2
+    holder.sync()
+    assert backend.reads == 1  # within one poll: the cache
+    clock[0] += poll / 2 + 0.001
+    holder.sync()
+    assert backend.reads == 2  # after one poll: the store
+
+    node = dr._NodeDescGenerator().generate("127.0.0.1")
+    executor = dr._DistributedRendezvousOpExecutor(node, holder, settings)
+    actions = iter([dr._Action.SYNC, dr._Action.SYNC, dr._Action.FINISH])
+    executor.run(lambda ctx, deadline: next(actions), deadline=float("inf"))
+    assert slept == [poll, poll]
+    # The CAS back-off (a range, not the poll) is torch's as before.
+    dr._delay(seconds=(0.5, 0.5))
+    assert slept == [poll, poll, 0.5]

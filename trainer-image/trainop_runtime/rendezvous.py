@@ -53,11 +53,12 @@ from torch.distributed.elastic.rendezvous import (
     RendezvousHandler,
     RendezvousInfo,
     RendezvousParameters,
+    dynamic_rendezvous,
     rendezvous_handler_registry,
 )
 from torch.distributed.elastic.rendezvous.api import RendezvousStoreInfo
 
-from trainop_runtime import contract
+from trainop_runtime import contract, liveness
 
 # torchrun's ``--rdzv-backend`` for torch's c10d rendezvous plus this fix.
 BACKEND = "trainop-c10d"
@@ -66,6 +67,46 @@ _AGREED_KEY = "trainop/bootstrap"
 # previous round that is still shutting down on another agent fails on its peers,
 # not on a store that vanished under it.
 _KEEP_SERVERS = 2
+# torch's dynamic rendezvous reads the shared state at most once a second: a waiting
+# agent sleeps a hard-coded second between polls (``_DistributedRendezvousOpExecutor.
+# run``: ``_delay(seconds=1)`` on its SYNC action), and every read within a second of
+# the last is served from a cache (``_BackendRendezvousStateHolder``, cache_duration=1),
+# which is also how a healthy agent's monitor loop asks whether a replacement is
+# waiting (``num_nodes_waiting``). Those seconds were most of every in-place restart
+# (bench/recovery: 1.86 s of rendezvous out of 2.2 s for a worker kill). Small groups
+# poll every 50 ms; the poll grows with the group and is torch's second from 100
+# members up, so a round never asks its store for much more than 100 reads a second.
+_POLL_MIN_SECONDS = 0.05
+_READS_PER_SECOND_PER_ROUND = 100.0
+_TORCH_POLL_SECONDS = 1
+
+
+def poll_seconds(max_nodes: int) -> float:
+    """How often an agent reads the rendezvous state while it waits or monitors."""
+    return min(1.0, max(_POLL_MIN_SECONDS, max_nodes / _READS_PER_SECOND_PER_ROUND))
+
+
+def shorten_poll(handler: RendezvousHandler, max_nodes: int) -> bool:
+    """Make torch's rendezvous in this process poll, and cache what it read, for
+    poll_seconds(max_nodes) instead of a second.
+
+    False (torch's second kept) when torch no longer has what this replaces.
+    """
+    holder = getattr(handler, "_state_holder", None)
+    torch_delay = getattr(dynamic_rendezvous, "_delay", None)
+    if torch_delay is None or not hasattr(holder, "_cache_duration"):
+        return False
+    interval = poll_seconds(max_nodes)
+    holder._cache_duration = interval  # type: ignore[union-attr]  # torch-private, see above
+    original = getattr(torch_delay, "trainop_original", torch_delay)
+
+    def delay(seconds: float | tuple[float, float]) -> None:
+        # Only the SYNC poll asks for exactly one second; the CAS back-off passes a range.
+        original(interval if seconds == _TORCH_POLL_SECONDS else seconds)
+
+    delay.trainop_original = original  # type: ignore[attr-defined]  # re-patching keeps torch's
+    dynamic_rendezvous._delay = delay  # type: ignore[attr-defined]  # torch-private, see above
+    return True
 
 
 def append_event(run_dir: Path | None, event: str, **fields: Any) -> None:
@@ -109,6 +150,7 @@ class AgreedAttemptHandler(RendezvousHandler):
         self._run_dir = run_dir
         self._rounds = 0
         self._servers: list[TCPStore] = []
+        self.liveness: liveness.Liveness | None = None  # held for the agent's life
 
     def _fresh_server(self, addr: str) -> RendezvousStoreInfo:
         """A new, empty bootstrap store on a free port of this host, served by this agent."""
@@ -149,6 +191,8 @@ class AgreedAttemptHandler(RendezvousHandler):
             master=f"{bootstrap.master_addr}:{bootstrap.master_port}",
         )
         self._rounds += 1
+        if self.liveness is not None:
+            self.liveness.confirm_round()
         return RendezvousInfo(info.store, info.rank, info.world_size, bootstrap)
 
     def is_closed(self) -> bool:
@@ -187,7 +231,12 @@ def register(run_dir: Path | None) -> None:
             **params.config,
         )
         inner = rendezvous_handler_registry.create_handler(inner_params)
-        return AgreedAttemptHandler(inner, run_dir)
+        shorten_poll(inner, params.max_nodes)
+        handler = AgreedAttemptHandler(inner, run_dir)
+        store = getattr(inner, "_store", None)
+        if store is not None:
+            handler.liveness = liveness.install(inner, store, params.endpoint)
+        return handler
 
     # The registry refuses a second, different creator under one name; a second
     # call in one process (tests) keeps the first.

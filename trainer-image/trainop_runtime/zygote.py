@@ -29,6 +29,7 @@ This module is the client too, so it imports only the standard library at the to
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import json
@@ -41,11 +42,12 @@ import struct
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from trainop_runtime import progress  # standard library only, like this module
 
@@ -382,6 +384,78 @@ def become(request: _Request) -> None:
         runpy.run_path(str(script), run_name="__main__")
 
 
+# How long a worker whose collective broke because a peer died waits for its agent
+# to stop it (see _leave_failed). The agent learns of a rejoining peer in under 0.5 s
+# on an idle 2-core machine (bench/recovery); the margin is for a loaded one.
+PEER_LOST_GRACE_SECONDS: Final = 1.0
+# What a worker raises when a peer's death broke a collective (gloo, NCCL).
+_PEER_LOST_SIGNS: Final = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "ncclRemoteError",
+    "remote process exited",
+)
+
+
+def lost_a_peer(exc: BaseException) -> bool:
+    """Whether a worker failed only because another one did."""
+    dist = sys.modules.get("torch.distributed")
+    dist_error = getattr(dist, "DistError", None)
+    if isinstance(dist_error, type) and isinstance(exc, dist_error):
+        return True
+    return any(sign in str(exc) for sign in _PEER_LOST_SIGNS)
+
+
+class _StoppedError(Exception):
+    """SIGTERM while a worker that lost a peer waited for it."""
+
+
+def _leave_failed(exc: Exception) -> NoReturn:
+    """End a failed worker without the interpreter's teardown.
+
+    Finalizing a broken process group's objects held a failed worker's exit by 1.3 s
+    with gloo (bench/recovery trace, 2026-12-03; NCCL's can hang far longer), and its
+    agent restarts the group only once it sees the exit. What Python's own exit does
+    that matters still happens, in its order: the traceback is printed, non-daemon
+    threads (an async checkpoint being written) finish, atexit handlers run, the
+    streams are flushed; the exit code is 1.
+
+    A worker that failed only because a peer died first waits, up to
+    PEER_LOST_GRACE_SECONDS, for its agent's SIGTERM: the peer's agent rejoining makes
+    this agent restart the group as a membership change, which is not charged to the
+    budget; leaving at once would make it a failure of its own, charging one failure
+    twice. With no SIGTERM (the peer's pod is lost: nobody rejoins) it leaves failed.
+    """
+    traceback.print_exc()
+    code = 1
+    if lost_a_peer(exc):
+        code = _await_agent_stop()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def _await_agent_stop() -> int:
+    """The exit code: 128 + SIGTERM if the agent stopped us in time, else 1."""
+
+    def stopped(signum: int, frame: FrameType | None) -> None:
+        raise _StoppedError
+
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        time.sleep(PEER_LOST_GRACE_SECONDS)
+    except _StoppedError:
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # now leaving either way
+    return 1
+
+
 # --- command line ---------------------------------------------------------------------
 
 
@@ -401,7 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if request is None:
             Path(ns.socket).unlink(missing_ok=True)
             return 0
-        become(request)
+        try:
+            become(request)
+        except Exception as exc:  # any error of the worker program
+            _leave_failed(exc)
         return 0
     args = list(ns.args)
     if args[:1] == ["--"]:
