@@ -67,8 +67,10 @@ class Listener:
         while True:
             try:
                 conn, _ = self._sock.accept()
+            except (ConnectionError, InterruptedError):
+                continue  # a dialler that gave up before the accept: keep serving
             except OSError:
-                return
+                return  # closed
             conn.close()
 
     def close(self) -> None:
