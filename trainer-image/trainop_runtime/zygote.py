@@ -406,10 +406,6 @@ def lost_a_peer(exc: BaseException) -> bool:
     return any(sign in str(exc) for sign in _PEER_LOST_SIGNS)
 
 
-class _StoppedError(Exception):
-    """SIGTERM while a worker that lost a peer waited for it."""
-
-
 def _leave_failed(exc: Exception) -> NoReturn:
     """End a failed worker without the interpreter's teardown.
 
@@ -424,12 +420,22 @@ def _leave_failed(exc: Exception) -> NoReturn:
     PEER_LOST_GRACE_SECONDS, for its agent's SIGTERM: the peer's agent rejoining makes
     this agent restart the group as a membership change, which is not charged to the
     budget; leaving at once would make it a failure of its own, charging one failure
-    twice. With no SIGTERM (the peer's pod is lost: nobody rejoins) it leaves failed.
+    twice. With no SIGTERM (the peer's pod is lost: nobody rejoins) it leaves failed;
+    with one, it leaves as stopped (128 + SIGTERM), its checkpoint thread done.
     """
+    lost = lost_a_peer(exc)
+    stopped: list[int] = []
+    if lost:
+        # Before anything else: the agent's SIGTERM may come at any moment now; it is
+        # noted, not fatal (whichever thread the kernel hands it to).
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
     traceback.print_exc()
     code = 1
-    if lost_a_peer(exc):
-        code = _await_agent_stop()
+    if lost:
+        deadline = time.monotonic() + PEER_LOST_GRACE_SECONDS
+        while not stopped and time.monotonic() < deadline:
+            time.sleep(0.01)  # the handler runs between sleeps
+        code = 128 + signal.SIGTERM if stopped else 1
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
@@ -438,22 +444,6 @@ def _leave_failed(exc: Exception) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(code)
-
-
-def _await_agent_stop() -> int:
-    """The exit code: 128 + SIGTERM if the agent stopped us in time, else 1."""
-
-    def stopped(signum: int, frame: FrameType | None) -> None:
-        raise _StoppedError
-
-    signal.signal(signal.SIGTERM, stopped)
-    try:
-        time.sleep(PEER_LOST_GRACE_SECONDS)
-    except _StoppedError:
-        return 128 + signal.SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # now leaving either way
-    return 1
 
 
 # --- command line ---------------------------------------------------------------------
